@@ -1,0 +1,53 @@
+# Two entry points for a fresh machine (run as root): `make demo` and `make test`.
+# Each installs what it needs: Debian packages with apt-get, Python packages into .venv.
+
+VENV      ?= .venv
+PYTHON    ?= python3
+VPY       := $(VENV)/bin/python
+STAMP_APT := $(VENV)/.apt-done
+STAMP_PIP := $(VENV)/.pip-done
+
+# Debian packages the suite and the demo need (tools for real filesystems, libvirt
+# headers for libvirt-python, the sandbox runtime and template builder).
+DEB_PACKAGES := xfsprogs btrfs-progs e2fsprogs util-linux libvirt-dev pkg-config \
+                bubblewrap debootstrap socat
+
+.PHONY: all demo test lint bench clean
+
+all: test
+
+$(STAMP_APT):
+	@mkdir -p $(VENV)
+	@if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+	  missing=$$(for p in $(DEB_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || echo $$p; done); \
+	  if [ -n "$$missing" ]; then \
+	    echo "installing Debian packages: $$missing"; \
+	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq \
+	      --no-install-recommends $$missing >/dev/null; \
+	  fi; \
+	else echo "not root or no apt-get: skipping Debian packages ($(DEB_PACKAGES))"; fi
+	@touch $@
+
+$(STAMP_PIP): setup.py $(STAMP_APT)
+	@[ -x $(VPY) ] || $(PYTHON) -m venv $(VENV)
+	$(VPY) -m pip install -q --upgrade pip 2>/dev/null || true
+	$(VPY) -m pip install -q -e '.[test]'
+	@touch $@
+
+venv: $(STAMP_PIP)
+
+demo: $(STAMP_PIP)
+	$(VPY) -m qubes_core.demo $(if $(QUBES_BASE_DIR),--base-dir $(QUBES_BASE_DIR),)
+
+test: $(STAMP_PIP)
+	$(VPY) -m ruff check qubes_core _modules _states tests bench
+	$(VPY) -m pytest tests $(PYTEST_ARGS)
+
+lint: $(STAMP_PIP)
+	$(VPY) -m ruff check qubes_core _modules _states tests bench
+
+bench: $(STAMP_PIP)
+	$(VPY) -m bench $(BENCH_ARGS)
+
+clean:
+	rm -rf $(VENV) demo build *.egg-info

@@ -1,0 +1,393 @@
+"""The app: every VM, label, pool and global setting of one installation.
+
+``Qubes(path)`` opens (and locks) a qubes.xml; ``Qubes.create_empty_store``
+makes a new one with dom0, the default labels and a default pool. Changes are
+made through properties and collections (which fire events) and persisted by
+:meth:`Qubes.save`.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import random
+import uuid as uuidlib
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+from qubes_core import exc
+from qubes_core.backend import OfflineRuntime, Runtime
+from qubes_core.events import handler
+from qubes_core.ext import load_extensions
+from qubes_core.labels import Label, default_labels, validate_label
+from qubes_core.properties import PropertyHolder, VMProperty, Property
+from qubes_core.storage import Pool, make_pool
+from qubes_core.store import QubesXmlStore
+from qubes_core.vm import get_vm_class
+from qubes_core.vm.base import MAX_QID, BaseVM
+from qubes_core.vm.dispvm import MAX_DISPID
+
+log = logging.getLogger("qubes.app")
+
+
+class VMCollection:
+    """The VMs of the app, by qid, name and uuid."""
+
+    def __init__(self, app: Qubes):
+        self.app = app
+        self._by_qid: dict[int, BaseVM] = {}
+        self._by_name: dict[str, BaseVM] = {}
+
+    def add(self, vm: BaseVM, fire: bool = True) -> BaseVM:
+        if vm.qid in self._by_qid:
+            raise exc.QubesValueError(f"qid {vm.qid} is already used by {self._by_qid[vm.qid]}")
+        if vm.name in self._by_name:
+            raise exc.QubesVMAlreadyExistsError(f"a VM named {vm.name!r} already exists")
+        if vm.uuid is not None and any(other.uuid == vm.uuid for other in self):
+            raise exc.QubesValueError(f"uuid {vm.uuid} is already used")
+        self._by_qid[vm.qid] = vm
+        self._by_name[vm.name] = vm
+        if fire:
+            self.app.fire_event("domain-add", vm=vm)
+        return vm
+
+    def __getitem__(self, key: Any) -> BaseVM:
+        if isinstance(key, BaseVM):
+            if self._by_qid.get(key.qid) is key:
+                return key
+        elif isinstance(key, bool):
+            pass
+        elif isinstance(key, int):
+            if key in self._by_qid:
+                return self._by_qid[key]
+        elif isinstance(key, uuidlib.UUID):
+            for vm in self._by_qid.values():
+                if vm.uuid == key:
+                    return vm
+        elif isinstance(key, str):
+            if key in self._by_name:
+                return self._by_name[key]
+            if key.startswith("uuid:"):
+                try:
+                    return self[uuidlib.UUID(key[5:])]
+                except ValueError:
+                    pass
+        raise exc.QubesVMNotFoundError(key)
+
+    def get(self, key: Any, default: Any = None) -> Any:
+        try:
+            return self[key]
+        except KeyError:
+            return default
+
+    def __contains__(self, key: Any) -> bool:
+        return self.get(key) is not None
+
+    def __iter__(self) -> Iterator[BaseVM]:
+        return iter([self._by_qid[qid] for qid in sorted(self._by_qid)])
+
+    def __len__(self) -> int:
+        return len(self._by_qid)
+
+    def keys(self) -> list[str]:
+        return sorted(self._by_name)
+
+    def __delitem__(self, key: Any) -> None:
+        vm = self[key]
+        if vm.qid == 0:
+            raise exc.QubesVMInUseError(vm, "dom0 cannot be removed")
+        referrers = vm_references(self.app, vm)
+        if referrers:
+            where = ", ".join(f"{holder}.{prop}" for holder, prop in referrers)
+            raise exc.QubesVMInUseError(vm, f"cannot remove {vm}: it is used by {where}")
+        self.app.fire_event("domain-pre-delete", pre_event=True, vm=vm)
+        del self._by_qid[vm.qid]
+        del self._by_name[vm.name]
+        self.app.fire_event("domain-delete", vm=vm)
+
+    def get_new_unused_qid(self) -> int:
+        for qid in range(1, MAX_QID + 1):
+            if qid not in self._by_qid:
+                return qid
+        raise LookupError("no free qid left")
+
+    def get_new_unused_dispid(self) -> int:
+        used = {getattr(vm, "dispid", None) for vm in self}
+        if len(used) > MAX_DISPID // 2:
+            free = [i for i in range(1, MAX_DISPID + 1) if i not in used]
+            if not free:
+                raise LookupError("no free dispid left")
+            return random.choice(free)
+        while True:
+            dispid = random.randint(1, MAX_DISPID)
+            if dispid not in used:
+                return dispid
+
+
+def vm_references(app: Qubes, target: BaseVM) -> list[tuple[Any, str]]:
+    """Where ``target`` is referenced: set VM properties of other VMs, global properties."""
+    found: list[tuple[Any, str]] = []
+    for prop in app.property_list():
+        if isinstance(prop, VMProperty) and getattr(app, prop.__name__, None) is target:
+            found.append((app, prop.__name__))
+    for vm in app.domains:
+        if vm is target:
+            continue
+        for prop in vm.property_list():
+            if (isinstance(prop, VMProperty) and prop.__name__ in vm._property_values
+                    and vm._property_values[prop.__name__] is target):
+                found.append((vm, prop.__name__))
+    return found
+
+
+def _validate_default_netvm(app: Qubes, prop: Any, value: Any) -> Any:
+    if value is not None and not value.provides_network:
+        raise exc.QubesPropertyValueError(
+            app, prop, value, f"default_netvm: {value} does not provide network"
+        )
+    return value
+
+
+def _validate_dispvm_source(app: Qubes, prop: Any, value: Any) -> Any:
+    if value is not None and not getattr(value, "template_for_dispvms", False):
+        raise exc.QubesPropertyValueError(
+            app, prop, value,
+            f"{prop.__name__}: {value} is not a template for DispVMs "
+            "(set its template_for_dispvms first)",
+        )
+    return value
+
+
+def _validate_pool_name(app: Qubes, prop: Any, value: str) -> str:
+    if value and value not in app.pools:
+        raise exc.QubesPropertyValueError(app, prop, value,
+                                          f"{prop.__name__}: no such pool {value!r}")
+    return value
+
+
+def _default_pool(app: Qubes) -> str:
+    for pool in app.pools.values():
+        if pool.driver in ("file-reflink", "file", "lvm_thin"):
+            return pool.name
+    return ""
+
+
+def _template_class() -> Any:
+    return get_vm_class("TemplateVM")
+
+
+class Qubes(PropertyHolder):
+    """One installation's model."""
+
+    default_template = VMProperty("default_template", vmclass=_template_class,
+                                  allow_none=True, default=None,
+                                  doc="Template of new AppVMs.")
+    default_netvm = VMProperty("default_netvm", allow_none=True, default=None,
+                               setter=_validate_default_netvm,
+                               doc="netvm of VMs that do not set their own.")
+    default_dispvm = VMProperty("default_dispvm", allow_none=True, default=None,
+                                setter=_validate_dispvm_source,
+                                doc="AppVM whose DispVMs are used by default.")
+    management_dispvm = VMProperty("management_dispvm", allow_none=True, default=None,
+                                   setter=_validate_dispvm_source,
+                                   doc="AppVM whose DispVMs apply Salt states to VMs.")
+    clockvm = VMProperty("clockvm", allow_none=True, default=None,
+                         doc="VM that keeps the time (gets the clocksync service).")
+    updatevm = VMProperty("updatevm", allow_none=True, default=None,
+                          doc="VM that downloads dom0 updates.")
+    default_pool = Property("default_pool", type=str, setter=_validate_pool_name,
+                            default=_default_pool, doc="Pool of new volumes.")
+    default_pool_root = Property("default_pool_root", type=str, setter=_validate_pool_name,
+                                 default=lambda app: app.default_pool,
+                                 doc="Pool of new root volumes.")
+    default_pool_private = Property("default_pool_private", type=str,
+                                    setter=_validate_pool_name,
+                                    default=lambda app: app.default_pool,
+                                    doc="Pool of new private volumes.")
+    default_pool_volatile = Property("default_pool_volatile", type=str,
+                                     setter=_validate_pool_name,
+                                     default=lambda app: app.default_pool,
+                                     doc="Pool of new volatile volumes.")
+    default_pool_kernel = Property("default_pool_kernel", type=str, default="linux-kernel",
+                                   doc="Pool holding dom0-provided kernels.")
+    default_kernel = Property("default_kernel", type=str, default="",
+                              doc="Kernel of VMs that do not set their own.")
+    default_qrexec_timeout = Property("default_qrexec_timeout", type=int, default=60,
+                                      doc="Seconds to wait for a VM's qrexec agent.")
+    default_revisions_to_keep = Property("default_revisions_to_keep", type=int, default=1,
+                                         doc="Revisions kept of new save_on_stop volumes.")
+
+    def __init__(self, store: str | os.PathLike[str] | None = None, *, load: bool = True,
+                 lock: bool = True, runtime: Runtime | None = None):
+        super().__init__()
+        load_extensions()
+        self.domains = VMCollection(self)
+        self.labels: dict[int, Label] = {}
+        self.pools: dict[str, Pool] = {}
+        self.runtime: Runtime = runtime or OfflineRuntime()
+        self.unknown_properties: dict[str, str] = {}
+        self.store = QubesXmlStore(Path(store)) if store is not None else None
+        if self.store is not None and load:
+            self.store.open(lock=lock)
+            self.store.load_into(self)
+
+    def __str__(self) -> str:
+        return "the system"
+
+    @property
+    def adminvm(self) -> BaseVM:
+        return self.domains[0]
+
+    # --- creation ---------------------------------------------------------
+
+    @classmethod
+    def create_empty_store(cls, store: str | os.PathLike[str], *,
+                           pool_dir: str | os.PathLike[str] | None = None,
+                           pool_driver: str = "file-reflink", runtime: Runtime | None = None,
+                           **pool_options: Any) -> Qubes:
+        """A new qubes.xml with dom0, the default labels and one default pool."""
+        path = Path(store)
+        if path.exists():
+            raise exc.QubesStoreError(f"{path} already exists; refusing to overwrite it")
+        app = cls(None, load=False, runtime=runtime)
+        app.store = QubesXmlStore(path)
+        app.labels = default_labels()
+        pool_dir = Path(pool_dir) if pool_dir is not None else path.parent
+        app.add_pool("varlibqubes", pool_driver, dir_path=str(pool_dir), **pool_options)
+        app.domains.add(get_vm_class("AdminVM")(app, qid=0, name="dom0", uuid=uuidlib.UUID(int=0)), fire=False)
+        app.store.create()
+        app.save()
+        return app
+
+    def add_new_vm(self, cls: str | type[BaseVM], qid: int | None = None,
+                   **kwargs: Any) -> BaseVM:
+        """Create a VM in the model (not on disk); return it."""
+        vmclass = get_vm_class(cls) if isinstance(cls, str) else cls
+        if "name" in kwargs and kwargs["name"] in self.domains._by_name:
+            raise exc.QubesVMAlreadyExistsError(f"a VM named {kwargs['name']!r} already exists")
+        if qid is None:
+            qid = self.domains.get_new_unused_qid()
+        kwargs.setdefault("uuid", uuidlib.uuid4())
+        vm = vmclass(self, qid=qid, **kwargs)
+        if not getattr(vm, "_property_values", {}).get("name"):
+            raise exc.QubesValueError("a new VM needs a name")
+        if "label" not in vm._property_values and not vm.property_get_def("label").has_default:
+            raise exc.QubesValueError(f"a new VM needs a label ({vm.name})")
+        if hasattr(vm, "init_volume_config"):
+            vm.init_volume_config()
+        self.domains.add(vm)
+        return vm
+
+    def clone_vm(self, src: BaseVM, new_name: str, cls: str | type[BaseVM] | None = None,
+                 **kwargs: Any) -> BaseVM:
+        """A new VM with ``src``'s properties, features and tags (not its devices)."""
+        vmclass = cls or type(src)
+        if "template" in src._property_values and "template" not in kwargs:
+            kwargs["template"] = src.template
+        vm = self.add_new_vm(vmclass, name=new_name, label=kwargs.pop("label", src.label),
+                             **kwargs)
+        vm.clone_properties(src, [p.__name__ for p in src.property_list()
+                                  if p.clone and p.__name__ not in kwargs
+                                  and p.__name__ != "template"])
+        for key, value in src.features.items():
+            vm.features[key] = value
+        vm.tags.update(src.tags)
+        return vm
+
+    # --- labels -----------------------------------------------------------
+
+    def get_label(self, label: Any) -> Label:
+        if isinstance(label, Label) and self.labels.get(label.index) is label:
+            return label
+        if isinstance(label, int) and not isinstance(label, bool) and label in self.labels:
+            return self.labels[label]
+        if isinstance(label, str):
+            for candidate in self.labels.values():
+                if candidate.name == label:
+                    return candidate
+            if label.startswith("label-") and label[6:].isdigit():
+                return self.get_label(int(label[6:]))
+        raise exc.QubesLabelNotFoundError(label)
+
+    def add_label(self, name: str, color: str) -> Label:
+        validate_label(name, color)
+        if any(label.name == name for label in self.labels.values()):
+            raise exc.QubesValueError(f"label {name!r} already exists")
+        index = max(self.labels, default=0) + 1
+        label = Label(index, color, name)
+        self.labels[index] = label
+        self.fire_event("label-add", label=label)
+        return label
+
+    def remove_label(self, name: str) -> None:
+        label = self.get_label(name)
+        if label.index <= 8:
+            raise exc.QubesValueError(f"label {name!r} is a default label and cannot be removed")
+        users = [vm.name for vm in self.domains if vm._property_values.get("label") is label]
+        if users:
+            raise exc.QubesValueError(f"label {name!r} is used by: {', '.join(sorted(users))}")
+        del self.labels[label.index]
+        self.fire_event("label-remove", label=label)
+
+    # --- pools ------------------------------------------------------------
+
+    def add_pool(self, name: str, driver: str, **config: Any) -> Pool:
+        if name in self.pools:
+            raise exc.QubesValueError(f"pool {name!r} already exists")
+        if not name or not name.replace("-", "").replace("_", "").isalnum():
+            raise exc.QubesValueError(f"invalid pool name {name!r}")
+        pool = make_pool(name, driver, **config)
+        self.fire_event("pool-pre-add", pre_event=True, pool=pool)
+        self.pools[name] = pool
+        self.fire_event("pool-add", pool=pool)
+        return pool
+
+    def remove_pool(self, name: str) -> Pool:
+        if name not in self.pools:
+            raise exc.QubesValueError(f"no such pool: {name!r}")
+        users = sorted({vm.name for vm in self.domains
+                        for volume in vm.volume_config.values()
+                        if volume.get("pool") == name})
+        if users:
+            raise exc.QubesPoolInUseError(f"pool {name!r} is used by: {', '.join(users)}")
+        pool = self.pools[name]
+        self.fire_event("pool-pre-delete", pre_event=True, pool=pool)
+        del self.pools[name]
+        self.fire_event("pool-delete", pool=pool)
+        return pool
+
+    # --- persistence ------------------------------------------------------
+
+    def save(self) -> None:
+        if self.store is None:
+            raise exc.QubesStoreError("this app has no qubes.xml to save to")
+        self.store.save(self)
+
+    def close(self) -> None:
+        if self.store is not None:
+            self.store.close()
+
+    def __enter__(self) -> Qubes:
+        return self
+
+    def __exit__(self, *exc_info: Any) -> None:
+        self.close()
+
+    # --- rules that span VMs ---------------------------------------------
+
+    @handler("property-set:clockvm")
+    def _on_set_clockvm(self, event: str, name: str, newvalue: Any, oldvalue: Any = None
+                        ) -> None:
+        self._move_clocksync(oldvalue, newvalue)
+
+    @handler("property-reset:clockvm")
+    def _on_reset_clockvm(self, event: str, name: str, oldvalue: Any = None) -> None:
+        self._move_clocksync(oldvalue, None)
+
+    @staticmethod
+    def _move_clocksync(old: Any, new: Any) -> None:
+        if old is not None and old is not new and "service.clocksync" in old.features:
+            del old.features["service.clocksync"]
+        if new is not None:
+            new.features["service.clocksync"] = True

@@ -1,0 +1,81 @@
+"""Extensions: groups of event handlers, one concern each.
+
+An extension's methods are marked with :func:`vm_handler` (events of VMs) or
+:func:`app_handler` (events of the app). Extensions are found through the
+``qubes_core.ext`` entry point group and registered once per process.
+"""
+
+from __future__ import annotations
+
+import importlib
+import importlib.metadata
+import logging
+from collections.abc import Callable
+from typing import Any
+
+log = logging.getLogger("qubes.ext")
+
+BUILTIN_EXTENSIONS = {
+    "services": "qubes_core.ext.services:ServicesExtension",
+    "core_features": "qubes_core.ext.core_features:CoreFeaturesExtension",
+}
+
+_loaded: dict[str, Extension] = {}
+
+
+def vm_handler(*events: str) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+    def decorator(func: Callable[..., Any]) -> Callable[..., Any]:
+        func.__dict__.setdefault("_ext_events", []).append(("vm", events))
+        return func
+
+    return decorator
+
+
+def app_handler(*events: str) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+    def decorator(func: Callable[..., Any]) -> Callable[..., Any]:
+        func.__dict__.setdefault("_ext_events", []).append(("app", events))
+        return func
+
+    return decorator
+
+
+class Extension:
+    """Base of extensions; instantiate once, then :meth:`register`."""
+
+    def register(self) -> None:
+        from qubes_core.app import Qubes
+        from qubes_core.vm.base import BaseVM
+
+        targets = {"vm": BaseVM, "app": Qubes}
+        for attr in dir(type(self)):
+            func = getattr(type(self), attr, None)
+            for target, events in getattr(func, "_ext_events", ()):
+                bound = getattr(self, attr)
+                for event in events:
+                    targets[target].add_class_handler(event, bound)
+
+
+def _load(name: str, spec: str) -> type[Extension] | None:
+    module, _, attr = spec.partition(":")
+    try:
+        return getattr(importlib.import_module(module), attr)
+    except Exception:
+        log.exception("cannot load extension %s from %s", name, spec)
+        return None
+
+
+def load_extensions() -> dict[str, Extension]:
+    """Register every extension (built-in and installed) once; return them by name."""
+    if _loaded:
+        return _loaded
+    specs = dict(BUILTIN_EXTENSIONS)
+    for entry in importlib.metadata.entry_points(group="qubes_core.ext"):
+        specs.setdefault(entry.name, entry.value)
+    for name, spec in specs.items():
+        cls = _load(name, spec)
+        if cls is None:
+            continue
+        ext = cls()
+        ext.register()
+        _loaded[name] = ext
+    return _loaded

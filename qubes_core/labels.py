@@ -1,0 +1,54 @@
+"""Labels: the coloured borders that tell VMs apart at a glance."""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+from qubes_core import exc
+
+DEFAULT_LABELS: tuple[tuple[int, str, str], ...] = (
+    (1, "0xcc0000", "red"),
+    (2, "0xf57900", "orange"),
+    (3, "0xedd400", "yellow"),
+    (4, "0x73d216", "green"),
+    (5, "0x555753", "gray"),
+    (6, "0x3465a4", "blue"),
+    (7, "0x75507b", "purple"),
+    (8, "0x000000", "black"),
+)
+
+LABEL_NAME_RE = re.compile(r"^[a-zA-Z][a-zA-Z0-9_-]{0,31}$")
+COLOR_RE = re.compile(r"^0x[0-9a-fA-F]{6}$")
+
+
+@dataclass(eq=False)
+class Label:
+    index: int
+    color: str
+    name: str
+
+    @property
+    def icon(self) -> str:
+        return "appvm-" + self.name
+
+    @property
+    def xml_id(self) -> str:
+        return f"label-{self.index}"
+
+    def __str__(self) -> str:
+        return self.name
+
+
+def validate_label(name: str, color: str) -> None:
+    """Refuse label names and colours that qubes.xml or a GUI could not take."""
+    if not isinstance(name, str) or not LABEL_NAME_RE.match(name):
+        raise exc.QubesValueError(
+            f"invalid label name {name!r}: a letter, then up to 31 letters, digits, '_' or '-'"
+        )
+    if not isinstance(color, str) or not COLOR_RE.match(color):
+        raise exc.QubesValueError(f"invalid label colour {color!r}: expected 0xRRGGBB")
+
+
+def default_labels() -> dict[int, Label]:
+    return {index: Label(index, color, name) for index, color, name in DEFAULT_LABELS}

@@ -1,0 +1,66 @@
+"""Where one installation keeps its files.
+
+Production follows Qubes (``/var/lib/qubes``, ``/var/run/qubesd.sock``,
+``/etc/qubes/policy.d``, ``/etc/qubes-rpc``). A base directory given with
+``--base-dir`` or ``QUBES_BASE_DIR`` relocates all of them under itself, for
+local use and tests.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+PRODUCTION_BASE = Path("/var/lib/qubes")
+ENV_VAR = "QUBES_BASE_DIR"
+
+
+@dataclass(frozen=True)
+class Paths:
+    base_dir: Path
+    production: bool = False
+
+    @property
+    def qubes_xml(self) -> Path:
+        return self.base_dir / "qubes.xml"
+
+    @property
+    def run_dir(self) -> Path:
+        return Path("/var/run") if self.production else self.base_dir / "run"
+
+    @property
+    def admin_socket(self) -> Path:
+        return self.run_dir / "qubesd.sock"
+
+    @property
+    def internal_socket(self) -> Path:
+        return self.run_dir / "qubesd.internal.sock"
+
+    @property
+    def misc_socket(self) -> Path:
+        return self.run_dir / "qubesd.misc.sock"
+
+    @property
+    def etc_dir(self) -> Path:
+        return Path("/etc") if self.production else self.base_dir / "etc"
+
+    @property
+    def policy_dir(self) -> Path:
+        return self.etc_dir / "qubes" / "policy.d"
+
+    @property
+    def rpc_dir(self) -> Path:
+        return self.etc_dir / "qubes-rpc"
+
+    @property
+    def log_dir(self) -> Path:
+        return Path("/var/log/qubes") if self.production else self.base_dir / "log"
+
+
+def resolve(base_dir: str | os.PathLike[str] | None = None) -> Paths:
+    """The installation named by ``base_dir``, else ``$QUBES_BASE_DIR``, else production."""
+    chosen = base_dir or os.environ.get(ENV_VAR)
+    if chosen:
+        return Paths(Path(chosen).absolute())
+    return Paths(PRODUCTION_BASE, production=True)

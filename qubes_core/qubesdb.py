@@ -1,0 +1,51 @@
+"""An in-memory QubesDB: the per-VM key/value tree that a VM's agents read.
+
+The runtimes give each running VM its own store; this one keeps the same
+interface (read, write, rm of a key or a ``/prefix/``, list, multiread) so that
+extensions can be written and tested without a VM.
+"""
+
+from __future__ import annotations
+
+import re
+
+KEY_RE = re.compile(r"^/[a-zA-Z0-9_.:/-]{0,63}$")
+MAX_VALUE = 3072
+
+
+class QubesDBError(Exception):
+    pass
+
+
+class InMemoryQubesDB:
+    def __init__(self) -> None:
+        self._data: dict[str, bytes] = {}
+
+    @staticmethod
+    def _check_key(key: str) -> None:
+        if not KEY_RE.match(key) or "//" in key:
+            raise QubesDBError(f"invalid QubesDB key {key!r}")
+
+    def write(self, key: str, value: str | bytes) -> None:
+        self._check_key(key)
+        data = value.encode() if isinstance(value, str) else bytes(value)
+        if len(data) > MAX_VALUE:
+            raise QubesDBError(f"value for {key!r} is longer than {MAX_VALUE} bytes")
+        self._data[key] = data
+
+    def read(self, key: str) -> bytes | None:
+        return self._data.get(key)
+
+    def rm(self, key: str) -> None:
+        """Remove a key, or every key under it when it ends with ``/``."""
+        if key.endswith("/"):
+            for name in [k for k in self._data if k.startswith(key)]:
+                del self._data[name]
+        else:
+            self._data.pop(key, None)
+
+    def list(self, prefix: str = "/") -> list[str]:
+        return sorted(k for k in self._data if k.startswith(prefix))
+
+    def multiread(self, prefix: str = "/") -> dict[str, bytes]:
+        return {k: self._data[k] for k in self.list(prefix)}

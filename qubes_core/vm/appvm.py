@@ -1,0 +1,43 @@
+"""AppVM: runs on a snapshot of its template's root; keeps its own private volume."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from qubes_core import exc
+from qubes_core.events import handler
+from qubes_core.properties import VMProperty, Property
+from qubes_core.vm.qubesvm import QubesVM
+from qubes_core.vm.templatevm import TemplateVM
+
+
+def _template_changeable(vm: Any, prop: Any, value: Any) -> Any:
+    if "template" in vm._property_values and not vm.is_halted():
+        raise exc.QubesVMNotHaltedError(vm, f"cannot change the template of {vm} while it runs")
+    return value
+
+
+class AppVM(QubesVM):
+    template = VMProperty(
+        "template", vmclass=TemplateVM, load_stage=4, setter=_template_changeable,
+        default=lambda vm: vm.app.default_template,
+        doc="Template whose root volume this VM runs on.",
+    )
+    template_for_dispvms = Property(
+        "template_for_dispvms", type=bool, default=False,
+        doc="Whether DispVMs may be created from this VM.",
+    )
+
+    @property
+    def dispvms(self) -> list[Any]:
+        return [vm for vm in self.app.domains
+                if type(vm).__name__ == "DispVM" and vm.template is self]
+
+    @handler("property-pre-set:template_for_dispvms")
+    def _on_pre_clear_dispvm_template(self, event: str, name: str, newvalue: bool,
+                                      oldvalue: Any = None) -> None:
+        if not newvalue and self.dispvms:
+            names = ", ".join(sorted(vm.name for vm in self.dispvms))
+            raise exc.QubesValueError(
+                f"cannot clear template_for_dispvms of {self}: DispVMs use it: {names}"
+            )

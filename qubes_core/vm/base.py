@@ -1,0 +1,106 @@
+"""What every VM has, dom0 included: identity, label, features, tags, devices."""
+
+from __future__ import annotations
+
+import re
+import uuid as uuidlib
+from typing import Any
+
+from qubes_core import exc
+from qubes_core.devices import DeviceManager
+from qubes_core.features import Features, Tags
+from qubes_core.properties import LabelProperty, PropertyHolder, Property
+from qubes_core.qubesdb import InMemoryQubesDB
+
+MAX_NAME_LENGTH = 31
+NAME_RE = re.compile(r"^[a-zA-Z][a-zA-Z0-9_.-]*$")
+RESERVED_NAMES = frozenset({"none", "default", "dom0", "adminvm", "anyvm", "dispvm"})
+MAX_QID = 65534
+
+POWER_STATES = ("Halted", "Transient", "Running", "Paused", "Suspended", "Halting",
+                "Dying", "Crashed")
+
+
+def validate_name(holder: Any, prop: Any, value: Any) -> str:
+    """A VM name: a letter first, then letters, digits, ``_ . -``; at most 31 characters."""
+    if not isinstance(value, str):
+        raise exc.QubesValueError(f"VM name must be a string, not {type(value).__name__}")
+    if len(value) > MAX_NAME_LENGTH:
+        raise exc.QubesValueError(
+            f"VM name {value!r} is longer than {MAX_NAME_LENGTH} characters"
+        )
+    if not NAME_RE.match(value):
+        raise exc.QubesValueError(
+            f"VM name {value!r} is invalid: it must start with a letter and hold only "
+            "letters, digits, '_', '.' and '-'"
+        )
+    if value.endswith("-dm"):
+        raise exc.QubesValueError(f"VM name {value!r} may not end in '-dm' (device models)")
+    if value.lower() in RESERVED_NAMES and not (value == "dom0" and getattr(
+            holder, "qid", None) == 0):
+        raise exc.QubesValueError(f"VM name {value!r} is reserved")
+    return value
+
+
+def _validate_qid(holder: Any, prop: Any, value: int) -> int:
+    if not 0 <= value <= MAX_QID:
+        raise ValueError(f"qid must be between 0 and {MAX_QID}")
+    return value
+
+
+def _validate_uuid(holder: Any, prop: Any, value: Any) -> uuidlib.UUID:
+    if isinstance(value, uuidlib.UUID):
+        return value
+    try:
+        return uuidlib.UUID(str(value))
+    except ValueError:
+        raise ValueError(f"{value!r} is not a UUID") from None
+
+
+class BaseVM(PropertyHolder):
+    """A domain: dom0 or a VM."""
+
+    qid = Property("qid", type=int, write_once=True, clone=False, load_stage=0,
+                   setter=_validate_qid, doc="Internal, persistent identifier of the VM.")
+    name = Property("name", type=str, write_once=True, clone=False, load_stage=1,
+                    setter=validate_name, doc="User-facing name of the VM; cannot change.")
+    uuid = Property("uuid", write_once=True, clone=False, load_stage=0, type=None,
+                    setter=_validate_uuid, default=None,
+                    doc="UUID of the VM, assigned when it is created.")
+    label = LabelProperty("label", doc="Colourful label of the VM's windows.")
+
+    # Volumes a VM of this class has by default; see qubes_core.vm.volumes.
+    default_volumes: tuple[str, ...] = ()
+
+    def __init__(self, app: Any, **kwargs: Any) -> None:
+        self.app = app
+        self.features = Features(self)
+        self.tags = Tags(self)
+        self.devices = DeviceManager(self)
+        self.volume_config: dict[str, dict[str, Any]] = {}
+        self.unknown_properties: dict[str, str] = {}
+        self.qdb = InMemoryQubesDB()
+        super().__init__(**kwargs)
+
+    def __str__(self) -> str:
+        name = self._property_values.get("name")
+        return name if name is not None else f"<unnamed {type(self).__name__}>"
+
+    def __repr__(self) -> str:
+        return f"<{type(self).__name__} {self}>"
+
+    def __lt__(self, other: BaseVM) -> bool:
+        return self.name < other.name
+
+    @classmethod
+    def klass(cls) -> str:
+        return cls.__name__
+
+    def get_power_state(self) -> str:
+        return self.app.runtime.state(self)
+
+    def is_running(self) -> bool:
+        return self.get_power_state() not in ("Halted", "Crashed", "Dying")
+
+    def is_halted(self) -> bool:
+        return self.get_power_state() == "Halted"

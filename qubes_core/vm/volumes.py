@@ -1,0 +1,98 @@
+"""Default volume configuration of each VM class (see FACTS: Classes).
+
+The config is plain data, persisted in ``<volume-config>``; the storage layer
+turns it into volumes of the named pools.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+GiB = 1024**3
+
+DEFAULT_SIZES = {"root": 20 * GiB, "private": 2 * GiB, "volatile": 10 * GiB}
+
+# For each class: volume name -> (snap_on_start, save_on_stop, rw, source volume of the
+# template); "template" means the VM's template property, whose volume of the same name
+# is the snapshot source.
+CLASS_VOLUMES: dict[str, dict[str, tuple[bool, bool, bool, bool]]] = {
+    "AppVM": {
+        "root": (True, False, True, True),
+        "private": (False, True, True, False),
+        "volatile": (False, False, True, False),
+        "kernel": (False, False, False, False),
+    },
+    "TemplateVM": {
+        "root": (False, True, True, False),
+        "private": (False, True, True, False),
+        "volatile": (False, False, True, False),
+        "kernel": (False, False, False, False),
+    },
+    "StandaloneVM": {
+        "root": (False, True, True, False),
+        "private": (False, True, True, False),
+        "volatile": (False, False, True, False),
+        "kernel": (False, False, False, False),
+    },
+    "DispVM": {
+        "root": (True, False, True, True),
+        "private": (True, False, True, True),
+        "volatile": (False, False, True, False),
+        "kernel": (False, False, False, False),
+    },
+}
+
+VID_DIRS = {"TemplateVM": "vm-templates"}
+
+
+def vid_for(vm: Any, volume: str) -> str:
+    """The volume id inside its pool: ``appvms/NAME/VOL`` or ``vm-templates/NAME/VOL``."""
+    return f"{VID_DIRS.get(type(vm).__name__, 'appvms')}/{vm.name}/{volume}"
+
+
+def pool_for(vm: Any, volume: str) -> str | None:
+    app = vm.app
+    specific = getattr(app, f"default_pool_{volume}", None)
+    return specific or app.default_pool
+
+
+def default_config(vm: Any) -> dict[str, dict[str, Any]]:
+    """The volume config a new VM of ``vm``'s class starts with."""
+    layout = CLASS_VOLUMES.get(type(vm).__name__)
+    if layout is None:
+        for klass in type(vm).__mro__:
+            if klass.__name__ in CLASS_VOLUMES:
+                layout = CLASS_VOLUMES[klass.__name__]
+                break
+        else:
+            return {}
+    config: dict[str, dict[str, Any]] = {}
+    template = getattr(vm, "template", None)
+    for name, (snap_on_start, save_on_stop, rw, from_template) in layout.items():
+        entry: dict[str, Any] = {
+            "name": name,
+            "pool": pool_for(vm, name),
+            "rw": rw,
+            "snap_on_start": snap_on_start,
+            "save_on_stop": save_on_stop,
+        }
+        if name == "kernel":
+            entry["pool"] = getattr(vm.app, "default_pool_kernel", None) or "linux-kernel"
+            entry["vid"] = vm.kernel or ""
+        elif from_template and template is not None:
+            source = template.volume_config.get(name, {})
+            # A snapshot of a snapshot (a DispVM's root) snapshots the original.
+            if source.get("snap_on_start") and source.get("source"):
+                entry["source"] = source["source"]
+            else:
+                entry["source"] = source.get("vid") or vid_for(template, name)
+            entry["pool"] = source.get("pool") or entry["pool"]
+            entry["vid"] = vid_for(vm, name)
+            entry["size"] = source.get("size", DEFAULT_SIZES.get(name))
+        else:
+            entry["vid"] = vid_for(vm, name)
+            entry["size"] = DEFAULT_SIZES[name]
+        if save_on_stop:
+            entry["revisions_to_keep"] = getattr(vm.app, "default_revisions_to_keep", 1)
+        config[name] = entry
+    return config

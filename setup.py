@@ -1,0 +1,50 @@
+"""Packaging for qubes_core: the library, its console scripts and its plugin groups."""
+from setuptools import find_packages, setup
+
+VM_CLASSES = [
+    "AdminVM = qubes_core.vm.adminvm:AdminVM",
+    "AppVM = qubes_core.vm.appvm:AppVM",
+    "TemplateVM = qubes_core.vm.templatevm:TemplateVM",
+    "StandaloneVM = qubes_core.vm.standalonevm:StandaloneVM",
+    "DispVM = qubes_core.vm.dispvm:DispVM",
+]
+
+EXTENSIONS = [
+    "services = qubes_core.ext.services:ServicesExtension",
+    "core_features = qubes_core.ext.core_features:CoreFeaturesExtension",
+]
+
+STORAGE_DRIVERS: list[str] = []
+
+setup(
+    name="qubes_core",
+    version="0.1.0",
+    description="Management backend for Qubes-style compartmentalised systems",
+    long_description=open("README.rst", encoding="utf-8").read(),
+    long_description_content_type="text/x-rst",
+    license="GPL-2.0-or-later",
+    python_requires=">=3.11",
+    packages=find_packages(include=["qubes_core", "qubes_core.*"]),
+    install_requires=[
+        "lxml>=5",
+        "jinja2>=3",
+    ],
+    extras_require={
+        "test": [
+            "pytest>=8",
+            "pytest-asyncio>=0.23",
+            "pytest-timeout>=2.3",
+            "hypothesis>=6",
+            "ruff>=0.6",
+        ],
+        "salt": [
+            "salt==3008.4",
+        ],
+    },
+    entry_points={
+        "console_scripts": [],
+        "qubes_core.vm": VM_CLASSES,
+        "qubes_core.ext": EXTENSIONS,
+        "qubes_core.storage": STORAGE_DRIVERS,
+    },
+)
