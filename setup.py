@@ -36,9 +36,8 @@ setup(
             "pytest-timeout>=2.3",
             "hypothesis>=6",
             "ruff>=0.6",
-        ],
-        "salt": [
             "salt==3008.4",
+            "pytest-salt-factories>=1.0.5",
         ],
     },
     entry_points={

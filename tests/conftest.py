@@ -1,0 +1,31 @@
+"""Fixtures shared by every tier."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from qubes_core.app import Qubes
+
+
+@pytest.fixture
+def app(tmp_path: Path):
+    """A new, empty installation (dom0, labels, one pool) in a temporary directory."""
+    instance = Qubes.create_empty_store(tmp_path / "qubes.xml")
+    yield instance
+    instance.close()
+
+
+@pytest.fixture
+def basic_app(app: Qubes) -> Qubes:
+    """dom0, a template, sys-net, sys-firewall and an AppVM ``work``."""
+    template = app.add_new_vm("TemplateVM", name="debian-12", label="black")
+    app.default_template = template
+    net = app.add_new_vm("AppVM", name="sys-net", label="red", provides_network=True,
+                         netvm=None)
+    firewall = app.add_new_vm("AppVM", name="sys-firewall", label="green",
+                              provides_network=True, netvm=net)
+    app.default_netvm = firewall
+    app.add_new_vm("AppVM", name="work", label="blue")
+    return app
