@@ -21,7 +21,7 @@ from qubes_core.backend import OfflineRuntime, Runtime
 from qubes_core.events import handler
 from qubes_core.ext import load_extensions
 from qubes_core.labels import Label, default_labels, validate_label
-from qubes_core.properties import PropertyHolder, VMProperty, Property
+from qubes_core.properties import Property, PropertyHolder, VMProperty
 from qubes_core.storage import Pool, make_pool
 from qubes_core.store import QubesXmlStore
 from qubes_core.vm import get_vm_class
@@ -255,7 +255,8 @@ class Qubes(PropertyHolder):
         app.labels = default_labels()
         pool_dir = Path(pool_dir) if pool_dir is not None else path.parent
         app.add_pool("varlibqubes", pool_driver, dir_path=str(pool_dir), **pool_options)
-        app.domains.add(get_vm_class("AdminVM")(app, qid=0, name="dom0", uuid=uuidlib.UUID(int=0)), fire=False)
+        dom0 = get_vm_class("AdminVM")(app, qid=0, name="dom0", uuid=uuidlib.UUID(int=0))
+        app.domains.add(dom0, fire=False)
         app.store.create()
         app.save()
         return app

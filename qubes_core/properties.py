@@ -39,7 +39,7 @@ def bool_type(value: Any) -> bool:
 
 def int_type(value: Any) -> int:
     """Coerce an integer, refusing floats and booleans that would silently truncate."""
-    if isinstance(value, bool) or isinstance(value, float):
+    if isinstance(value, (bool, float)):
         raise ValueError(f"{value!r} is not an integer")
     if isinstance(value, int):
         return value

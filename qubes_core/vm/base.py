@@ -9,7 +9,7 @@ from typing import Any
 from qubes_core import exc
 from qubes_core.devices import DeviceManager
 from qubes_core.features import Features, Tags
-from qubes_core.properties import LabelProperty, PropertyHolder, Property
+from qubes_core.properties import LabelProperty, Property, PropertyHolder
 from qubes_core.qubesdb import InMemoryQubesDB
 
 MAX_NAME_LENGTH = 31

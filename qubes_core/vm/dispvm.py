@@ -10,7 +10,7 @@ from __future__ import annotations
 from typing import Any
 
 from qubes_core import exc
-from qubes_core.properties import VMProperty, Property
+from qubes_core.properties import Property, VMProperty
 from qubes_core.vm.appvm import AppVM
 from qubes_core.vm.qubesvm import QubesVM
 

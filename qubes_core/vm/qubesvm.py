@@ -8,7 +8,7 @@ from typing import Any
 
 from qubes_core import exc
 from qubes_core.events import handler
-from qubes_core.properties import VMProperty, Property
+from qubes_core.properties import Property, VMProperty
 from qubes_core.vm import volumes
 from qubes_core.vm.base import BaseVM
 
