@@ -1,0 +1,1 @@
+"""Benchmarks: medians and ratios, printed; never asserted in tests."""
