@@ -236,6 +236,13 @@ class Qubes(PropertyHolder):
         return "the system"
 
     @property
+    def base_dir(self) -> Path:
+        """Directory holding qubes.xml and the VMs' own directories."""
+        if self.store is None:
+            raise exc.QubesStoreError("this app has no qubes.xml, hence no base directory")
+        return self.store.path.parent
+
+    @property
     def adminvm(self) -> BaseVM:
         return self.domains[0]
 

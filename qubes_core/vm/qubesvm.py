@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import ipaddress
 import re
+from pathlib import Path
 from typing import Any
 
 from qubes_core import exc
@@ -216,6 +217,11 @@ class QubesVM(BaseVM):
 
     def __init__(self, app: Any, **kwargs: Any) -> None:
         super().__init__(app, **kwargs)
+
+    @property
+    def dir_path(self) -> Path:
+        """Directory of the VM's own files (firewall.xml, logs): ``BASE/appvms/NAME``."""
+        return self.app.base_dir / volumes.VID_DIRS.get(type(self).__name__, "appvms") / self.name
 
     # --- networking -------------------------------------------------------
 
