@@ -2,11 +2,23 @@
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 
 import pytest
 
 from qubes_core.app import Qubes
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """Drop the deferred stderr handler that importing Salt leaves on the root logger.
+
+    It would replay every record at exit onto a stream pytest has closed; pytest
+    captures log records itself.
+    """
+    for log_handler in list(logging.root.handlers):
+        if type(log_handler).__name__ == "DeferredStreamHandler":
+            logging.root.removeHandler(log_handler)
 
 
 @pytest.fixture
