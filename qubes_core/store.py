@@ -1,7 +1,12 @@
 """qubes.xml: reading, locking and atomically writing the model (R4 file shape).
 
-The file is locked with ``fcntl.lockf`` for as long as an app has it open for
-writing. A save writes a temporary file next to it, fsyncs it, renames it over
+The file is locked for as long as an app has it open for writing. The lock is an
+open-file-description lock (``F_OFD_SETLK``): it conflicts with the reference
+tools' ``lockf`` locks, and unlike those it is not silently dropped when some
+other code of the same process opens and closes the file, and it also refuses a
+second writer inside the same process.
+
+A save writes a temporary file next to the old one, fsyncs it, renames it over
 the old one and fsyncs the directory, so that a crash leaves either the old or
 the new file, never a torn one. A save refuses to overwrite a file that someone
 else changed since we read it.
@@ -14,6 +19,7 @@ import errno
 import fcntl
 import logging
 import os
+import struct
 import tempfile
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -35,9 +41,22 @@ log = logging.getLogger("qubes.store")
 FILE_VERSION = "3.0"
 FILE_MODE = 0o660
 
-# POSIX locks do not conflict inside one process, so the paths this process holds
-# are tracked here too: a second writer in the same process is refused as well.
-_locked_here: set[str] = set()
+_FLOCK_FORMAT = "hhxxxxqqixxxx"  # struct flock on 64-bit Linux
+
+
+def _try_lock(fd: int) -> bool:
+    """Take an exclusive lock on the whole file; False if someone else holds one."""
+    try:
+        if hasattr(fcntl, "F_OFD_SETLK"):
+            request = struct.pack(_FLOCK_FORMAT, fcntl.F_WRLCK, os.SEEK_SET, 0, 0, 0)
+            fcntl.fcntl(fd, fcntl.F_OFD_SETLK, request)
+        else:
+            fcntl.lockf(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError as err:
+        if err.errno in (errno.EAGAIN, errno.EACCES):
+            return False
+        raise
+    return True
 VOLUME_BOOL_KEYS = ("rw", "snap_on_start", "save_on_stop", "ephemeral")
 VOLUME_INT_KEYS = ("size", "revisions_to_keep")
 
@@ -70,22 +89,12 @@ class QubesXmlStore:
                     f"{self.path} does not exist (create one with Qubes.create_empty_store "
                     "or `qubesd --create`)"
                 ) from None
-            if lock and os.path.realpath(self.path) in _locked_here:
+            if lock and not _try_lock(fd):
                 os.close(fd)
                 raise exc.QubesStoreError(
-                    f"{self.path} is already open for writing in this process"
+                    f"{self.path} is locked by another writer (is qubesd running? "
+                    "use the Admin API, or stop it first)"
                 )
-            if lock:
-                try:
-                    fcntl.lockf(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                except OSError as err:
-                    os.close(fd)
-                    if err.errno in (errno.EAGAIN, errno.EACCES):
-                        raise exc.QubesStoreError(
-                            f"{self.path} is locked by another writer (is qubesd running? "
-                            "use the Admin API, or stop it first)"
-                        ) from None
-                    raise
             st = os.fstat(fd)
             try:
                 current = os.stat(self.path)
@@ -96,21 +105,23 @@ class QubesXmlStore:
             os.close(fd)  # replaced while we waited for the lock: open the new one
         self._fd, self._locked, self._stamp = fd, lock, _stamp(st)
         if lock:
-            _locked_here.add(os.path.realpath(self.path))
+            self._remove_stale_temp_files()
+
+    def _remove_stale_temp_files(self) -> None:
+        """Temporary files of a save that was killed before its rename; safe under the lock."""
+        for stale in self.path.parent.glob(self.path.name + "~*"):
+            log.info("removing %s, left by an interrupted save", stale)
+            with contextlib.suppress(FileNotFoundError):
+                stale.unlink()
 
     def create(self) -> None:
         """Mark this store as new: the first save creates the file, never overwrites."""
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        if os.path.realpath(self.path) in _locked_here:
-            raise exc.QubesStoreError(f"{self.path} is already open for writing in this process")
         self._locked = True
-        _locked_here.add(os.path.realpath(self.path))
 
     def close(self) -> None:
         if self._fd is not None:
             os.close(self._fd)
-        if self._locked:
-            _locked_here.discard(os.path.realpath(self.path))
         self._fd, self._locked, self._stamp = None, False, None
 
     def read_bytes(self) -> bytes:
@@ -159,7 +170,8 @@ class QubesXmlStore:
                 written = os.write(tmp_fd, view)
                 view = view[written:]
             os.fsync(tmp_fd)
-            fcntl.lockf(tmp_fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            if not _try_lock(tmp_fd):
+                raise exc.QubesStoreError(f"cannot lock the new {self.path}")
             if self._fd is None:
                 os.link(tmp_name, self.path)  # first save: never overwrite a file
                 os.unlink(tmp_name)
@@ -212,6 +224,8 @@ class XmlLoader:
         self.load_labels()
         self.load_pools()
         self.load_vm_stubs()
+        if type(self.app.domains.get(0)).__name__ != "AdminVM":
+            raise exc.QubesStoreError(f"{self.path}: no dom0 (domain-0 of class AdminVM)")
         # VM-to-VM references come last: their checks read the plain properties.
         for stage in (2, 3):
             for vm, props in self.vm_elements:
