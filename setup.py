@@ -25,9 +25,11 @@ setup(
     license="GPL-2.0-or-later",
     python_requires=">=3.11",
     packages=find_packages(include=["qubes_core", "qubes_core.*"]),
+    package_data={"qubes_core.backend": ["templates/libvirt/*.xml"]},
     install_requires=[
         "lxml>=5",
         "jinja2>=3",
+        "libvirt-python>=9",
     ],
     extras_require={
         "test": [
