@@ -38,16 +38,19 @@ class VMCollection:
         self.app = app
         self._by_qid: dict[int, BaseVM] = {}
         self._by_name: dict[str, BaseVM] = {}
+        self._by_uuid: dict[uuidlib.UUID, BaseVM] = {}
 
     def add(self, vm: BaseVM, fire: bool = True) -> BaseVM:
         if vm.qid in self._by_qid:
             raise exc.QubesValueError(f"qid {vm.qid} is already used by {self._by_qid[vm.qid]}")
         if vm.name in self._by_name:
             raise exc.QubesVMAlreadyExistsError(f"a VM named {vm.name!r} already exists")
-        if vm.uuid is not None and any(other.uuid == vm.uuid for other in self):
+        if vm.uuid is not None and vm.uuid in self._by_uuid:
             raise exc.QubesValueError(f"uuid {vm.uuid} is already used")
         self._by_qid[vm.qid] = vm
         self._by_name[vm.name] = vm
+        if vm.uuid is not None:
+            self._by_uuid[vm.uuid] = vm
         if fire:
             self.app.fire_event("domain-add", vm=vm)
         return vm
@@ -62,9 +65,8 @@ class VMCollection:
             if key in self._by_qid:
                 return self._by_qid[key]
         elif isinstance(key, uuidlib.UUID):
-            for vm in self._by_qid.values():
-                if vm.uuid == key:
-                    return vm
+            if key in self._by_uuid:
+                return self._by_uuid[key]
         elif isinstance(key, str):
             if key in self._by_name:
                 return self._by_name[key]
@@ -104,6 +106,7 @@ class VMCollection:
         self.app.fire_event("domain-pre-delete", pre_event=True, vm=vm)
         del self._by_qid[vm.qid]
         del self._by_name[vm.name]
+        self._by_uuid.pop(vm.uuid, None)
         self.app.fire_event("domain-delete", vm=vm)
 
     def get_new_unused_qid(self) -> int:
