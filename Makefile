@@ -37,7 +37,7 @@ $(STAMP_PIP): setup.py $(STAMP_APT)
 venv: $(STAMP_PIP)
 
 demo: $(STAMP_PIP)
-	$(VPY) -m qubes_core.demo $(if $(QUBES_BASE_DIR),--base-dir $(QUBES_BASE_DIR),)
+	$(VPY) -m qubes_core.demo
 
 test: $(STAMP_PIP)
 	$(VPY) -m ruff check qubes_core _modules _states tests bench

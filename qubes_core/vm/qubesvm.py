@@ -124,7 +124,7 @@ def netvm_chain(vm: Any) -> list[Any]:
     return chain
 
 
-def _validate_netvm(vm: Any, prop: Any, value: Any) -> Any:
+def validate_netvm(vm: Any, prop: Any, value: Any) -> Any:
     if value is None:
         return None
     if not value.provides_network:
@@ -146,7 +146,7 @@ class QubesVM(BaseVM):
     default_volumes = ("root", "private", "volatile", "kernel")
 
     netvm = VMProperty(
-        "netvm", allow_none=True, default=_default_netvm, setter=_validate_netvm, load_stage=4,
+        "netvm", allow_none=True, default=_default_netvm, setter=validate_netvm, load_stage=4,
         doc="VM that gives this one network; None means no network. Default: the global "
             "default_netvm.",
     )

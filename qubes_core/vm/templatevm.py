@@ -2,10 +2,16 @@
 
 from __future__ import annotations
 
-from qubes_core.vm.qubesvm import QubesVM
+from qubes_core.properties import VMProperty
+from qubes_core.vm.qubesvm import QubesVM, validate_netvm
 
 
 class TemplateVM(QubesVM):
+    netvm = VMProperty(
+        "netvm", allow_none=True, default=None, setter=validate_netvm,
+        doc="Templates have no network by default: they update through a proxy.",
+    )
+
     @property
     def appvms(self) -> list[QubesVM]:
         """VMs based on this template (set or by default)."""
