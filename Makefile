@@ -40,11 +40,11 @@ demo: $(STAMP_PIP)
 	$(VPY) -m qubes_core.demo
 
 test: $(STAMP_PIP)
-	$(VPY) -m ruff check qubes_core _modules _states tests bench
+	$(VPY) -m ruff check .
 	$(VPY) -m pytest tests $(PYTEST_ARGS)
 
 lint: $(STAMP_PIP)
-	$(VPY) -m ruff check qubes_core _modules _states tests bench
+	$(VPY) -m ruff check .
 
 bench: $(STAMP_PIP)
 	$(VPY) -m bench $(BENCH_ARGS)
