@@ -14,7 +14,11 @@ EXTENSIONS = [
     "core_features = qubes_core.ext.core_features:CoreFeaturesExtension",
 ]
 
-STORAGE_DRIVERS: list[str] = []
+STORAGE_DRIVERS = [
+    "file-reflink = qubes_core.storage.reflink:FileReflinkPool",
+    "file = qubes_core.storage.file:FilePool",
+    "linux-kernel = qubes_core.storage.kernel:LinuxKernelPool",
+]
 
 setup(
     name="qubes_core",
@@ -43,7 +47,9 @@ setup(
         ],
     },
     entry_points={
-        "console_scripts": [],
+        "console_scripts": [
+            "qubes-pool-migrate = qubes_core.storage.migrate:main",
+        ],
         "qubes_core.vm": VM_CLASSES,
         "qubes_core.ext": EXTENSIONS,
         "qubes_core.storage": STORAGE_DRIVERS,

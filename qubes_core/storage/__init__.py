@@ -1,24 +1,75 @@
-"""Storage pools. Drivers are plugins of the ``qubes_core.storage`` entry point group.
+"""Storage pools and volumes. Drivers are plugins of the ``qubes_core.storage`` entry point group.
 
 A pool is configured in qubes.xml as ``<pool name=... driver=... option=.../>``;
 its options are kept as strings so that an option this version does not know
-survives a load and save.
+survives a load and save. A volume is one disk of one VM (root, private,
+volatile, kernel), described by a dict of ``vm.volume_config`` that the volume
+reads and updates in place, so qubes.xml always holds its current settings.
+
+Volume operations are coroutines: each takes the volume's own lock and runs
+the driver's blocking file work in a worker thread, so that the event loop of
+qubesd stays responsive while an image is copied.
 """
 
 from __future__ import annotations
 
+import asyncio
 import functools
 import importlib.metadata
 import logging
+import re
+from collections.abc import Callable
 from typing import Any
 
+from qubes_core import exc
+from qubes_core.exc import StoragePoolException
+
 log = logging.getLogger("qubes.storage")
+
+__all__ = ["Pool", "UnavailablePool", "Volume", "StoragePoolException", "pool_drivers",
+           "make_pool", "Storage"]
+
+VID_RE = re.compile(r"^[A-Za-z0-9_.+-]+(/[A-Za-z0-9_.+-]+)*$")
+TRUE_OPTIONS = ("1", "true", "yes", "on")
+FALSE_OPTIONS = ("0", "false", "no", "off")
+
+
+def parse_bool_option(pool: str, key: str, value: Any) -> bool:
+    text = str(value).strip().lower()
+    if text in TRUE_OPTIONS:
+        return True
+    if text in FALSE_OPTIONS:
+        return False
+    raise exc.QubesValueError(f"pool {pool!r}: option {key}={value!r} is not yes or no")
+
+
+def parse_int(what: str, value: Any, minimum: int = 0) -> int:
+    if isinstance(value, bool):
+        raise exc.QubesValueError(f"{what}: {value!r} is not an integer")
+    try:
+        number = int(str(value).strip())
+    except ValueError:
+        raise exc.QubesValueError(f"{what}: {value!r} is not an integer") from None
+    if number < minimum:
+        raise exc.QubesValueError(f"{what}: {number} is less than {minimum}")
+    return number
+
+
+def check_vid(vid: str) -> str:
+    """A volume id is a relative path of plain names: never ``..``, never absolute."""
+    if not isinstance(vid, str) or not VID_RE.match(vid) or any(
+            part in (".", "..") for part in vid.split("/")):
+        raise StoragePoolException(f"invalid volume id {vid!r}")
+    return vid
 
 
 class Pool:
     """A named place volumes live in. Drivers subclass this."""
 
     driver = "unknown"
+    usable = True
+    # Options a driver knows, with their defaults (others are kept, not used).
+    known_options: dict[str, str] = {}
 
     def __init__(self, name: str, **config: Any):
         self.name = name
@@ -34,13 +85,285 @@ class Pool:
         """The attributes of this pool's ``<pool>`` element in qubes.xml."""
         return {"name": self.name, "driver": self.driver, **self.config}
 
+    @property
+    def revisions_to_keep(self) -> int:
+        """Revisions kept by volumes that do not set their own."""
+        return parse_int(f"pool {self.name}: revisions_to_keep",
+                         self.config.get("revisions_to_keep", "1"))
+
+    @revisions_to_keep.setter
+    def revisions_to_keep(self, value: Any) -> None:
+        number = parse_int(f"pool {self.name}: revisions_to_keep", value)
+        self.config["revisions_to_keep"] = str(number)
+
+    # --- lifecycle of the pool itself --------------------------------------
+
+    def setup(self, *, creating_store: bool = False) -> None:
+        """Prepare the pool when it is added (not when qubes.xml is loaded)."""
+
+    def destroy(self) -> None:
+        """Forget the pool (its volumes must be gone; data is left on disk)."""
+
+    # --- volumes -------------------------------------------------------------
+
+    def init_volume(self, vm: Any, config: dict[str, Any],
+                    source: Volume | None = None) -> Volume:
+        """The volume of ``vm`` described by ``config`` (no disk access)."""
+        raise StoragePoolException(f"pool {self.name}: driver {self.driver} has no volumes")
+
+    def get_volume(self, vid: str) -> Volume:
+        """A volume of this pool known only by its id (e.g. the source of a snapshot)."""
+        raise StoragePoolException(f"pool {self.name}: no volume {vid!r}")
+
+    # --- reporting -------------------------------------------------------------
+
+    @property
+    def size(self) -> int | None:
+        """Bytes the pool can hold in total, if known."""
+        return None
+
+    @property
+    def usage(self) -> int | None:
+        """Bytes in use, if known."""
+        return None
+
+    def info(self) -> dict[str, str]:
+        """What ``admin.pool.Info`` shows: driver, options, size and usage."""
+        info = {"name": self.name, "driver": self.driver}
+        info.update(self.config)
+        for key in ("size", "usage"):
+            value = getattr(self, key)
+            if value is not None:
+                info[key] = str(value)
+        return info
+
 
 class UnavailablePool(Pool):
     """A pool whose driver is not installed: kept so qubes.xml round-trips, not usable."""
 
+    usable = False
+
     def __init__(self, name: str, driver: str, **config: Any):
         super().__init__(name, **config)
         self.driver = driver
+
+    def init_volume(self, vm: Any, config: dict[str, Any],
+                    source: Volume | None = None) -> Volume:
+        raise StoragePoolException(
+            f"pool {self.name}: storage driver {self.driver!r} is not installed")
+
+
+class Volume:
+    """One disk of one VM. Drivers implement the ``do_*`` methods (blocking, locked).
+
+    The public coroutines take the volume's lock and run the ``do_*`` work in a
+    thread; the cheap queries (``is_dirty``, ``revisions``, ``usage``) are plain
+    methods and properties.
+    """
+
+    def __init__(self, pool: Pool, config: dict[str, Any], source: Volume | None = None):
+        self.pool = pool
+        self.config = config
+        self.source = source
+        self.lock = asyncio.Lock()
+        check_vid(self.vid)
+
+    def __repr__(self) -> str:
+        return f"<{type(self).__name__} {self.pool.name}:{self.vid}>"
+
+    # --- configuration (read live from the VM's volume_config) -------------
+
+    @property
+    def name(self) -> str:
+        return str(self.config.get("name", ""))
+
+    @property
+    def vid(self) -> str:
+        return str(self.config.get("vid", ""))
+
+    @property
+    def rw(self) -> bool:
+        return bool(self.config.get("rw", False))
+
+    @rw.setter
+    def rw(self, value: bool) -> None:
+        self.config["rw"] = bool(value)
+
+    @property
+    def snap_on_start(self) -> bool:
+        return bool(self.config.get("snap_on_start", False))
+
+    @property
+    def save_on_stop(self) -> bool:
+        return bool(self.config.get("save_on_stop", False))
+
+    @property
+    def ephemeral(self) -> bool:
+        return bool(self.config.get("ephemeral", False))
+
+    @property
+    def revisions_to_keep(self) -> int:
+        if "revisions_to_keep" in self.config:
+            return parse_int(f"volume {self.vid}: revisions_to_keep",
+                             self.config["revisions_to_keep"])
+        return self.pool.revisions_to_keep
+
+    @revisions_to_keep.setter
+    def revisions_to_keep(self, value: Any) -> None:
+        self.config["revisions_to_keep"] = parse_int(
+            f"volume {self.vid}: revisions_to_keep", value)
+
+    @property
+    def size(self) -> int:
+        """Size the VM sees, in bytes (a snapshot is at least its source's size)."""
+        size = int(self.config.get("size") or 0)
+        if self.snap_on_start and self.source is not None:
+            size = max(size, self.source.size)
+        return size
+
+    # --- state ------------------------------------------------------------
+
+    def is_dirty(self) -> bool:
+        """Whether the volume holds changes not yet committed (the VM runs or crashed)."""
+        return False
+
+    def is_outdated(self) -> bool:
+        """Whether a snapshot volume's source changed since the volume was started."""
+        return False
+
+    @property
+    def revisions(self) -> dict[str, str]:
+        """Kept revisions: id -> timestamp, oldest first."""
+        return {}
+
+    @property
+    def usage(self) -> int:
+        """Bytes the volume occupies on disk."""
+        return 0
+
+    def block_device(self) -> str | None:
+        """Path of the image the VM should use while it runs."""
+        return None
+
+    def export_path(self) -> str:
+        """Path of the committed image, for a snapshot or a copy (blocking, no lock)."""
+        raise StoragePoolException(
+            f"volume {self.vid}: pool {self.pool.name} ({self.pool.driver}) cannot export")
+
+    def info(self) -> dict[str, str]:
+        """What ``admin.vm.volume.Info`` shows."""
+        def text(value: Any) -> str:
+            return "True" if value is True else "False" if value is False else str(value)
+
+        return {
+            "pool": self.pool.name, "vid": self.vid, "size": str(self.size),
+            "usage": str(self.usage), "rw": text(self.rw),
+            "source": self.source.vid if self.source is not None else "",
+            "save_on_stop": text(self.save_on_stop),
+            "snap_on_start": text(self.snap_on_start),
+            "revisions_to_keep": str(self.revisions_to_keep),
+            "ephemeral": text(self.ephemeral),
+            "is_outdated": text(self.is_outdated()),
+        }
+
+    # --- operations -------------------------------------------------------
+
+    async def _run(self, func: Callable[..., Any], *args: Any) -> Any:
+        async with self.lock:
+            return await asyncio.to_thread(func, *args)
+
+    async def create(self) -> Volume:
+        await self._run(self.do_create)
+        return self
+
+    async def remove(self) -> None:
+        await self._run(self.do_remove)
+
+    async def start(self) -> Volume:
+        await self._run(self.do_start)
+        return self
+
+    async def stop(self) -> Volume:
+        await self._run(self.do_stop)
+        return self
+
+    async def abort_start(self) -> None:
+        """Undo a start whose VM never ran (another volume failed): nothing to commit."""
+        await self._run(self.do_abort_start)
+
+    async def verify(self) -> bool:
+        return bool(await self._run(self.do_verify))
+
+    async def export(self) -> str:
+        """Path of an image to read the volume's committed data from."""
+        return str(await self._run(self.do_export))
+
+    async def import_data(self, size: int) -> str:
+        """Path of an image of ``size`` bytes to write new contents into."""
+        size = parse_int(f"volume {self.vid}: import size", size)
+        return str(await self._run(self.do_import_data, size))
+
+    async def import_data_end(self, success: bool) -> None:
+        """Commit (``success``) or discard the data written since ``import_data``."""
+        await self._run(self.do_import_data_end, bool(success))
+
+    async def import_volume(self, src: Volume) -> Volume:
+        """Replace the contents with a copy of ``src``'s committed data."""
+        if src is self:
+            raise StoragePoolException(f"volume {self.vid}: cannot import a volume into itself")
+        path = await src.export()
+        await self._run(self.do_import_volume, src, path)
+        return self
+
+    async def resize(self, size: int) -> None:
+        size = parse_int(f"volume {self.vid}: size", size)
+        await self._run(self.do_resize, size)
+
+    async def revert(self, revision: str | None = None) -> Volume:
+        await self._run(self.do_revert, revision)
+        return self
+
+    # --- driver hooks (blocking, called with the lock held, in a thread) ---
+
+    def _unsupported(self, what: str) -> Any:
+        raise StoragePoolException(
+            f"volume {self.vid}: pool {self.pool.name} ({self.pool.driver}) cannot {what}")
+
+    def do_create(self) -> None:
+        self._unsupported("create volumes")
+
+    def do_remove(self) -> None:
+        self._unsupported("remove volumes")
+
+    def do_start(self) -> None:
+        self._unsupported("start volumes")
+
+    def do_stop(self) -> None:
+        self._unsupported("stop volumes")
+
+    def do_abort_start(self) -> None:
+        self.do_stop()
+
+    def do_verify(self) -> bool:
+        return True
+
+    def do_export(self) -> str:
+        return self.export_path()
+
+    def do_import_data(self, size: int) -> str:
+        return self._unsupported("import data")
+
+    def do_import_data_end(self, success: bool) -> None:
+        self._unsupported("import data")
+
+    def do_import_volume(self, src: Volume, path: str) -> None:
+        self._unsupported("import volumes")
+
+    def do_resize(self, size: int) -> None:
+        self._unsupported("resize volumes")
+
+    def do_revert(self, revision: str | None) -> None:
+        self._unsupported("revert volumes")
 
 
 @functools.cache
@@ -56,9 +379,35 @@ def pool_drivers() -> dict[str, type[Pool]]:
 
 def make_pool(name: str, driver: str, **config: Any) -> Pool:
     """Instantiate a pool of ``driver``; an unknown driver gives an unusable placeholder."""
+    _register_app_handlers()
     cls = pool_drivers().get(driver)
     if cls is None:
         log.warning("pool %s: storage driver %r is not installed; the pool is unavailable",
                     name, driver)
         return UnavailablePool(name, driver, **config)
     return cls(name=name, **config)
+
+
+@functools.cache
+def _register_app_handlers() -> None:
+    """Hook pool setup into ``app.add_pool`` (imported late: the app imports this module)."""
+    from qubes_core.app import Qubes
+
+    Qubes.add_class_handler("pool-pre-add", _on_pool_pre_add)
+
+
+def _on_pool_pre_add(app: Any, event: str, pool: Pool) -> None:
+    """Set the pool up before it joins the app; raising here vetoes the add.
+
+    A pool added while the app has no VM yet is the first pool of a new store
+    (``Qubes.create_empty_store``); see :meth:`Pool.setup` for what that changes.
+    """
+    pool.setup(creating_store=len(app.domains) == 0)
+
+
+def __getattr__(name: str) -> Any:
+    if name == "Storage":  # imported late: it builds on the classes above
+        from qubes_core.storage.vmstorage import Storage
+
+        return Storage
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -260,3 +260,15 @@ class QubesVM(BaseVM):
     def init_volume_config(self) -> None:
         """Fill ``volume_config`` from the class defaults (called once, at creation)."""
         self.volume_config = volumes.default_config(self)
+
+    @property
+    def storage(self) -> Any:
+        """The VM's volumes as a whole (``qubes_core.storage.Storage``): start, stop, ..."""
+        from qubes_core.storage.vmstorage import vm_storage
+
+        return vm_storage(self)
+
+    @property
+    def volumes(self) -> dict[str, Any]:
+        """The VM's volumes by name (``qubes_core.storage.Volume``)."""
+        return self.storage.volumes

@@ -1,0 +1,261 @@
+"""Crash-safe, logged file operations on volume images.
+
+Every image that becomes visible under its final name was written to a
+temporary name next to it (``NAME~RANDOM``), fsynced, renamed, and its
+directory fsynced: a crash leaves the old or the new file, never a torn one,
+plus at worst a ``~`` leftover that the next use removes. Every copy, rename
+and remove is logged at INFO on ``qubes.storage.reflink`` so that the journal
+shows what was done to which file.
+
+Copies are reflinks (ioctl FICLONE) where the filesystem can share extents,
+and sparse copies (data segments only, zero blocks skipped) where it cannot.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import fcntl
+import glob
+import logging
+import os
+import secrets
+from collections.abc import Iterator
+from pathlib import Path
+
+log = logging.getLogger("qubes.storage.reflink")
+
+FICLONE = 0x40049409  # _IOW(0x94, 9, int), x86_64 and most others
+# Errors with which FICLONE says "not here", as opposed to a real I/O error.
+NO_REFLINK_ERRNOS = frozenset({errno.EBADF, errno.EINVAL, errno.EOPNOTSUPP, errno.EXDEV,
+                               errno.ENOTTY, errno.ENOSYS})
+COPY_CHUNK = 4 * 1024 * 1024
+_ZEROS = bytes(COPY_CHUNK)
+TEMP_SEPARATOR = "~"
+
+PathLike = str | os.PathLike[str]
+
+
+def temp_name(path: PathLike) -> str:
+    """A fresh temporary name next to ``path`` (``path~RANDOM``)."""
+    return f"{os.fspath(path)}{TEMP_SEPARATOR}{secrets.token_hex(6)}"
+
+
+def fsync_dir(path: PathLike) -> None:
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def fsync_path(path: PathLike) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def make_dirs(path: PathLike) -> None:
+    """Create ``path`` and its parents, fsyncing each parent that got a new entry."""
+    path = Path(path)
+    missing = []
+    while not path.exists():
+        missing.append(path)
+        path = path.parent
+    for directory in reversed(missing):
+        with contextlib.suppress(FileExistsError):
+            os.mkdir(directory)
+        fsync_dir(directory.parent)
+
+
+def reflink_fd(src_fd: int, dst_fd: int) -> None:
+    """Share all of ``src_fd``'s extents with ``dst_fd`` (raises OSError if impossible)."""
+    fcntl.ioctl(dst_fd, FICLONE, src_fd)
+
+
+def _data_segments(fd: int, size: int) -> Iterator[tuple[int, int]]:
+    """(start, end) of the data segments of an open file, holes skipped."""
+    offset = 0
+    while offset < size:
+        try:
+            start = os.lseek(fd, offset, os.SEEK_DATA)
+        except OSError as err:
+            if err.errno == errno.ENXIO:  # only a hole is left
+                return
+            raise
+        end = os.lseek(fd, start, os.SEEK_HOLE)
+        yield start, min(end, size)
+        offset = end
+
+
+def sparse_copy_fd(src_fd: int, dst_fd: int) -> int:
+    """Copy data segments of ``src_fd`` into the (empty) ``dst_fd``; return bytes written.
+
+    Holes of the source and all-zero chunks stay holes in the copy. A plain
+    read/write loop on purpose: ``copy_file_range`` may itself reflink or fill
+    holes, and this is the path taken precisely when sharing is not wanted or
+    not possible.
+    """
+    size = os.fstat(src_fd).st_size
+    os.ftruncate(dst_fd, size)
+    written = 0
+    buffer = bytearray(COPY_CHUNK)
+    view = memoryview(buffer)
+    for start, end in _data_segments(src_fd, size):
+        offset = start
+        while offset < end:
+            want = min(COPY_CHUNK, end - offset)
+            got = os.preadv(src_fd, [view[:want]], offset)
+            if got == 0:
+                break
+            chunk = view[:got]
+            # bytearray comparison is a memcmp; a memoryview one is element-wise.
+            zero = buffer == _ZEROS if got == COPY_CHUNK else bytes(chunk) == _ZEROS[:got]
+            if not zero:
+                done = 0
+                while done < got:
+                    done += os.pwrite(dst_fd, chunk[done:], offset + done)
+                written += got
+            offset += got
+    return written
+
+
+def clone_fd(src_fd: int, dst_fd: int, *, reflink: bool = True) -> str:
+    """Reflink, or sparse-copy when the filesystem cannot; return how it was done."""
+    if reflink:
+        try:
+            reflink_fd(src_fd, dst_fd)
+            return "reflink"
+        except OSError as err:
+            if err.errno not in NO_REFLINK_ERRNOS:
+                raise
+            how = f"sparse copy ({errno.errorcode.get(err.errno, err.errno)} from FICLONE)"
+    else:
+        how = "sparse copy"
+    os.ftruncate(dst_fd, 0)
+    sparse_copy_fd(src_fd, dst_fd)
+    return how
+
+
+def copy_file(src: PathLike, dst: PathLike, *, reflink: bool = True,
+              size: int | None = None) -> str:
+    """Atomically make ``dst`` a copy of ``src`` (grown to ``size`` if larger)."""
+    tmp = temp_name(dst)
+    src_fd = os.open(src, os.O_RDONLY)
+    try:
+        dst_fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        try:
+            how = clone_fd(src_fd, dst_fd, reflink=reflink)
+            if size is not None and size > os.fstat(dst_fd).st_size:
+                os.ftruncate(dst_fd, size)
+            os.fsync(dst_fd)
+        except BaseException:
+            os.close(dst_fd)
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(tmp)
+            raise
+        os.close(dst_fd)
+    finally:
+        os.close(src_fd)
+    log.info("Copied file by %s: %s -> %s", how, src, tmp)
+    rename(tmp, dst)
+    return how
+
+
+def create_sparse_file(path: PathLike, size: int) -> None:
+    """Atomically create an all-hole file of ``size`` bytes."""
+    tmp = temp_name(path)
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    try:
+        os.ftruncate(fd, size)
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    log.info("Created sparse file: %s (%d bytes)", tmp, size)
+    rename(tmp, path)
+
+
+def resize_file(path: PathLike, size: int, *, reflink: bool = True) -> None:
+    """Atomically give ``path`` a new size: a grown copy replaces it (links keep the old)."""
+    copy_file(path, path, reflink=reflink, size=size)
+
+
+def rename(src: PathLike, dst: PathLike) -> None:
+    os.rename(src, dst)
+    fsync_dir(os.path.dirname(os.path.abspath(dst)))
+    log.info("Renamed file: %s -> %s", src, dst)
+
+
+def link(src: PathLike, dst: PathLike) -> None:
+    """Make ``dst`` another name of ``src``'s inode, replacing ``dst`` atomically."""
+    tmp = temp_name(dst)
+    os.link(src, tmp)
+    log.info("Linked file: %s -> %s", src, tmp)
+    rename(tmp, dst)
+
+
+def link_new(src: PathLike, dst: PathLike) -> None:
+    """Make ``dst`` (which must not exist) another name of ``src``'s inode."""
+    os.link(src, dst)
+    fsync_dir(os.path.dirname(os.path.abspath(dst)))
+    log.info("Linked file: %s -> %s", src, dst)
+
+
+def remove(path: PathLike, *, sync: bool = True) -> bool:
+    """Remove ``path`` if it exists; return whether it did."""
+    try:
+        os.unlink(path)
+    except FileNotFoundError:
+        return False
+    if sync:
+        fsync_dir(os.path.dirname(os.path.abspath(path)))
+    log.info("Removed file: %s", path)
+    return True
+
+
+def remove_temp_files(path: PathLike) -> list[str]:
+    """Remove the ``path~*`` leftovers of interrupted writes; return their names."""
+    leftovers = sorted(glob.glob(glob.escape(os.fspath(path)) + TEMP_SEPARATOR + "*"))
+    for leftover in leftovers:
+        log.info("Removing leftover of an interrupted operation: %s", leftover)
+        remove(leftover, sync=False)
+    if leftovers:
+        fsync_dir(os.path.dirname(os.path.abspath(path)))
+    return leftovers
+
+
+def reflink_supported(directory: PathLike) -> tuple[bool, str]:
+    """Whether files in ``directory`` can be reflinked, by a real FICLONE of a probe file."""
+    probe = temp_name(Path(directory) / ".reflink-probe")
+    clone = temp_name(probe)
+    try:
+        src_fd = os.open(probe, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o600)
+        try:
+            os.write(src_fd, b"reflink probe\n" * 512)
+            os.fsync(src_fd)
+            dst_fd = os.open(clone, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+            try:
+                reflink_fd(src_fd, dst_fd)
+            except OSError as err:
+                if err.errno not in NO_REFLINK_ERRNOS:
+                    raise
+                return False, f"FICLONE failed: {os.strerror(err.errno)}"
+            finally:
+                os.close(dst_fd)
+        finally:
+            os.close(src_fd)
+        return True, "FICLONE works"
+    finally:
+        for name in (clone, probe):
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(name)
+
+
+def allocated_bytes(path: PathLike) -> int:
+    """Bytes the filesystem allocated to ``path`` (0 if it does not exist)."""
+    try:
+        return os.stat(path).st_blocks * 512
+    except FileNotFoundError:
+        return 0

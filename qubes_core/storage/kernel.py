@@ -1,0 +1,95 @@
+"""The ``linux-kernel`` driver: read-only kernels that dom0 provides to VMs.
+
+``dir_path/VERSION/`` holds ``vmlinuz``, ``initramfs`` and ``modules.img``;
+a VM's kernel volume has the version as its vid. Nothing is copied: the VM
+reads ``modules.img`` as a read-only disk.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+from qubes_core.storage import Pool, StoragePoolException, Volume
+
+DEFAULT_DIR = "/var/lib/qubes/vm-kernels"
+
+
+class LinuxKernelVolume(Volume):
+    pool: LinuxKernelPool
+
+    @property
+    def kernel_dir(self) -> str:
+        return os.path.join(self.pool.dir_path, self.vid)
+
+    @property
+    def rw(self) -> bool:
+        return False
+
+    @rw.setter
+    def rw(self, value: bool) -> None:
+        if value:
+            raise StoragePoolException(f"kernel volume {self.vid} is read-only")
+
+    @property
+    def size(self) -> int:
+        try:
+            return os.stat(os.path.join(self.kernel_dir, "modules.img")).st_size
+        except FileNotFoundError:
+            return 0
+
+    @property
+    def usage(self) -> int:
+        return self.size
+
+    def block_device(self) -> str | None:
+        path = os.path.join(self.kernel_dir, "modules.img")
+        return path if os.path.exists(path) else None
+
+    def export_path(self) -> str:
+        path = self.block_device()
+        if path is None:
+            raise StoragePoolException(f"kernel {self.vid} has no modules.img")
+        return path
+
+    def do_verify(self) -> bool:
+        if not os.path.exists(os.path.join(self.kernel_dir, "vmlinuz")):
+            raise StoragePoolException(
+                f"kernel {self.vid!r} is not installed (no {self.kernel_dir}/vmlinuz)")
+        return True
+
+    def do_create(self) -> None:
+        """Kernels are installed with dom0's packages, not created per VM."""
+
+    def do_remove(self) -> None:
+        """A kernel outlives the VMs that used it."""
+
+    def do_start(self) -> None:
+        self.do_verify()
+
+    def do_stop(self) -> None:
+        """Nothing was copied at start."""
+
+
+class LinuxKernelPool(Pool):
+    driver = "linux-kernel"
+    known_options = {"dir_path": DEFAULT_DIR}
+
+    @property
+    def dir_path(self) -> str:
+        return self.config.get("dir_path", DEFAULT_DIR)
+
+    def init_volume(self, vm: Any, config: dict[str, Any],
+                    source: Volume | None = None) -> LinuxKernelVolume:
+        return LinuxKernelVolume(self, config, source)
+
+    def get_volume(self, vid: str) -> LinuxKernelVolume:
+        return LinuxKernelVolume(self, {"name": "kernel", "vid": vid})
+
+    def kernels(self) -> list[str]:
+        """Installed kernel versions."""
+        try:
+            return sorted(entry for entry in os.listdir(self.dir_path)
+                          if os.path.exists(os.path.join(self.dir_path, entry, "vmlinuz")))
+        except FileNotFoundError:
+            return []

@@ -1,0 +1,477 @@
+"""The ``file-reflink`` driver: volumes are image files, snapshots are reflinks.
+
+Layout, with ``P = dir_path/vid`` (``appvms/VM/VOL`` or ``vm-templates/VM/VOL``)::
+
+    P.img                     the clean (committed) image
+    P-dirty.img               the image a running VM uses
+    P-precache.img            a ready reflink of the clean image, taken by the next start
+    P-import.img              an import in progress
+    P.img.N@YYYY-MM-DDTHH:MM:SSZ   revision N (timestamp: the clean image's mtime, UTC)
+    *~RANDOM                  temporary files, fsynced then renamed
+
+A clean image is never written in place: it is only ever replaced by a rename,
+so hard links to it (revisions, the snapshots of AppVMs) keep the contents they
+had. That is what makes a revision or a snapshot start cost one link, and what
+makes every operation crash-safe: an interrupted one leaves the old clean image,
+plus ``~`` leftovers that the next use of the volume removes (and logs).
+
+On a filesystem without reflink support (ext4), every copy is a sparse copy;
+the pool refuses to be set up there unless given ``setup_check=no``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime
+import errno
+import glob
+import logging
+import os
+from typing import Any
+
+from qubes_core.storage import (
+    Pool,
+    StoragePoolException,
+    Volume,
+    check_vid,
+    fileops,
+    parse_bool_option,
+)
+
+log = logging.getLogger("qubes.storage.reflink")
+
+PRECACHE_XATTR = "user.qubes.precache-of"
+SNAPSHOT_XATTR = "user.qubes.snapshot-of"
+REVISION_TIME_FORMAT = "%Y-%m-%dT%H:%M:%SZ"
+
+
+def filesystem_type(path: str) -> str:
+    """Type of the filesystem ``path`` is on (``ext4``, ``xfs``, ...), from mountinfo."""
+    real = os.path.realpath(path)
+    best, fstype = "", "unknown"
+    with open("/proc/self/mountinfo", encoding="utf-8") as mounts:
+        for line in mounts:
+            fields = line.split()
+            mount_point = fields[4].encode().decode("unicode_escape")
+            sep = fields.index("-")
+            if (real == mount_point or real.startswith(mount_point.rstrip("/") + "/")) \
+                    and len(mount_point) >= len(best):
+                best, fstype = mount_point, fields[sep + 1]
+    return fstype
+
+
+def identity(path: str) -> str:
+    """What identifies one version of an image: device, inode, mtime and size."""
+    st = os.stat(path)
+    return f"{st.st_dev}:{st.st_ino}:{st.st_mtime_ns}:{st.st_size}"
+
+
+class FileReflinkPool(Pool):
+    """A directory of image files on a filesystem that can share extents (XFS, btrfs)."""
+
+    driver = "file-reflink"
+    # Whether snapshots try FICLONE first (the ``file`` driver never does).
+    reflink = True
+    known_options = {"dir_path": "", "setup_check": "yes", "revisions_to_keep": "1"}
+
+    @property
+    def dir_path(self) -> str:
+        path = self.config.get("dir_path", "")
+        if not path or not os.path.isabs(path):
+            raise StoragePoolException(
+                f"pool {self.name!r}: dir_path must be an absolute directory, not {path!r}")
+        return os.path.normpath(path)
+
+    @property
+    def setup_check(self) -> bool:
+        return parse_bool_option(self.name, "setup_check", self.config.get("setup_check", "yes"))
+
+    def setup(self, *, creating_store: bool = False) -> None:
+        """Create the directory and check that its filesystem can reflink.
+
+        The check is a real FICLONE of a probe file in the pool's own directory.
+        On a filesystem without reflink support the pool is refused unless
+        ``setup_check=no`` accepts slow full copies. The one exception is the
+        first pool of a new store (``Qubes.create_empty_store``) when the caller
+        did not choose: a new installation must work on any filesystem, so that
+        pool gets ``setup_check=no`` recorded in qubes.xml, with a warning.
+        """
+        dir_path = self.dir_path
+        self.revisions_to_keep = self.config.get("revisions_to_keep", "1")
+        setup_check = self.setup_check
+        fileops.make_dirs(dir_path)
+        if not self.reflink or not setup_check:
+            return
+        supported, reason = fileops.reflink_supported(dir_path)
+        if supported:
+            return
+        fstype = filesystem_type(dir_path)
+        if creating_store and "setup_check" not in self.config:
+            log.warning("pool %s: the %s filesystem of %s cannot reflink (%s); snapshots "
+                        "will be full sparse copies (setup_check=no recorded)",
+                        self.name, fstype, dir_path, reason)
+            self.config["setup_check"] = "no"
+            return
+        raise StoragePoolException(
+            f"pool {self.name!r}: the {fstype} filesystem of {dir_path} cannot reflink "
+            f"({reason}); use XFS (reflink=1) or btrfs, or pass setup_check=no to accept "
+            "slow full copies that use more disk space"
+        )
+
+    def _statvfs(self) -> os.statvfs_result | None:
+        try:
+            return os.statvfs(self.dir_path)
+        except (OSError, StoragePoolException):
+            return None
+
+    @property
+    def size(self) -> int | None:
+        st = self._statvfs()
+        return None if st is None else st.f_blocks * st.f_frsize
+
+    @property
+    def usage(self) -> int | None:
+        st = self._statvfs()
+        return None if st is None else (st.f_blocks - st.f_bfree) * st.f_frsize
+
+    def init_volume(self, vm: Any, config: dict[str, Any],
+                    source: Volume | None = None) -> FileReflinkVolume:
+        return self.volume_class(self, config, source)
+
+    def get_volume(self, vid: str) -> FileReflinkVolume:
+        check_vid(vid)
+        config = {"name": os.path.basename(vid), "vid": vid, "save_on_stop": True}
+        path = os.path.join(self.dir_path, vid + ".img")
+        with contextlib.suppress(FileNotFoundError):
+            config["size"] = os.stat(path).st_size
+        return self.volume_class(self, config)
+
+    volume_class: type[FileReflinkVolume]
+
+
+class FileReflinkVolume(Volume):
+    """A volume of a :class:`FileReflinkPool`."""
+
+    pool: FileReflinkPool
+
+    # --- paths --------------------------------------------------------------
+
+    @property
+    def _base(self) -> str:
+        return os.path.join(self.pool.dir_path, self.vid)
+
+    @property
+    def path_clean(self) -> str:
+        return self._base + ".img"
+
+    @property
+    def path_dirty(self) -> str:
+        return self._base + "-dirty.img"
+
+    @property
+    def path_precache(self) -> str:
+        return self._base + "-precache.img"
+
+    @property
+    def path_import(self) -> str:
+        return self._base + "-import.img"
+
+    def path_revision(self, number: int | str, timestamp: str) -> str:
+        return f"{self.path_clean}.{number}@{timestamp}"
+
+    def _images(self) -> list[str]:
+        """Every file of this volume but revisions."""
+        return [self.path_clean, self.path_dirty, self.path_precache, self.path_import]
+
+    def _copy(self, src: str, dst: str, size: int | None = None) -> None:
+        fileops.copy_file(src, dst, reflink=self.pool.reflink, size=size)
+
+    # --- state --------------------------------------------------------------
+
+    def is_dirty(self) -> bool:
+        return self.save_on_stop and os.path.exists(self.path_dirty)
+
+    def in_use(self) -> bool:
+        return os.path.exists(self.path_dirty)
+
+    def is_outdated(self) -> bool:
+        if not self.snap_on_start or self.source is None:
+            return False
+        try:
+            mine = os.stat(self.path_clean)
+            source_path = self.source.export_path()
+            theirs = os.stat(source_path)
+        except (FileNotFoundError, StoragePoolException):
+            return False
+        if mine.st_dev == theirs.st_dev and mine.st_nlink > 1:
+            return mine.st_ino != theirs.st_ino
+        try:
+            recorded = os.getxattr(self.path_clean, SNAPSHOT_XATTR).decode()
+        except OSError:
+            return True
+        return recorded != identity(source_path)
+
+    @property
+    def revisions(self) -> dict[str, str]:
+        prefix = self.path_clean + "."
+        found = []
+        for path in glob.glob(glob.escape(prefix) + "*@*Z"):
+            number, _, timestamp = path[len(prefix):].partition("@")
+            if number.isdigit():
+                found.append((int(number), timestamp))
+        return {str(number): timestamp for number, timestamp in sorted(found)}
+
+    def _revision_paths(self) -> list[tuple[int, str]]:
+        return [(int(number), self.path_revision(number, timestamp))
+                for number, timestamp in self.revisions.items()]
+
+    @property
+    def usage(self) -> int:
+        if os.path.exists(self.path_dirty):
+            return fileops.allocated_bytes(self.path_dirty)
+        if self.save_on_stop:
+            return fileops.allocated_bytes(self.path_clean)
+        return 0
+
+    def block_device(self) -> str:
+        return self.path_dirty
+
+    def export_path(self) -> str:
+        if self.snap_on_start and self.source is not None:
+            return self.source.export_path()
+        if not os.path.exists(self.path_clean):
+            raise StoragePoolException(f"volume {self.vid} has no image ({self.path_clean})")
+        return self.path_clean
+
+    # --- housekeeping -------------------------------------------------------
+
+    def _remove_leftovers(self) -> None:
+        """Remove what an interrupted operation left: ``~`` files and a stale precache."""
+        for path in self._images():
+            fileops.remove_temp_files(path)
+        if os.path.exists(self.path_precache) and not self._precache_valid():
+            log.info("Removing stale precache of %s", self.vid)
+            fileops.remove(self.path_precache)
+
+    def _precache_valid(self) -> bool:
+        try:
+            recorded = os.getxattr(self.path_precache, PRECACHE_XATTR).decode()
+            return recorded == identity(self.path_clean)
+        except OSError:
+            return False
+
+    def _make_precache(self) -> None:
+        """Reflink the clean image to ``P-precache.img`` so the next start is a rename."""
+        if not self.pool.reflink or not os.path.exists(self.path_clean):
+            return
+        tmp = fileops.temp_name(self.path_precache)
+        try:
+            src_fd = os.open(self.path_clean, os.O_RDONLY)
+            try:
+                dst_fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+                try:
+                    fileops.reflink_fd(src_fd, dst_fd)
+                    os.setxattr(dst_fd, PRECACHE_XATTR, identity(self.path_clean).encode())
+                    os.fsync(dst_fd)
+                finally:
+                    os.close(dst_fd)
+            finally:
+                os.close(src_fd)
+        except OSError as err:
+            # No reflink or no xattrs here: starts copy the clean image instead.
+            log.debug("no precache for %s: %s", self.vid, err)
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(tmp)
+            return
+        log.info("Copied file by reflink: %s -> %s", self.path_clean, tmp)
+        fileops.rename(tmp, self.path_precache)
+
+    def _remove_all(self) -> None:
+        for path in self._images():
+            fileops.remove_temp_files(path)
+            fileops.remove(path)
+        for _number, path in self._revision_paths():
+            fileops.remove(path)
+
+    # --- revisions ----------------------------------------------------------
+
+    def _add_revision(self) -> None:
+        """Keep the current clean image as the next revision (a hard link: no copy)."""
+        if self.revisions_to_keep == 0 or not os.path.exists(self.path_clean):
+            return
+        numbers = [number for number, _path in self._revision_paths()]
+        mtime = os.stat(self.path_clean).st_mtime
+        timestamp = datetime.datetime.fromtimestamp(mtime, datetime.UTC).strftime(
+            REVISION_TIME_FORMAT)
+        fileops.link_new(self.path_clean, self.path_revision(max(numbers, default=0) + 1,
+                                                             timestamp))
+
+    def _prune_revisions(self) -> None:
+        keep = self.revisions_to_keep
+        paths = self._revision_paths()
+        for _number, path in paths[:max(0, len(paths) - keep)]:
+            fileops.remove(path)
+
+    def _commit(self, path_from: str) -> None:
+        """Make ``path_from`` the clean image; the old one becomes a revision."""
+        fileops.fsync_path(path_from)
+        fileops.remove(self.path_precache)
+        self._add_revision()
+        self._prune_revisions()
+        fileops.rename(path_from, self.path_clean)
+
+    # --- operations ---------------------------------------------------------
+
+    def do_create(self) -> None:
+        self._remove_all()
+        fileops.make_dirs(os.path.dirname(self.path_clean))
+        if self.save_on_stop and not self.snap_on_start:
+            fileops.create_sparse_file(self.path_clean, self.size)
+
+    def do_remove(self) -> None:
+        self._remove_all()
+        with contextlib.suppress(OSError):  # the VM's directory, once it is empty
+            os.rmdir(os.path.dirname(self.path_clean))
+
+    def do_verify(self) -> bool:
+        if self.snap_on_start:
+            if self.source is None:
+                raise StoragePoolException(
+                    f"volume {self.vid} is a snapshot but has no source volume")
+            path = self.source.export_path()
+            if not os.path.exists(path):
+                raise StoragePoolException(
+                    f"volume {self.vid}: its source {self.source.vid} has no image ({path})")
+        elif self.save_on_stop and not (os.path.exists(self.path_clean)
+                                        or os.path.exists(self.path_dirty)):
+            raise StoragePoolException(f"volume {self.vid} is missing its image "
+                                       f"({self.path_clean})")
+        return True
+
+    def do_start(self) -> None:
+        self._remove_leftovers()
+        fileops.make_dirs(os.path.dirname(self.path_clean))
+        if self.is_dirty():
+            log.info("Starting %s on its uncommitted image %s (not cleanly stopped)",
+                     self.vid, self.path_dirty)
+            return
+        if self.snap_on_start:
+            self._link_source()
+            self._copy(self.path_clean, self.path_dirty, size=self.size)
+        elif self.save_on_stop:
+            if os.path.exists(self.path_precache):
+                fileops.rename(self.path_precache, self.path_dirty)
+                if os.stat(self.path_dirty).st_size < self.size:
+                    os.truncate(self.path_dirty, self.size)
+            else:
+                self._copy(self.path_clean, self.path_dirty, size=self.size)
+        else:
+            fileops.create_sparse_file(self.path_dirty, self.size)
+
+    def _link_source(self) -> None:
+        """Make ``P.img`` the source's clean image: a hard link, or a copy across mounts."""
+        if self.source is None:
+            raise StoragePoolException(f"volume {self.vid} is a snapshot but has no source")
+        source_path = self.source.export_path()
+        try:
+            fileops.link(source_path, self.path_clean)
+        except OSError as err:
+            if err.errno != errno.EXDEV:
+                raise
+            fileops.remove_temp_files(self.path_clean)
+            self._copy(source_path, self.path_clean)
+            os.setxattr(self.path_clean, SNAPSHOT_XATTR, identity(source_path).encode())
+
+    def do_stop(self) -> None:
+        if self.save_on_stop:
+            if not os.path.exists(self.path_dirty):
+                log.warning("volume %s was not started; nothing to commit", self.vid)
+                return
+            self._commit(self.path_dirty)
+            self._make_precache()
+            return
+        fileops.remove(self.path_dirty)
+        if self.snap_on_start:
+            fileops.remove(self.path_clean)
+
+    def do_abort_start(self) -> None:
+        if self.save_on_stop:  # the VM never ran: the dirty image is the clean one
+            fileops.remove(self.path_dirty)
+            return
+        self.do_stop()
+
+    def _refuse_in_use(self, what: str) -> None:
+        if self.in_use():
+            raise StoragePoolException(
+                f"cannot {what} volume {self.vid}: it is in use (or its VM was not cleanly "
+                "stopped); stop the VM first")
+
+    def _refuse_snapshot(self, what: str) -> None:
+        if self.snap_on_start or not self.save_on_stop:
+            kind = "a snapshot of another volume" if self.snap_on_start else "not persistent"
+            raise StoragePoolException(f"cannot {what} volume {self.vid}: it is {kind}")
+
+    def do_revert(self, revision: str | None) -> None:
+        self._refuse_in_use("revert")
+        revisions = self.revisions
+        if not revisions:
+            raise StoragePoolException(f"volume {self.vid} has no revisions to revert to")
+        chosen = str(revision) if revision not in (None, "") else list(revisions)[-1]
+        if chosen not in revisions:
+            raise StoragePoolException(
+                f"volume {self.vid} has no revision {chosen!r} (kept: "
+                f"{', '.join(revisions)})")
+        path = self.path_revision(chosen, revisions[chosen])
+        self._remove_leftovers()
+        fileops.remove(self.path_precache)
+        self._add_revision()  # the current image stays reachable: a revert can be undone
+        fileops.rename(path, self.path_clean)
+
+    def do_resize(self, size: int) -> None:
+        current = self.size
+        if size < current:
+            raise StoragePoolException(
+                f"cannot shrink volume {self.vid} from {current} to {size} bytes: shrinking "
+                "is not supported")
+        if size == current:
+            return
+        if os.path.exists(self.path_dirty):
+            os.truncate(self.path_dirty, size)  # the running VM's own image
+            log.info("Grew file in place: %s to %d bytes", self.path_dirty, size)
+        elif self.save_on_stop and not self.snap_on_start and os.path.exists(self.path_clean):
+            self._remove_leftovers()
+            fileops.remove(self.path_precache)
+            fileops.resize_file(self.path_clean, size, reflink=self.pool.reflink)
+        self.config["size"] = size
+
+    def do_import_data(self, size: int) -> str:
+        self._refuse_snapshot("import into")
+        self._refuse_in_use("import into")
+        fileops.remove_temp_files(self.path_import)
+        fileops.remove(self.path_import)
+        fileops.make_dirs(os.path.dirname(self.path_import))
+        fileops.create_sparse_file(self.path_import, size)
+        return self.path_import
+
+    def do_import_data_end(self, success: bool) -> None:
+        if not os.path.exists(self.path_import):
+            raise StoragePoolException(f"volume {self.vid} has no import in progress")
+        if not success:
+            fileops.remove(self.path_import)
+            return
+        size = os.stat(self.path_import).st_size
+        self._commit(self.path_import)
+        self.config["size"] = size
+
+    def do_import_volume(self, src: Volume, path: str) -> None:
+        self._refuse_snapshot("import into")
+        self._refuse_in_use("import into")
+        fileops.remove_temp_files(self.path_import)
+        fileops.make_dirs(os.path.dirname(self.path_import))
+        size = max(self.size, src.size, os.stat(path).st_size)
+        self._copy(path, self.path_import, size=size)
+        self._commit(self.path_import)
+        self.config["size"] = size
+
+
+FileReflinkPool.volume_class = FileReflinkVolume
