@@ -12,6 +12,7 @@ VM_CLASSES = [
 EXTENSIONS = [
     "services = qubes_core.ext.services:ServicesExtension",
     "core_features = qubes_core.ext.core_features:CoreFeaturesExtension",
+    "firewall = qubes_core.ext.firewall:FirewallExtension",
 ]
 
 STORAGE_DRIVERS = [

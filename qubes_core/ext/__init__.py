@@ -18,6 +18,7 @@ log = logging.getLogger("qubes.ext")
 BUILTIN_EXTENSIONS = {
     "services": "qubes_core.ext.services:ServicesExtension",
     "core_features": "qubes_core.ext.core_features:CoreFeaturesExtension",
+    "firewall": "qubes_core.ext.firewall:FirewallExtension",
 }
 
 _loaded: dict[str, Extension] = {}

@@ -226,6 +226,13 @@ class QubesVM(BaseVM):
     # --- networking -------------------------------------------------------
 
     @property
+    def firewall(self) -> Any:
+        """The VM's firewall rules (``qubes_core.firewall.Firewall``), from its firewall.xml."""
+        from qubes_core.firewall import firewall_of
+
+        return firewall_of(self)
+
+    @property
     def connected_vms(self) -> list[Any]:
         """VMs whose netvm (set or default) is this one."""
         return [vm for vm in self.app.domains

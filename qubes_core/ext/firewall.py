@@ -1,0 +1,97 @@
+"""Firewall: keeps each running VM's rules exported to its netvm and expiring on time.
+
+Reacts to the model: rule changes (``firewall-changed``), netvm and address
+changes, VMs and netvms starting and stopping, DispVMs being created (they take
+their AppVM's rules), and qubesd starting and stopping (the expiry schedule).
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from qubes_core.ext import Extension, app_handler, vm_handler
+from qubes_core.firewall.expiry import schedule_of
+from qubes_core.firewall.export import export_of
+from qubes_core.firewall.vmfirewall import firewall_of
+from qubes_core.firewall.xmlfile import FirewallFileError
+
+log = logging.getLogger("qubes.ext.firewall")
+
+
+def _has_firewall(vm: Any) -> bool:
+    return hasattr(type(vm), "netvm")
+
+
+class FirewallExtension(Extension):
+    # --- rules and addresses ----------------------------------------------
+
+    @vm_handler("firewall-changed")
+    def on_firewall_changed(self, vm: Any, event: str, **kwargs: Any) -> None:
+        export_of(vm.app).refresh(vm)
+        schedule_of(vm.app).note_changed(vm)
+
+    @vm_handler("property-set:netvm", "property-reset:netvm", "property-set:ip",
+                "property-reset:ip", "property-set:ip6", "property-reset:ip6")
+    def on_address_changed(self, vm: Any, event: str, **kwargs: Any) -> None:
+        if _has_firewall(vm):
+            export_of(vm.app).refresh(vm)
+
+    @app_handler("property-set:default_netvm", "property-reset:default_netvm")
+    def on_default_netvm_changed(self, app: Any, event: str, **kwargs: Any) -> None:
+        followers = [vm for vm in app.domains
+                     if _has_firewall(vm) and vm.property_is_default("netvm")]
+        export_of(app).refresh_all(followers)
+
+    # --- lifecycle ----------------------------------------------------------
+
+    @vm_handler("domain-spawn", "domain-start")
+    def on_domain_start(self, vm: Any, event: str, **kwargs: Any) -> None:
+        if _has_firewall(vm):
+            export_of(vm.app).refresh(vm, running=True)
+
+    @vm_handler("domain-qdb-create")
+    def on_qdb_create(self, vm: Any, event: str, **kwargs: Any) -> None:
+        if getattr(vm, "provides_network", False):
+            export_of(vm.app).netvm_started(vm)
+
+    @vm_handler("domain-shutdown")
+    def on_domain_shutdown(self, vm: Any, event: str, **kwargs: Any) -> None:
+        export = export_of(vm.app)
+        export.withdraw(vm)
+        export.netvm_stopped(vm)
+
+    @app_handler("domain-add")
+    def on_domain_add(self, app: Any, event: str, vm: Any, **kwargs: Any) -> None:
+        """A new DispVM takes its AppVM's firewall (FACTS: DispVM)."""
+        template = getattr(vm, "template", None)
+        if type(vm).__name__ != "DispVM" or template is None:
+            return
+        source = firewall_of(template)
+        if not source.has_file():
+            return
+        try:
+            firewall_of(vm).clone_from(source)
+        except FirewallFileError as err:
+            # Never let a DispVM fall back to "allow all" because its AppVM's file is bad.
+            log.error("%s gets no firewall rule (all traffic dropped): %s", vm, err)
+            firewall_of(vm).set_rules([])
+
+    @app_handler("domain-delete")
+    def on_domain_delete(self, app: Any, event: str, vm: Any, **kwargs: Any) -> None:
+        if _has_firewall(vm):
+            export_of(app).withdraw(vm)
+            export_of(app).netvm_stopped(vm)
+            schedule_of(app).forget(vm)
+
+    # --- qubesd -----------------------------------------------------------------
+
+    @app_handler("qubesd-start")
+    def on_qubesd_start(self, app: Any, event: str, **kwargs: Any) -> None:
+        schedule = schedule_of(app)
+        schedule.start()
+        log.info("firewall expiry schedule built; next expiry at %s", schedule.next_expiry())
+
+    @app_handler("qubesd-stop")
+    async def on_qubesd_stop(self, app: Any, event: str, **kwargs: Any) -> None:
+        await schedule_of(app).stop()

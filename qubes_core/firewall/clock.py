@@ -1,0 +1,81 @@
+"""The clock that decides when a firewall rule has expired.
+
+Expiry is wall-clock time (``expire`` is seconds since the epoch), so the
+clock can jump; the scheduler also needs a monotonic clock to notice that.
+Each app has one clock, :class:`SystemClock` unless a test or simulation sets
+a :class:`ManualClock`, which moves only when told and wakes sleepers then.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+import weakref
+from typing import Any
+
+
+class SystemClock:
+    """The machine's clocks."""
+
+    def time(self) -> float:
+        return time.time()
+
+    def monotonic(self) -> float:
+        return time.monotonic()
+
+    async def sleep(self, seconds: float) -> None:
+        await asyncio.sleep(seconds)
+
+
+class ManualClock:
+    """A clock that moves only when told: ``advance`` (time passes), ``jump`` (clock set)."""
+
+    def __init__(self, start: float | None = None):
+        self._wall = time.time() if start is None else start
+        self._mono = 0.0
+        self._sleepers: list[tuple[float, asyncio.Future[None]]] = []
+
+    def time(self) -> float:
+        return self._wall
+
+    def monotonic(self) -> float:
+        return self._mono
+
+    async def sleep(self, seconds: float) -> None:
+        if seconds <= 0:
+            await asyncio.sleep(0)
+            return
+        future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        entry = (self._mono + seconds, future)
+        self._sleepers.append(entry)
+        try:
+            await future
+        finally:
+            if entry in self._sleepers:
+                self._sleepers.remove(entry)
+
+    def advance(self, seconds: float) -> None:
+        """Let ``seconds`` pass: both clocks move; sleepers whose time came wake."""
+        self._wall += seconds
+        self._mono += seconds
+        for deadline, future in list(self._sleepers):
+            if deadline <= self._mono and not future.done():
+                future.set_result(None)
+
+    def jump(self, seconds: float) -> None:
+        """Set the wall clock ``seconds`` forward (or back); no time passes."""
+        self._wall += seconds
+
+
+_clocks: weakref.WeakKeyDictionary[Any, Any] = weakref.WeakKeyDictionary()
+SYSTEM_CLOCK = SystemClock()
+
+
+def clock_of(app: Any) -> Any:
+    """The clock of ``app`` (the system clock unless one was set)."""
+    return _clocks.get(app, SYSTEM_CLOCK)
+
+
+def set_clock(app: Any, clock: Any) -> None:
+    """Make ``clock`` decide expiry for every firewall of ``app``."""
+    _clocks[app] = clock
