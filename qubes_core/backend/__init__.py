@@ -3,32 +3,128 @@
 The model asks its runtime for a VM's power state and start time and never
 caches them. :class:`OfflineRuntime` is the runtime of a qubes.xml edited with
 no hypervisor at hand (installation, recovery, unit tests): nothing runs.
+
+Contract of a runtime that runs VMs: its ``start``/``shutdown``/``kill``/
+``pause``/``unpause`` ask the hypervisor for the change; what actually happened
+is reported back by firing events on the VM, from the asyncio loop's thread:
+``domain-start``, ``domain-stopped`` (``reason=``; the model then stops the
+storage and fires ``domain-shutdown`` with the same reason), ``domain-paused``
+and ``domain-unpaused``. ``start``, ``kill``, ``pause`` and ``unpause`` return
+once their event was handled; ``shutdown`` only asks the VM to stop.
 """
 
 from __future__ import annotations
 
+import os
 from typing import Any
+
+from qubes_core import exc
+
+RUNTIME_NAMES = ("offline", "test", "xen")
 
 
 class Runtime:
     """Interface of a runtime, as the model sees it."""
 
     name = "abstract"
+    runs_vms = True
 
     def state(self, vm: Any) -> str:
+        """Power state of ``vm``: one of ``qubes_core.vm.base.POWER_STATES``."""
         raise NotImplementedError
 
     def start_time(self, vm: Any) -> float | None:
+        """When ``vm`` was started (seconds since the epoch); None unless it runs."""
         raise NotImplementedError
+
+    async def start(self, vm: Any) -> None:
+        """Start ``vm`` (its storage is already started); return once it runs."""
+        raise NotImplementedError
+
+    async def shutdown(self, vm: Any) -> None:
+        """Ask ``vm`` to shut down cleanly; do not wait for it."""
+        raise NotImplementedError
+
+    async def kill(self, vm: Any) -> None:
+        """Stop ``vm`` at once; return once its stop was reported."""
+        raise NotImplementedError
+
+    async def pause(self, vm: Any) -> None:
+        raise NotImplementedError
+
+    async def unpause(self, vm: Any) -> None:
+        raise NotImplementedError
+
+    async def wait_stopped(self, vm: Any, timeout: float) -> bool:
+        """Wait until the stop of ``vm`` was reported; False if ``timeout`` passed first."""
+        raise NotImplementedError
+
+    def bind(self, app: Any) -> None:
+        """Report events of ``app``'s VMs (also those started before this process)."""
+
+    def close(self) -> None:
+        """Release the connection to the hypervisor."""
 
 
 class OfflineRuntime(Runtime):
     """No hypervisor: every VM but dom0 is halted."""
 
     name = "offline"
+    runs_vms = False
 
     def state(self, vm: Any) -> str:
         return "Halted"
 
     def start_time(self, vm: Any) -> float | None:
         return None
+
+    def _refuse(self, vm: Any, action: str) -> exc.QubesVMError:
+        return exc.QubesVMError(
+            vm, f"cannot {action} {vm}: this installation is opened without a runtime "
+                "(offline); run qubesd with --runtime xen, test or sandbox",
+        )
+
+    async def start(self, vm: Any) -> None:
+        raise self._refuse(vm, "start")
+
+    async def shutdown(self, vm: Any) -> None:
+        raise self._refuse(vm, "shut down")
+
+    async def kill(self, vm: Any) -> None:
+        raise self._refuse(vm, "kill")
+
+    async def pause(self, vm: Any) -> None:
+        raise self._refuse(vm, "pause")
+
+    async def unpause(self, vm: Any) -> None:
+        raise self._refuse(vm, "unpause")
+
+    async def wait_stopped(self, vm: Any, timeout: float) -> bool:
+        return True
+
+
+def default_runtime_name() -> str:
+    """``xen`` on a Xen host (``/proc/xen`` exists), else libvirt's ``test`` driver."""
+    return "xen" if os.path.exists("/proc/xen") else "test"
+
+
+def make_runtime(name: str, **options: Any) -> Runtime:
+    """The runtime called ``name`` (``offline``, ``test`` or ``xen``).
+
+    ``test`` is libvirt's in-process test driver (``test:///default``), ``xen``
+    libvirt's Xen driver (``xen:///``); ``uri=`` overrides the libvirt URI.
+    """
+    if name == "offline":
+        if options:
+            raise exc.QubesValueError(
+                f"the offline runtime takes no options (got {', '.join(sorted(options))})"
+            )
+        return OfflineRuntime()
+    if name in ("test", "xen"):
+        from qubes_core.backend.libvirt import LibvirtRuntime
+
+        uri = options.pop("uri", "test:///default" if name == "test" else "xen:///")
+        return LibvirtRuntime(uri, name=name, **options)
+    raise exc.QubesValueError(
+        f"no such runtime: {name!r} (known: {', '.join(RUNTIME_NAMES)})"
+    )

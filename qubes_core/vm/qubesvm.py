@@ -12,6 +12,7 @@ from qubes_core.events import handler
 from qubes_core.properties import Property, VMProperty
 from qubes_core.vm import volumes
 from qubes_core.vm.base import BaseVM
+from qubes_core.vm.lifecycle import LifecycleMixin
 
 MAC_RE = re.compile(r"^([0-9a-f]{2}:){5}[0-9a-f]{2}$")
 VIRT_MODES = ("hvm", "pv", "pvh")
@@ -140,7 +141,7 @@ def validate_netvm(vm: Any, prop: Any, value: Any) -> Any:
     return value
 
 
-class QubesVM(BaseVM):
+class QubesVM(LifecycleMixin, BaseVM):
     """A VM that can run."""
 
     default_volumes = ("root", "private", "volatile", "kernel")
