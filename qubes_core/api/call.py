@@ -1,0 +1,65 @@
+"""One Admin API call as a handler sees it."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+from typing import TYPE_CHECKING, Any, TypeVar
+
+from qubes_core import exc
+from qubes_core.api.untrusted import decode_text
+
+if TYPE_CHECKING:
+    from qubes_core.api.registry import MethodSpec
+
+T = TypeVar("T")
+
+# Returned by a handler that has sent everything itself (admin.Events): no reply.
+NO_REPLY = b"\x00no-reply"
+
+
+class ApiCall:
+    """The request of one call, resolved against the model.
+
+    ``src`` and ``dest`` are domain objects (``dest`` is dom0 for ``keyword
+    adminvm``); ``arg`` is the text after ``+``; ``payload`` the raw bytes after
+    the header (untrusted: decode it with :meth:`payload_text`).
+    """
+
+    def __init__(self, app: Any, spec: MethodSpec, src: Any, dest: Any, arg: str,
+                 payload: bytes, server: Any = None):
+        self.app = app
+        self.spec = spec
+        self.method = spec.name
+        self.src = src
+        self.dest = dest
+        self.arg = arg
+        self.payload = payload
+        self.server = server
+        # Callables returned by admin-permission handlers: they filter listings.
+        self.filters: list[Callable[[Any], bool]] = []
+
+    def __repr__(self) -> str:
+        return f"<ApiCall {self.method}+{self.arg} {self.src} -> {self.dest}>"
+
+    def payload_text(self, what: str = "payload", *, ascii_only: bool = False) -> str:
+        return decode_text(self.payload, what, ascii_only=ascii_only)
+
+    def fire_event(self, event: str, **kwargs: Any) -> list[Any]:
+        """Fire ``event`` on the destination (synchronously; handlers may veto by raising)."""
+        return self.dest.fire_event(event, **kwargs)
+
+    async def fire_event_async(self, event: str, **kwargs: Any) -> list[Any]:
+        return await self.dest.fire_event_async(event, **kwargs)
+
+    def filter(self, items: Iterable[T]) -> list[T]:
+        """Keep the items every permission filter lets through."""
+        return [item for item in items if all(check(item) for check in self.filters)]
+
+    def require_arg(self, what: str = "argument") -> str:
+        if not self.arg:
+            raise exc.QubesValueError(f"{self.method} needs {what} (METHOD+ARG)")
+        return self.arg
+
+    def require_not_dom0(self) -> None:
+        if self.dest.qid == 0:
+            raise exc.QubesVMError(self.dest, f"{self.method} does not apply to dom0")

@@ -1,0 +1,36 @@
+"""Methods of the internal socket, for dom0 services (qrexec policy daemon, tools)."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from qubes_core.api.call import ApiCall
+from qubes_core.api.registry import method
+
+
+def _name(vm: Any) -> str | None:
+    return None if vm is None else vm.name
+
+
+def system_info(app: Any) -> dict[str, Any]:
+    """What the policy evaluator needs to know about each domain."""
+    domains = {}
+    for vm in app.domains:
+        domains[vm.name] = {
+            "tags": list(vm.tags),
+            "type": vm.klass(),
+            "template_for_dispvms": bool(getattr(vm, "template_for_dispvms", False)),
+            "default_dispvm": _name(getattr(vm, "default_dispvm", None)),
+            "management_dispvm": _name(getattr(vm, "management_dispvm", None)),
+            "template": _name(getattr(vm, "template", None)),
+            "icon": vm.label.icon if vm._property_values.get("label") or vm.qid == 0 else "",
+            "power_state": vm.get_power_state(),
+            "uuid": str(vm.uuid),
+        }
+    return {"domains": domains}
+
+
+@method("internal.GetSystemInfo", scope="global", read=True, dest="adminvm")
+async def get_system_info(call: ApiCall) -> str:
+    return json.dumps(system_info(call.app), sort_keys=True)

@@ -1,0 +1,133 @@
+"""Property methods: ``admin.vm.property.*`` (one VM) and ``admin.property.*`` (global).
+
+Wire forms (FACTS, Admin API): ``Get`` gives ``default=True|False type=T VALUE``;
+``GetAll`` one such line per property, prefixed by the name, with backslashes
+doubled and newlines as ``\\n``; ``Set`` takes the new value as payload (``""``
+for None); ``Reset`` returns the property to its default.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from qubes_core import exc
+from qubes_core.api.call import ApiCall
+from qubes_core.api.registry import method
+from qubes_core.api.untrusted import escape_line_value
+from qubes_core.properties import Property
+
+
+def _holder(call: ApiCall) -> Any:
+    return call.app if call.method.startswith("admin.property.") else call.dest
+
+
+def _prop(holder: Any, name: str) -> Property:
+    return holder.property_get_def(name)
+
+
+def value_text(holder: Any, prop: Property) -> str | None:
+    """The value as the API shows it; None when the property has no value at all."""
+    try:
+        value = getattr(holder, prop.__name__)
+    except AttributeError:
+        return None
+    return prop.serialize(value)
+
+
+def describe(holder: Any, prop: Property, escape: bool = False) -> str:
+    """``default=True|False type=T VALUE`` for ``prop`` of ``holder``."""
+    text = value_text(holder, prop)
+    is_default = prop.__name__ not in holder._property_values
+    if text is None:
+        return f"default=True type={prop.api_type} "
+    if escape:
+        text = escape_line_value(text)
+    return f"default={is_default} type={prop.api_type} {text}"
+
+
+def _property_list(call: ApiCall) -> str:
+    return "".join(p.__name__ + "\n" for p in _holder(call).property_list())
+
+
+def _property_get(call: ApiCall) -> str:
+    holder = _holder(call)
+    return describe(holder, _prop(holder, call.arg))
+
+
+def _property_get_all(call: ApiCall) -> str:
+    holder = _holder(call)
+    return "".join(f"{p.__name__} {describe(holder, p, escape=True)}\n"
+                   for p in holder.property_list())
+
+
+def _property_get_default(call: ApiCall) -> str | None:
+    holder = _holder(call)
+    prop = _prop(holder, call.arg)
+    if not prop.has_default:
+        return None
+    try:
+        value = prop.get_default(holder)
+    except AttributeError:
+        return None
+    return f"type={prop.api_type} {prop.serialize(value)}"
+
+
+def _property_help(call: ApiCall) -> str:
+    holder = _holder(call)
+    return (_prop(holder, call.arg).__doc__ or "").strip()
+
+
+def _property_set(call: ApiCall) -> None:
+    holder = _holder(call)
+    prop = _prop(holder, call.arg)
+    value = call.payload_text(f"value of property {call.arg!r}")
+    setattr(holder, prop.__name__, value)
+
+
+def _property_reset(call: ApiCall) -> None:
+    holder = _holder(call)
+    prop = _prop(holder, call.arg)
+    if not prop.has_default:
+        raise exc.QubesValueError(
+            f"property {prop.__name__!r} of {holder} has no default: set a value instead")
+    if prop.__name__ in holder._property_values:
+        holder.property_reset(prop.__name__)
+
+
+def _declare(kind: str, scope: str, dest: str) -> None:
+    """Declare the seven property methods of ``admin.<kind>property``."""
+    prefix = f"admin.{kind}property."
+
+    async def list_(call: ApiCall) -> str:
+        return _property_list(call)
+
+    async def get(call: ApiCall) -> str:
+        return _property_get(call)
+
+    async def get_all(call: ApiCall) -> str:
+        return _property_get_all(call)
+
+    async def get_default(call: ApiCall) -> str | None:
+        return _property_get_default(call)
+
+    async def help_(call: ApiCall) -> str:
+        return _property_help(call)
+
+    async def set_(call: ApiCall) -> None:
+        _property_set(call)
+
+    async def reset(call: ApiCall) -> None:
+        _property_reset(call)
+
+    method(prefix + "List", scope=scope, read=True, dest=dest)(list_)
+    method(prefix + "Get", scope=scope, read=True, argument=True, dest=dest)(get)
+    method(prefix + "GetAll", scope=scope, read=True, dest=dest)(get_all)
+    method(prefix + "GetDefault", scope=scope, read=True, argument=True, dest=dest)(get_default)
+    method(prefix + "Help", scope=scope, read=True, argument=True, dest=dest)(help_)
+    method(prefix + "Set", scope=scope, write=True, argument=True, payload=True,
+           dest=dest)(set_)
+    method(prefix + "Reset", scope=scope, write=True, argument=True, dest=dest)(reset)
+
+
+_declare("vm.", "local", "vm")
+_declare("", "global", "adminvm")

@@ -1,0 +1,311 @@
+"""The qubesd server: Unix sockets, request framing, permission, dispatch, persistence.
+
+One connection carries one call. The server reads the request up to EOF (at most
+64 KiB), frames it, checks it against the method's declaration, asks the
+permission event, runs the handler and sends the reply.
+
+Concurrency: the model lives in the event loop's thread. Handlers of methods
+declared ``write`` run one at a time under :attr:`QubesdServer.write_lock`, and
+their change is saved (qubes.xml written and fsynced, in a worker thread) before
+the lock is released and the reply sent: a reply means the change is on disk.
+Reads take no lock: they go on while a writer waits for the disk.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import contextlib
+import grp
+import logging
+import os
+import select
+import socket
+import traceback
+from pathlib import Path
+from typing import Any
+
+from qubes_core import exc
+from qubes_core.api import protocol
+from qubes_core.api.call import NO_REPLY, ApiCall
+from qubes_core.api.registry import MethodSpec, get_method, import_api_modules
+
+log = logging.getLogger("qubes.api")
+
+SOCKET_MODE = 0o660
+SOCKET_GROUP = "qubes"
+# A client that sends nothing for this long is dropped (it holds a connection).
+REQUEST_TIMEOUT = 60.0
+# How often a streaming call (admin.Events) checks that its client is still there.
+HANGUP_POLL = 0.5
+
+
+class CallRefused(Exception):
+    """Close the connection without a reply (permission denied, unknown source)."""
+
+
+class Connection:
+    """The writing side of one call, for handlers that stream (admin.Events)."""
+
+    def __init__(self, writer: asyncio.StreamWriter):
+        self.writer = writer
+
+    async def send(self, data: bytes) -> None:
+        self.writer.write(data)
+        await self.writer.drain()
+
+    def is_closing(self) -> bool:
+        return self.writer.is_closing()
+
+    async def wait_hangup(self) -> None:
+        """Return when the client has closed its end."""
+        sock = self.writer.get_extra_info("socket")
+        poller = select.poll()
+        if sock is not None:
+            poller.register(sock.fileno(), select.POLLHUP | select.POLLERR)
+        while not self.writer.is_closing():
+            if sock is not None and sock.fileno() >= 0 and poller.poll(0):
+                return
+            await asyncio.sleep(HANGUP_POLL)
+
+
+class QubesdServer:
+    """Serves the Admin API of ``app`` on the sockets named by ``paths``."""
+
+    def __init__(self, app: Any, paths: Any, *, debug: bool = False):
+        self.app = app
+        self.paths = paths
+        self.debug = debug
+        self.write_lock = asyncio.Lock()
+        self._servers: list[asyncio.AbstractServer] = []
+        self._save_thread = concurrent.futures.ThreadPoolExecutor(
+            max_workers=1, thread_name_prefix="qubesd-save")
+        self._connections: set[asyncio.Task[Any]] = set()
+        import_api_modules()
+
+    # --- sockets --------------------------------------------------------------
+
+    def socket_paths(self) -> dict[str, Path]:
+        return {"admin": self.paths.admin_socket, "internal": self.paths.internal_socket,
+                "misc": self.paths.misc_socket}
+
+    async def start(self) -> None:
+        for kind, path in self.socket_paths().items():
+            path.parent.mkdir(parents=True, exist_ok=True)
+            with contextlib.suppress(FileNotFoundError):
+                path.unlink()
+            server = await asyncio.start_unix_server(
+                lambda r, w, kind=kind: self._serve(r, w, kind), path=str(path),
+                limit=protocol.MAX_REQUEST + 1)
+            _restrict_socket(path)
+            self._servers.append(server)
+            log.info("listening on %s (%s methods)", path, kind)
+
+    async def stop(self) -> None:
+        for server in self._servers:
+            server.close()
+        for server in self._servers:
+            await server.wait_closed()
+        for task in list(self._connections):
+            task.cancel()
+        if self._connections:
+            await asyncio.gather(*self._connections, return_exceptions=True)
+        for path in self.socket_paths().values():
+            with contextlib.suppress(FileNotFoundError):
+                path.unlink()
+        self._servers.clear()
+        self._save_thread.shutdown(wait=True)
+
+    # --- one connection ---------------------------------------------------------
+
+    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
+                     kind: str) -> None:
+        task = asyncio.current_task()
+        assert task is not None
+        self._connections.add(task)
+        try:
+            data = await asyncio.wait_for(_read_request(reader), REQUEST_TIMEOUT)
+            if data is None:
+                log.warning("request longer than 64 KiB on the %s socket; closing", kind)
+                return
+            reply = await self.handle(data, kind, Connection(writer))
+            if reply is not None and not writer.is_closing():
+                writer.write(reply)
+                await writer.drain()
+        except (TimeoutError, ConnectionError, asyncio.IncompleteReadError):
+            pass
+        except asyncio.CancelledError:
+            raise
+        except Exception:  # never let one connection take the server down
+            log.exception("unexpected error while serving a connection")
+        finally:
+            self._connections.discard(task)
+            writer.close()
+            with contextlib.suppress(Exception):
+                await writer.wait_closed()
+
+    async def handle(self, data: bytes, kind: str = "admin",
+                     connection: Connection | None = None) -> bytes | None:
+        """The reply to the request ``data`` received on the ``kind`` socket.
+
+        None means: close without a reply.
+        """
+        try:
+            request = protocol.parse_request(data)
+        except protocol.FramingError as err:
+            log.warning("framing error on the %s socket: %s", kind, err)
+            return None
+        try:
+            body = await self.call(request, kind, connection)
+        except CallRefused as err:
+            log.warning("refused %s+%s from %s to %s: %s", request.method, request.arg,
+                        request.src, request.dest, err)
+            return None
+        except (exc.QubesException, exc.ProtocolError) as err:
+            return self._exception_reply(err)
+        except exc.PermissionDenied as err:
+            log.warning("permission denied for %s+%s from %s to %s%s", request.method,
+                        request.arg, request.src, request.dest, f": {err}" if str(err) else "")
+            return None
+        except Exception:
+            log.exception("error in %s+%s from %s to %s", request.method, request.arg,
+                          request.src, request.dest)
+            return None
+        if body is NO_REPLY:
+            return None
+        if body is None:
+            body = b""
+        elif isinstance(body, str):
+            body = body.encode("utf-8")
+        return protocol.OK + body
+
+    def _exception_reply(self, err: BaseException) -> bytes:
+        tb = "".join(traceback.format_exception(err)) if self.debug else ""
+        return protocol.encode_exception(type(err).__name__, str(err), tb)
+
+    # --- one call -----------------------------------------------------------------
+
+    def resolve(self, request: protocol.Request, kind: str) -> ApiCall:
+        """Check the request against its method's declaration; build the call."""
+        spec = get_method(request.method)
+        if spec is None or spec.socket != kind:
+            raise exc.ProtocolError(f"no such method: {request.method!r}")
+        src = self.app.domains.get(request.src)
+        if src is None:
+            raise CallRefused(f"unknown source {request.src!r}")
+        _check_shape(spec, request)
+        dest = self.app.domains.get(request.dest)
+        if dest is None:
+            if src.qid != 0:  # a VM learns nothing about which VMs exist
+                raise CallRefused(f"unknown destination {request.dest!r}")
+            raise exc.QubesVMNotFoundError(request.dest)
+        if spec.dest == "adminvm" and dest.qid != 0:
+            raise exc.ProtocolError(
+                f"{spec.name} concerns the whole system: its destination must be dom0 "
+                "(keyword adminvm)")
+        return ApiCall(self.app, spec, src, dest, request.arg, request.payload, server=self)
+
+    async def call(self, request: protocol.Request, kind: str = "admin",
+                   connection: Connection | None = None) -> str | bytes | None:
+        call = self.resolve(request, kind)
+        call.connection = connection  # type: ignore[attr-defined]
+        await self.check_permission(call)
+        if call.spec.write:
+            async with self.write_lock:
+                result = await call.spec.handler(call)
+                await self.persist()
+            return result
+        return await call.spec.handler(call)
+
+    async def check_permission(self, call: ApiCall) -> None:
+        """Fire ``admin-permission:METHOD`` on the source; refuse unless granted."""
+        results = await call.src.fire_event_async(
+            "admin-permission:" + call.method, pre_event=True, dest=call.dest, arg=call.arg,
+            method=call.method, payload=call.payload)
+        granted = False
+        for result in _flatten(results):
+            if result is True:
+                granted = True
+            elif callable(result):
+                call.filters.append(result)
+        # qubes.* calls from VMs arrive through qrexec, whose policy already allowed
+        # them; admin.* calls from a VM need an explicit grant.
+        if call.src.qid != 0 and not granted and not call.spec.vm_facing:
+            raise exc.PermissionDenied(f"no policy grants {call.method} to {call.src}")
+
+    async def persist(self) -> None:
+        """Save qubes.xml in the worker thread; the event loop goes on serving reads."""
+        loop = asyncio.get_running_loop()
+        for attempt in range(3):
+            try:
+                await loop.run_in_executor(self._save_thread, self.app.save)
+                return
+            except RuntimeError:
+                # The model changed under the serializer (an event outside any API
+                # call); serialize again.
+                if attempt == 2:
+                    raise
+
+    async def save(self) -> None:
+        """Persist a change made outside an API call (runtime events, timers)."""
+        async with self.write_lock:
+            await self.persist()
+
+
+def _flatten(results: list[Any]) -> list[Any]:
+    out: list[Any] = []
+    for item in results:
+        if isinstance(item, (list, tuple)):
+            out.extend(item)
+        else:
+            out.append(item)
+    return out
+
+
+def _check_shape(spec: MethodSpec, request: protocol.Request) -> None:
+    if request.arg and not spec.argument:
+        raise exc.ProtocolError(f"{spec.name} takes no argument (got {request.arg!r})")
+    if not request.arg and spec.argument and not spec.argument_optional:
+        raise exc.ProtocolError(f"{spec.name} needs an argument ({spec.name}+ARG)")
+    if request.payload and not spec.payload:
+        raise exc.ProtocolError(f"{spec.name} takes no payload (got {len(request.payload)} "
+                                "bytes)")
+    if len(request.payload) > spec.max_payload:
+        raise exc.ProtocolError(f"{spec.name}: payload longer than {spec.max_payload} bytes")
+
+
+async def _read_request(reader: asyncio.StreamReader) -> bytes | None:
+    """Everything up to EOF; None when it exceeds the 64 KiB limit."""
+    chunks: list[bytes] = []
+    size = 0
+    while True:
+        chunk = await reader.read(protocol.MAX_REQUEST + 1)
+        if not chunk:
+            return b"".join(chunks)
+        size += len(chunk)
+        if size > protocol.MAX_REQUEST:
+            return None
+        chunks.append(chunk)
+
+
+def _restrict_socket(path: Path) -> None:
+    """Only the owner and group ``qubes`` may connect."""
+    os.chmod(path, SOCKET_MODE)
+    try:
+        gid = grp.getgrnam(SOCKET_GROUP).gr_gid
+    except KeyError:
+        return  # no such group here: owner only (mode 0660 with the owner's group)
+    with contextlib.suppress(PermissionError):
+        os.chown(path, -1, gid)
+
+
+def socket_listens(path: Path | str) -> bool:
+    """Whether a server accepts connections on the Unix socket ``path``."""
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        sock.connect(str(path))
+    except OSError:
+        return False
+    finally:
+        sock.close()
+    return True

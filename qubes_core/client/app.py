@@ -1,0 +1,547 @@
+"""The client-side model: the system, its VMs, their properties, features and tags.
+
+Reading a property outside a cache scope costs one ``property.Get``. Inside
+``with app.cache():`` the first property read of a VM fetches all of its
+properties with one ``GetAll``, and the VM list is fetched once; leaving the
+scope (or any write through this client) drops what was cached. Listing all
+VMs with ten properties each is then one call per VM.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+from qubes_core import exc
+from qubes_core.client.transport import Transport
+
+_MISSING = object()
+
+
+def unescape_line_value(text: str) -> str:
+    """Undo the ``GetAll`` escaping (``\\\\`` and ``\\n``)."""
+    if "\\" not in text:
+        return text
+    out, i = [], 0
+    while i < len(text):
+        char = text[i]
+        if char == "\\" and i + 1 < len(text):
+            nxt = text[i + 1]
+            out.append("\n" if nxt == "n" else nxt)
+            i += 2
+            continue
+        out.append(char)
+        i += 1
+    return "".join(out)
+
+
+def encode_value(value: Any) -> str:
+    """A Python value as ``property.Set`` sends it."""
+    if value is None:
+        return ""
+    if isinstance(value, bool):
+        return str(value)
+    name = getattr(value, "name", None)
+    if isinstance(value, ClientVM) and name is not None:
+        return str(name)
+    return str(value)
+
+
+class Label(str):
+    """A label name that can also tell its colour and index (one call each)."""
+
+    def __new__(cls, app: Qubes, name: str) -> Label:
+        obj = super().__new__(cls, name)
+        obj.app = app  # type: ignore[attr-defined]
+        return obj
+
+    @property
+    def name(self) -> str:
+        return str(self)
+
+    @property
+    def color(self) -> str:
+        return self.app.call("admin.label.Get", arg=str(self))  # type: ignore[attr-defined]
+
+    @property
+    def index(self) -> int:
+        return int(self.app.call("admin.label.Index", arg=str(self)))  # type: ignore
+
+
+class PropertyValues:
+    """Typed values of one holder from ``Get``/``GetAll`` lines."""
+
+    @staticmethod
+    def parse(app: Qubes, line: str, escaped: bool) -> tuple[bool, Any]:
+        """``default=X type=T VALUE`` -> (is_default, value)."""
+        default_part, type_part, value = (line.split(" ", 2) + ["", ""])[:3]
+        if not default_part.startswith("default=") or not type_part.startswith("type="):
+            raise exc.QubesException(f"malformed property reply: {line!r}")
+        is_default = default_part == "default=True"
+        kind = type_part[len("type="):]
+        if escaped:
+            value = unescape_line_value(value)
+        return is_default, PropertyValues.convert(app, kind, value)
+
+    @staticmethod
+    def convert(app: Qubes, kind: str, value: str) -> Any:
+        if kind == "vm":
+            return app.domains.get_blind(value) if value else None
+        if kind == "int":
+            return int(value) if value else None
+        if kind == "bool":
+            return value == "True" if value else None
+        if kind == "label":
+            return Label(app, value) if value else None
+        return value
+
+
+class PropertyHolderClient:
+    """Attribute access mapped onto ``<prefix>property.*`` of one destination."""
+
+    _own = frozenset({"app", "name", "_dest", "_prefix", "_cache", "features", "tags",
+                      "devices", "_klass", "_state"})
+
+    def __init__(self, app: Qubes, dest: str, prefix: str):
+        object.__setattr__(self, "app", app)
+        object.__setattr__(self, "_dest", dest)
+        object.__setattr__(self, "_prefix", prefix)
+        object.__setattr__(self, "_cache", None)
+
+    def _call(self, suffix: str, arg: str = "", payload: str | bytes = b"") -> str:
+        return self.app.call(self._prefix + suffix, self._dest, arg, payload)
+
+    def _all(self) -> dict[str, tuple[bool, Any]]:
+        cache = self._cache
+        if not self.app.caching or cache is None or cache[0] != self.app._generation:
+            values = {}
+            for line in self._call("GetAll").splitlines():
+                name, _, rest = line.partition(" ")
+                values[name] = PropertyValues.parse(self.app, rest, escaped=True)
+            cache = (self.app._generation, values)
+            object.__setattr__(self, "_cache", cache)
+        return cache[1]
+
+    def _get(self, name: str) -> tuple[bool, Any]:
+        if self.app.caching:
+            values = self._all()
+            if name not in values:
+                raise exc.QubesNoSuchPropertyError(self._dest, name)
+            return values[name]
+        return PropertyValues.parse(self.app, self._call("Get", name), escaped=False)
+
+    def __getattr__(self, name: str) -> Any:
+        if name.startswith("_"):
+            raise AttributeError(name)
+        return self._get(name)[1]
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        if name.startswith("_") or name in self._own:
+            object.__setattr__(self, name, value)
+            return
+        self._call("Set", name, encode_value(value))
+        self.app.invalidate()
+
+    def __delattr__(self, name: str) -> None:
+        if name.startswith("_") or name in self._own:
+            object.__delattr__(self, name)
+            return
+        self._call("Reset", name)
+        self.app.invalidate()
+
+    def property_list(self) -> list[str]:
+        return self._call("List").split()
+
+    def property_get_all(self) -> dict[str, Any]:
+        """Every property's value (one ``GetAll``)."""
+        return {name: value for name, (_, value) in self._all().items()}
+
+    def property_is_default(self, name: str) -> bool:
+        return self._get(name)[0]
+
+    def property_get_default(self, name: str) -> Any:
+        text = self._call("GetDefault", name)
+        if not text:
+            raise AttributeError(f"property {name!r} has no default")
+        type_part, _, value = text.partition(" ")
+        return PropertyValues.convert(self.app, type_part[len("type="):], value)
+
+    def property_help(self, name: str) -> str:
+        return self._call("Help", name)
+
+
+class Features:
+    """``vm.features``: a mapping over ``admin.vm.feature.*``."""
+
+    def __init__(self, vm: ClientVM):
+        self.vm = vm
+
+    def _call(self, suffix: str, arg: str = "", payload: str = "") -> str:
+        return self.vm.app.call("admin.vm.feature." + suffix, self.vm.name, arg, payload)
+
+    def __getitem__(self, key: str) -> str:
+        return self._call("Get", key)
+
+    def __setitem__(self, key: str, value: Any) -> None:
+        if value is True:
+            value = "1"
+        elif value is False:
+            value = ""
+        self._call("Set", key, str(value))
+
+    def __delitem__(self, key: str) -> None:
+        self._call("Remove", key)
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._call("List").split())
+
+    def __contains__(self, key: object) -> bool:
+        return key in self._call("List").split()
+
+    def keys(self) -> list[str]:
+        return list(self)
+
+    def items(self) -> list[tuple[str, str]]:
+        return [(key, self[key]) for key in self]
+
+    def get(self, key: str, default: Any = None) -> Any:
+        try:
+            return self[key]
+        except exc.QubesFeatureNotFoundError:
+            return default
+
+    def check_with_template(self, key: str, default: Any = _MISSING) -> Any:
+        return self._check("CheckWithTemplate", key, default)
+
+    def check_with_netvm(self, key: str, default: Any = _MISSING) -> Any:
+        return self._check("CheckWithNetvm", key, default)
+
+    def check_with_adminvm(self, key: str, default: Any = _MISSING) -> Any:
+        return self._check("CheckWithAdminVM", key, default)
+
+    def _check(self, suffix: str, key: str, default: Any) -> Any:
+        try:
+            return self._call(suffix, key)
+        except exc.QubesFeatureNotFoundError:
+            if default is _MISSING:
+                raise
+            return default
+
+
+class Tags:
+    """``vm.tags``: a set over ``admin.vm.tag.*``."""
+
+    def __init__(self, vm: ClientVM):
+        self.vm = vm
+
+    def _call(self, suffix: str, arg: str = "") -> str:
+        return self.vm.app.call("admin.vm.tag." + suffix, self.vm.name, arg)
+
+    def add(self, tag: str) -> None:
+        self._call("Set", tag)
+
+    def remove(self, tag: str) -> None:
+        self._call("Remove", tag)
+
+    def discard(self, tag: str) -> None:
+        if tag in self:
+            self.remove(tag)
+
+    def update(self, tags: Any) -> None:
+        for tag in tags:
+            self.add(tag)
+
+    def __contains__(self, tag: object) -> bool:
+        return self._call("Get", str(tag)) == "1"
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._call("List").split())
+
+    def __len__(self) -> int:
+        return len(self._call("List").split())
+
+
+class PciDevices:
+    """``vm.devices['pci']``: assignments of host PCI devices."""
+
+    def __init__(self, vm: ClientVM):
+        self.vm = vm
+
+    def _call(self, suffix: str, arg: str = "", payload: str = "") -> str:
+        return self.vm.app.call("admin.vm.device.pci." + suffix, self.vm.name, arg, payload)
+
+    def available(self) -> list[str]:
+        return [line.split(" ", 1)[0] for line in self._call("Available").splitlines()]
+
+    def assigned(self) -> dict[str, dict[str, str]]:
+        """``{"dom0+00_1f.2": {option: value}}``."""
+        found = {}
+        for line in self._call("Assigned").splitlines():
+            name, *options = line.split(" ")
+            found[name] = dict(option.split("=", 1) for option in options)
+        return found
+
+    def assign(self, backend: str, ident: str, **options: str) -> None:
+        text = " ".join(f"{key}={value}" for key, value in options.items())
+        self._call("Assign", f"{backend}+{ident}", text)
+
+    def unassign(self, backend: str, ident: str) -> None:
+        self._call("Unassign", f"{backend}+{ident}")
+
+
+class ClientVM(PropertyHolderClient):
+    """One domain, seen through the API."""
+
+    def __init__(self, app: Qubes, name: str, klass: str | None = None,
+                 state: str | None = None):
+        super().__init__(app, name, "admin.vm.property.")
+        object.__setattr__(self, "name", name)
+        object.__setattr__(self, "_klass", klass)
+        object.__setattr__(self, "_state", state)
+        object.__setattr__(self, "features", Features(self))
+        object.__setattr__(self, "tags", Tags(self))
+        object.__setattr__(self, "devices", {"pci": PciDevices(self)})
+
+    def __repr__(self) -> str:
+        return f"<ClientVM {self.name}>"
+
+    def __str__(self) -> str:
+        return self.name
+
+    def __eq__(self, other: object) -> bool:
+        if isinstance(other, ClientVM):
+            return other.name == self.name and other.app is self.app
+        if isinstance(other, str):
+            return other == self.name
+        return NotImplemented
+
+    def __hash__(self) -> int:
+        return hash(self.name)
+
+    def __lt__(self, other: ClientVM) -> bool:
+        return self.name < other.name
+
+    @property
+    def klass(self) -> str:
+        if self._klass is None:
+            self._fill_from_list()
+        return self._klass  # type: ignore[return-value]
+
+    def _fill_from_list(self) -> None:
+        line = self.app.call("admin.vm.List", self.name)
+        _, klass, state = parse_vm_line(line)
+        object.__setattr__(self, "_klass", klass)
+        object.__setattr__(self, "_state", state)
+
+    def get_power_state(self) -> str:
+        if self.app.caching and self._state is not None:
+            return self._state
+        self._fill_from_list()
+        return self._state  # type: ignore[return-value]
+
+    def is_running(self) -> bool:
+        return self.get_power_state() not in ("Halted", "Crashed", "Dying")
+
+    def is_halted(self) -> bool:
+        return self.get_power_state() == "Halted"
+
+    def current_state(self) -> dict[str, str]:
+        text = self.app.call("admin.vm.CurrentState", self.name)
+        return dict(item.split("=", 1) for item in text.split())
+
+    def _power(self, action: str, arg: str = "") -> None:
+        self.app.call("admin.vm." + action, self.name, arg)
+        self.app.invalidate()
+
+    def start(self) -> None:
+        self._power("Start")
+
+    def shutdown(self, force: bool = False, wait: bool = False) -> None:
+        self._power("Shutdown", "+".join(o for o, on in (("force", force), ("wait", wait))
+                                         if on))
+
+    def kill(self) -> None:
+        self._power("Kill")
+
+    def pause(self) -> None:
+        self._power("Pause")
+
+    def unpause(self) -> None:
+        self._power("Unpause")
+
+
+def parse_vm_line(line: str) -> tuple[str, str, str]:
+    """``NAME class=C state=S uuid=U`` -> (name, class, state)."""
+    name, *fields = line.split()
+    values = dict(field.split("=", 1) for field in fields if "=" in field)
+    return name, values.get("class", ""), values.get("state", "")
+
+
+class VMCollectionClient:
+    """``app.domains``: the VMs, listed with ``admin.vm.List``."""
+
+    def __init__(self, app: Qubes):
+        self.app = app
+        self._objects: dict[str, ClientVM] = {}
+        self._listed: tuple[int, list[str]] | None = None
+
+    def get_blind(self, name: str) -> ClientVM:
+        """The object for ``name``, without asking whether it exists."""
+        vm = self._objects.get(name)
+        if vm is None:
+            vm = self._objects[name] = ClientVM(self.app, name)
+        return vm
+
+    def _names(self) -> list[str]:
+        if self.app.caching and self._listed and self._listed[0] == self.app._generation:
+            return self._listed[1]
+        names = []
+        for line in self.app.call("admin.vm.List").splitlines():
+            name, klass, state = parse_vm_line(line)
+            vm = self.get_blind(name)
+            object.__setattr__(vm, "_klass", klass)
+            object.__setattr__(vm, "_state", state)
+            names.append(name)
+        self._listed = (self.app._generation, names)
+        return names
+
+    def __iter__(self) -> Iterator[ClientVM]:
+        return iter([self.get_blind(name) for name in self._names()])
+
+    def __len__(self) -> int:
+        return len(self._names())
+
+    def keys(self) -> list[str]:
+        return list(self._names())
+
+    def __contains__(self, key: object) -> bool:
+        return str(key) in self._names()
+
+    def __getitem__(self, key: Any) -> ClientVM:
+        name = str(key)
+        if name not in self._names():
+            raise exc.QubesVMNotFoundError(name)
+        return self.get_blind(name)
+
+    def get(self, key: Any, default: Any = None) -> Any:
+        try:
+            return self[key]
+        except KeyError:
+            return default
+
+    def forget(self, name: str) -> None:
+        self._objects.pop(name, None)
+
+
+class Qubes(PropertyHolderClient):
+    """The system behind one qubesd socket."""
+
+    _own = PropertyHolderClient._own | frozenset({
+        "transport", "domains", "caching", "_generation", "_embedded", "_cache_depth"})
+
+    def __init__(self, base_dir: str | Path | None = None, *, socket_path: str | Path | None = None,
+                 src: str = "dom0", start: bool = False, runtime: str | None = None,
+                 create: bool = False):
+        super().__init__(self, "dom0", "admin.property.")
+        from qubes_core.client.embedded import EmbeddedQubesd, find_socket
+
+        path = Path(socket_path) if socket_path is not None else find_socket(base_dir)
+        embedded = None
+        if start and socket_path is None:
+            embedded = EmbeddedQubesd.start_if_needed(base_dir, runtime=runtime, create=create)
+        object.__setattr__(self, "_embedded", embedded)
+        object.__setattr__(self, "transport", Transport(path, src))
+        object.__setattr__(self, "domains", VMCollectionClient(self))
+        object.__setattr__(self, "caching", False)
+        object.__setattr__(self, "_cache_depth", 0)
+        object.__setattr__(self, "_generation", 0)
+
+    def __repr__(self) -> str:
+        return f"<client Qubes at {self.transport.socket_path}>"
+
+    def close(self) -> None:
+        """Stop the qubesd this client started, if any."""
+        if self._embedded is not None:
+            self._embedded.stop()
+            object.__setattr__(self, "_embedded", None)
+
+    def __enter__(self) -> Qubes:
+        return self
+
+    def __exit__(self, *exc_info: Any) -> None:
+        self.close()
+
+    # --- calls and caching -------------------------------------------------------
+
+    def call(self, method: str, dest: str = "dom0", arg: str = "",
+             payload: str | bytes = b"") -> str:
+        return self.transport.call_text(method, dest, arg, payload)
+
+    def invalidate(self) -> None:
+        """Forget what was cached (called after every write through this client)."""
+        object.__setattr__(self, "_generation", self._generation + 1)
+
+    @contextlib.contextmanager
+    def cache(self) -> Iterator[Qubes]:
+        """Within this scope, read each VM's properties once (``GetAll``)."""
+        object.__setattr__(self, "_cache_depth", self._cache_depth + 1)
+        object.__setattr__(self, "caching", True)
+        try:
+            yield self
+        finally:
+            object.__setattr__(self, "_cache_depth", self._cache_depth - 1)
+            if not self._cache_depth:
+                object.__setattr__(self, "caching", False)
+                self.invalidate()
+
+    # --- collections ---------------------------------------------------------------
+
+    @property
+    def labels(self) -> list[Label]:
+        return [Label(self, name) for name in self.call("admin.label.List").split()]
+
+    def vm_classes(self) -> list[str]:
+        return self.call("admin.vmclass.List").split()
+
+    def add_new_vm(self, cls: str, name: str, label: str, template: str | None = None,
+                   pool: str | None = None, pools: dict[str, str] | None = None) -> ClientVM:
+        params = f"name={name} label={label}"
+        method = "admin.vm.Create." + cls
+        if pool or pools:
+            method = "admin.vm.CreateInPool." + cls
+            if pool:
+                params += f" pool={pool}"
+            for volume, volume_pool in (pools or {}).items():
+                params += f" pool:{volume}={volume_pool}"
+        self.call(method, "dom0", str(template) if template else "", params)
+        self.invalidate()
+        return self.domains.get_blind(name)
+
+    def create_disposable(self, appvm: str | None = None) -> ClientVM:
+        name = self.call("admin.vm.CreateDisposable", str(appvm) if appvm else "dom0")
+        self.invalidate()
+        return self.domains.get_blind(name)
+
+    def remove_vm(self, vm: str | ClientVM) -> None:
+        self.call("admin.vm.Remove", str(vm))
+        self.domains.forget(str(vm))
+        self.invalidate()
+
+    def add_label(self, name: str, color: str) -> Label:
+        self.call("admin.label.Create", arg=name, payload=color)
+        return Label(self, name)
+
+    def remove_label(self, name: str) -> None:
+        self.call("admin.label.Remove", arg=name)
+
+    def events(self, dest: str = "dom0") -> Iterator[tuple[str, str, dict[str, str]]]:
+        """The event stream (``admin.Events``); close the generator to hang up."""
+        return self.transport.events(dest)
+
+
+def connect(base_dir: str | Path | None = None, **kwargs: Any) -> Qubes:
+    """A client of the installation; starts a qubesd for it when none listens."""
+    kwargs.setdefault("start", True)
+    return Qubes(base_dir, **kwargs)

@@ -1,0 +1,117 @@
+"""qubesd: the daemon that owns one installation and serves its Admin API.
+
+It opens (and locks) qubes.xml, repairs what an unclean stop left behind
+(DispVMs with ``auto_cleanup`` that no longer run are removed), listens on the
+admin, internal and misc sockets, and fires ``qubesd-start`` (with
+``server=``) on the app once it serves, ``qubesd-stop`` before it exits.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import logging
+import os
+import signal
+import sys
+from typing import Any
+
+from qubes_core import exc
+
+log = logging.getLogger("qubes.qubesd")
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    from qubes_core.backend import RUNTIME_NAMES
+
+    parser = argparse.ArgumentParser(prog="qubesd", description=__doc__.splitlines()[0])
+    parser.add_argument("--base-dir", help="installation directory (default: "
+                        "$QUBES_BASE_DIR, else the production paths)")
+    parser.add_argument("--runtime", choices=RUNTIME_NAMES, default=None,
+                        help="what runs the VMs (default: xen where /proc/xen exists, "
+                        "else libvirt's test driver)")
+    parser.add_argument("--create", action="store_true",
+                        help="create an empty installation if qubes.xml does not exist")
+    parser.add_argument("--debug", action="store_true",
+                        help="send tracebacks with exception replies; log debug messages")
+    parser.add_argument("--ready-fd", type=int, default=None, help=argparse.SUPPRESS)
+    return parser.parse_args(argv)
+
+
+async def remove_stale_dispvms(app: Any) -> list[str]:
+    """Remove the auto_cleanup DispVMs that are not running (left by an unclean stop)."""
+    from qubes_core.api.vm import remove_from_disk
+
+    stale = [vm for vm in app.domains
+             if vm.klass() == "DispVM" and getattr(vm, "auto_cleanup", False)
+             and not vm.is_running()]
+    for vm in stale:
+        log.info("removing %s: a disposable VM left behind by an unclean stop", vm.name)
+        del app.domains[vm]
+        try:
+            await remove_from_disk(vm)
+        except Exception:
+            log.exception("cannot remove the files of %s", vm.name)
+    if stale:
+        app.save()
+    return [vm.name for vm in stale]
+
+
+def open_app(paths: Any, runtime: Any, create: bool) -> Any:
+    from qubes_core.app import Qubes
+
+    if create and not paths.qubes_xml.exists():
+        paths.base_dir.mkdir(parents=True, exist_ok=True)
+        log.info("creating %s", paths.qubes_xml)
+        return Qubes.create_empty_store(paths.qubes_xml, runtime=runtime)
+    return Qubes(paths.qubes_xml, runtime=runtime)
+
+
+async def serve(args: argparse.Namespace) -> int:
+    from qubes_core.api.server import QubesdServer
+    from qubes_core.backend import default_runtime_name, make_runtime
+    from qubes_core.paths import resolve
+
+    paths = resolve(args.base_dir)
+    runtime = make_runtime(args.runtime or default_runtime_name())
+    app = open_app(paths, runtime, args.create)
+    try:
+        runtime.bind(app)
+        await remove_stale_dispvms(app)
+        server = QubesdServer(app, paths, debug=args.debug)
+        await server.start()
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(signum, stop.set)
+        await app.fire_event_async("qubesd-start", server=server)
+        log.info("qubesd serves %s (runtime %s)", paths.base_dir, runtime.name)
+        if args.ready_fd is not None:
+            with contextlib.suppress(OSError):
+                os.write(args.ready_fd, b"ready\n")
+                os.close(args.ready_fd)
+        await stop.wait()
+        log.info("stopping")
+        await app.fire_event_async("qubesd-stop")
+        await server.stop()
+    finally:
+        with contextlib.suppress(Exception):
+            runtime.close()
+        app.close()
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    logging.basicConfig(level=logging.DEBUG if args.debug else logging.INFO,
+                        format="qubesd: %(levelname)s %(name)s: %(message)s")
+    try:
+        return asyncio.run(serve(args))
+    except exc.QubesException as err:
+        print(f"qubesd: {err}", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
