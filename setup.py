@@ -50,6 +50,9 @@ setup(
     entry_points={
         "console_scripts": [
             "qubes-pool-migrate = qubes_core.storage.migrate:main",
+            "qubesd = qubes_core.qubesd:main",
+            "qubesd-query = qubes_core.client.query:main",
+            "qubesd-query-fast = qubes_core.client.fastquery:main",
         ],
         "qubes_core.vm": VM_CLASSES,
         "qubes_core.ext": EXTENSIONS,
