@@ -41,18 +41,17 @@ class ManualClock:
     def monotonic(self) -> float:
         return self._mono
 
-    async def sleep(self, seconds: float) -> None:
-        if seconds <= 0:
-            await asyncio.sleep(0)
-            return
+    def sleep(self, seconds: float) -> asyncio.Future[None]:
+        """A future that completes once ``seconds`` passed, counted from this call."""
         future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         entry = (self._mono + seconds, future)
+        if seconds <= 0:
+            future.set_result(None)
+            return future
         self._sleepers.append(entry)
-        try:
-            await future
-        finally:
-            if entry in self._sleepers:
-                self._sleepers.remove(entry)
+        future.add_done_callback(lambda _: entry in self._sleepers
+                                 and self._sleepers.remove(entry))
+        return future
 
     def advance(self, seconds: float) -> None:
         """Let ``seconds`` pass: both clocks move; sleepers whose time came wake."""
