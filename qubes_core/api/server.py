@@ -81,6 +81,7 @@ class QubesdServer:
         self._save_thread = concurrent.futures.ThreadPoolExecutor(
             max_workers=1, thread_name_prefix="qubesd-save")
         self._connections: set[asyncio.Task[Any]] = set()
+        self._writers: set[asyncio.Task[Any] | None] = set()
         import_api_modules()
 
     # --- sockets --------------------------------------------------------------
@@ -90,6 +91,7 @@ class QubesdServer:
                 "misc": self.paths.misc_socket}
 
     async def start(self) -> None:
+        self.app.add_handler("save-request", self._on_save_request)
         for kind, path in self.socket_paths().items():
             path.parent.mkdir(parents=True, exist_ok=True)
             with contextlib.suppress(FileNotFoundError):
@@ -102,6 +104,8 @@ class QubesdServer:
             log.info("listening on %s (%s methods)", path, kind)
 
     async def stop(self) -> None:
+        with contextlib.suppress(ValueError):
+            self.app.remove_handler("save-request", self._on_save_request)
         for server in self._servers:
             server.close()
         for server in self._servers:
@@ -212,8 +216,13 @@ class QubesdServer:
         await self.check_permission(call)
         if call.spec.write:
             async with self.write_lock:
-                result = await call.spec.handler(call)
-                await self.persist()
+                task = asyncio.current_task()
+                self._writers.add(task)
+                try:
+                    result = await call.spec.handler(call)
+                    await self.persist()
+                finally:
+                    self._writers.discard(task)
             return result
         return await call.spec.handler(call)
 
@@ -250,6 +259,13 @@ class QubesdServer:
         """Persist a change made outside an API call (runtime events, timers)."""
         async with self.write_lock:
             await self.persist()
+
+    async def _on_save_request(self, app: Any, event: str, **kwargs: Any) -> bool:
+        """``save-request`` on the app: the model changed outside a call; save it."""
+        if self.write_lock.locked() and asyncio.current_task() in self._writers:
+            return False  # inside a write call: its own save follows
+        await self.save()
+        return True
 
 
 def _flatten(results: list[Any]) -> list[Any]:

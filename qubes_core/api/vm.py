@@ -8,8 +8,10 @@ the model again, so a failed call leaves nothing behind.
 
 from __future__ import annotations
 
+import asyncio
 import inspect
 import logging
+import shutil
 from typing import Any
 
 from qubes_core import exc
@@ -43,17 +45,48 @@ async def _maybe_await(result: Any) -> Any:
     return result
 
 
+def _usable_storage(vm: Any) -> Any:
+    """The VM's storage, or None when it has none or a pool it needs is unusable."""
+    try:
+        storage = getattr(vm, "storage", None)
+    except exc.QubesException:
+        return None
+    if storage is None:
+        return None
+    for name, config in vm.volume_config.items():
+        if name == "kernel" and not config.get("vid"):
+            continue
+        pool = vm.app.pools.get(config.get("pool"))
+        if pool is None or not getattr(pool, "usable", True):
+            log.warning("%s: pool %r of volume %s is not usable; no volumes created",
+                        vm, config.get("pool"), name)
+            return None
+    return storage
+
+
 async def create_on_disk(vm: Any) -> None:
-    """Create the VM's volumes and directory, if the VM class knows how."""
+    """Create the VM's volumes (on failure, those created are removed again)."""
     creator = getattr(vm, "create_on_disk", None)
     if creator is not None:
         await _maybe_await(creator())
+        return
+    storage = _usable_storage(vm)
+    if storage is not None:
+        await storage.create()
 
 
 async def remove_from_disk(vm: Any) -> None:
+    """Remove the VM's volumes and its own directory."""
     remover = getattr(vm, "remove_from_disk", None)
     if remover is not None:
         await _maybe_await(remover())
+        return
+    storage = _usable_storage(vm)
+    if storage is not None:
+        await storage.remove()
+    directory = getattr(vm, "dir_path", None)
+    if directory is not None and directory.is_dir() and vm.app.base_dir in directory.parents:
+        await asyncio.get_running_loop().run_in_executor(None, shutil.rmtree, directory)
 
 
 def _forget(app: Any, vm: Any) -> None:
