@@ -284,8 +284,11 @@ class Rule:
 
 def parse_api_rules(untrusted_text: str, now: float | None = None) -> list[Rule]:
     """Every line of an API payload (one rule a line); the first error names its line."""
+    lines = untrusted_text.split("\n")
+    if lines[-1] == "":
+        lines.pop()  # the newline that ends the last rule
     rules = []
-    for number, line in enumerate(untrusted_text.splitlines(), start=1):
+    for number, line in enumerate(lines, start=1):
         try:
             rules.append(Rule.from_api(line, now))
         except RuleError as err:

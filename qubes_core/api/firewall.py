@@ -1,0 +1,65 @@
+"""Firewall methods: ``admin.vm.firewall.Get``, ``Set`` and ``Reload``.
+
+The payload of ``Set`` and the reply of ``Get`` are the API text form, one rule
+a line (see :mod:`qubes_core.firewall.rules`). ``Set`` replaces the whole list
+and checks every rule before anything changes; ``expire=+N`` counts from now.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator
+from typing import Any
+
+from qubes_core import exc
+from qubes_core.api.call import ApiCall
+from qubes_core.api.registry import method
+from qubes_core.firewall import (
+    Firewall,
+    FirewallFileError,
+    RuleError,
+    clock_of,
+    parse_api_rules,
+)
+
+
+@contextlib.contextmanager
+def _wire_errors() -> Iterator[None]:
+    """Reply with the exception types existing clients know (the wire carries the name)."""
+    try:
+        yield
+    except RuleError as err:
+        raise exc.QubesValueError(str(err)) from None
+    except FirewallFileError as err:
+        raise exc.QubesException(str(err)) from None
+
+
+def _firewall(call: ApiCall) -> Firewall:
+    firewall: Any = getattr(call.dest, "firewall", None)
+    if firewall is None:
+        raise exc.QubesVMError(call.dest, f"{call.dest} has no firewall (it has no network)")
+    return firewall
+
+
+@method("admin.vm.firewall.Get", scope="local", read=True)
+async def firewall_get(call: ApiCall) -> str:
+    with _wire_errors():
+        return _firewall(call).api_text()
+
+
+@method("admin.vm.firewall.Set", scope="local", write=True, payload=True)
+async def firewall_set(call: ApiCall) -> None:
+    firewall = _firewall(call)
+    try:
+        text = call.payload.decode("ascii")
+    except UnicodeDecodeError:
+        raise exc.QubesValueError("firewall rules must be ASCII text") from None
+    with _wire_errors():
+        rules = parse_api_rules(text, now=clock_of(call.app).time())
+        firewall.set_rules(rules)
+
+
+@method("admin.vm.firewall.Reload", scope="local", execute=True)
+async def firewall_reload(call: ApiCall) -> None:
+    with _wire_errors():
+        _firewall(call).reload()
