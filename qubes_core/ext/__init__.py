@@ -43,17 +43,25 @@ def app_handler(*events: str) -> Callable[[Callable[..., Any]], Callable[..., An
 class Extension:
     """Base of extensions; instantiate once, then :meth:`register`."""
 
-    def register(self) -> None:
+    def _handlers(self) -> list[tuple[type, str, Callable[..., Any]]]:
         from qubes_core.app import Qubes
         from qubes_core.vm.base import BaseVM
 
         targets = {"vm": BaseVM, "app": Qubes}
+        found = []
         for attr in dir(type(self)):
             func = getattr(type(self), attr, None)
             for target, events in getattr(func, "_ext_events", ()):
-                bound = getattr(self, attr)
-                for event in events:
-                    targets[target].add_class_handler(event, bound)
+                found.extend((targets[target], event, getattr(self, attr)) for event in events)
+        return found
+
+    def register(self) -> None:
+        for target, event, bound in self._handlers():
+            target.add_class_handler(event, bound)
+
+    def unregister(self) -> None:
+        for target, event, bound in self._handlers():
+            target.remove_class_handler(event, bound)
 
 
 def _load(name: str, spec: str) -> type[Extension] | None:
@@ -66,13 +74,13 @@ def _load(name: str, spec: str) -> type[Extension] | None:
 
 
 def load_extensions() -> dict[str, Extension]:
-    """Register every extension (built-in and installed) once; return them by name."""
-    if _loaded:
-        return _loaded
+    """Register every extension (built-in and installed) not registered yet; return all."""
     specs = dict(BUILTIN_EXTENSIONS)
     for entry in importlib.metadata.entry_points(group="qubes_core.ext"):
         specs.setdefault(entry.name, entry.value)
     for name, spec in specs.items():
+        if name in _loaded:
+            continue
         cls = _load(name, spec)
         if cls is None:
             continue
