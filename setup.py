@@ -12,6 +12,7 @@ VM_CLASSES = [
 EXTENSIONS = [
     "services = qubes_core.ext.services:ServicesExtension",
     "core_features = qubes_core.ext.core_features:CoreFeaturesExtension",
+    "admin_policy = qubes_core.ext.admin_policy:AdminPolicyExtension",
     "firewall = qubes_core.ext.firewall:FirewallExtension",
 ]
 
@@ -53,6 +54,8 @@ setup(
             "qubesd = qubes_core.qubesd:main",
             "qubesd-query = qubes_core.client.query:main",
             "qubesd-query-fast = qubes_core.client.fastquery:main",
+            "qrexec-policy-explain = qubes_core.policy.explain:main",
+            "qubes-policy-install = qubes_core.policy.install:main",
         ],
         "qubes_core.vm": VM_CLASSES,
         "qubes_core.ext": EXTENSIONS,

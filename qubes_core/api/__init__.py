@@ -15,4 +15,5 @@ API_MODULES = [
     "qubes_core.api.firewall",
     "qubes_core.api.misc",
     "qubes_core.api.internal",
+    "qubes_core.api.policy",
 ]

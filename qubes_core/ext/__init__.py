@@ -18,6 +18,7 @@ log = logging.getLogger("qubes.ext")
 BUILTIN_EXTENSIONS = {
     "services": "qubes_core.ext.services:ServicesExtension",
     "core_features": "qubes_core.ext.core_features:CoreFeaturesExtension",
+    "admin_policy": "qubes_core.ext.admin_policy:AdminPolicyExtension",
     "firewall": "qubes_core.ext.firewall:FirewallExtension",
 }
 
