@@ -17,6 +17,7 @@ Text forms (see FACTS: Firewall):
 from __future__ import annotations
 
 import dataclasses
+import functools
 import ipaddress
 import re
 from typing import Any
@@ -215,11 +216,20 @@ class Rule:
 
     def api_text(self) -> str:
         """The API form: every set field, ``comment`` last."""
-        return " ".join(f"{name}={text}" for name in FIELDS
-                        if (text := self.field_text(name)) is not None)
+        return self._api_text
 
     def qdb_text(self) -> str:
         """The QubesDB form read by the netvm: no expire, no comment."""
+        return self._qdb_text
+
+    # Rules are immutable: each text form is built once, on first use.
+    @functools.cached_property
+    def _api_text(self) -> str:
+        return " ".join(f"{name}={text}" for name in FIELDS
+                        if (text := self.field_text(name)) is not None)
+
+    @functools.cached_property
+    def _qdb_text(self) -> str:
         parts = []
         for name in FIELDS[:-2]:
             text = self.field_text(name)
@@ -260,7 +270,7 @@ class Rule:
         """Parse one line of the API form; ``now`` resolves ``expire=+N``."""
         if not isinstance(untrusted_line, str):
             raise RuleError(None, "a rule must be text")
-        if any(not (" " <= char <= "~") for char in untrusted_line):
+        if not (untrusted_line.isascii() and untrusted_line.isprintable()):
             raise RuleError(None, "a rule may only hold printable ASCII characters")
         line, sep, comment = untrusted_line.partition("comment=")
         if sep and line and not line.endswith(" "):
