@@ -65,8 +65,8 @@ async def notify_updates(call: ApiCall) -> None:
     # template reports for itself, and an outdated VM saw an older root.
     if count == 0 or template.is_running():
         return
-    storage = getattr(vm, "storage", None)
-    if storage is not None and getattr(storage, "outdated_volumes", None):
+    outdated = getattr(getattr(vm, "storage", None), "outdated_volumes", None)
+    if outdated is not None and (outdated() if callable(outdated) else outdated):
         return
     template.features["updates-available"] = True
 

@@ -125,7 +125,8 @@ async def _create(call: ApiCall, in_pool: bool) -> None:
     for key in ("name", "label"):
         if key not in params:
             raise exc.QubesValueError(f"VM creation parameters: {key}= is missing")
-    kwargs: dict[str, Any] = {"name": params["name"], "label": params["label"]}
+    label = call.app.get_label(params["label"])  # QubesLabelNotFoundError, as the reference
+    kwargs: dict[str, Any] = {"name": params["name"], "label": label}
     if call.arg:
         kwargs["template"] = call.arg
     elif vmclass == "AppVM" and call.app.default_template is None:
