@@ -53,7 +53,7 @@ def policy_files(directory: Path) -> list[Path]:
     for name in names:
         if name.startswith(".") or not name.endswith(".policy"):
             continue
-        if not POLICY_FILE_RE.match(name):
+        if not POLICY_FILE_RE.fullmatch(name):
             raise PolicySyntaxError(
                 directory / name, None,
                 "invalid policy file name: use lowercase letters, digits, '_', '.', '-'",
@@ -219,7 +219,7 @@ class PolicyParser:
         for entry in sorted(self.legacy_dir.iterdir(), key=lambda p: p.name):
             if not entry.is_file() or entry.name.startswith("."):
                 continue
-            if not LEGACY_FILE_RE.match(entry.name):
+            if not LEGACY_FILE_RE.fullmatch(entry.name):
                 continue  # editor backups and the like; the 4.0 system ignored them too
             service, plus, argument = entry.name.partition("+")
             self._read_service_file(entry, service, argument if plus else None,

@@ -25,9 +25,9 @@ ARGUMENT_RE = re.compile(rb"^[A-Za-z0-9._-]{1,64}$")
 def register_argument(legacy_dir: Path, backend: str, frontend: str, service: str,
                       untrusted_argument: bytes) -> Path:
     """Create the rule file; return its path. Refuses bad input and existing rules."""
-    if not SERVICE_RE.match(service) or "+" in service:
+    if not SERVICE_RE.fullmatch(service) or "+" in service:
         raise exc.QubesValueError(f"policy.RegisterArgument: invalid service name {service!r}")
-    if not ARGUMENT_RE.match(untrusted_argument):
+    if not ARGUMENT_RE.fullmatch(untrusted_argument):
         raise exc.QubesValueError(
             "policy.RegisterArgument: the argument must be 1 to 64 bytes of "
             "letters, digits, '.', '_' and '-'")

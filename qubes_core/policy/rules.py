@@ -66,11 +66,11 @@ def check_service(service: str, argument: str) -> tuple[str | None, str | None]:
         if argument != "*":
             raise ValueError(f"service '*' needs argument '*', not {argument!r}")
         return None, None
-    if not SERVICE_RE.match(service):
+    if not SERVICE_RE.fullmatch(service):
         raise ValueError(f"invalid service name {service!r}")
     if argument == "*":
         return service, None
-    if not argument.startswith("+") or not ARGUMENT_RE.match(argument[1:]):
+    if not argument.startswith("+") or not ARGUMENT_RE.fullmatch(argument[1:]):
         raise ValueError(f"invalid argument {argument!r} (use '*', '+' or '+ARGUMENT')")
     return service, argument[1:]
 
@@ -109,7 +109,7 @@ def _param(action: str, key: str, value: str) -> object:
             raise ValueError(f"autostart must be yes or no, not {value!r}")
         return YES_NO[value]
     if key == "user":
-        if not USER_RE.match(value):
+        if not USER_RE.fullmatch(value):
             raise ValueError(f"invalid user {value!r}")
         return value
     if key == "target":

@@ -280,24 +280,24 @@ def _classify(text: str, original: str, where: str) -> Token:
         return DispVM(text)
     if text.startswith(DISPVM_PREFIX + "@tag:"):
         tag = text[len(DISPVM_PREFIX) + len("@tag:"):]
-        if not TAG_RE.match(tag):
+        if not TAG_RE.fullmatch(tag):
             raise PolicyTokenError(f"invalid tag in {original!r}")
         return DispVMTag(text)
     if text.startswith(DISPVM_PREFIX):
         name = text[len(DISPVM_PREFIX):]
-        if not NAME_RE.match(name) or name == "dom0":
+        if not NAME_RE.fullmatch(name) or name == "dom0":
             raise PolicyTokenError(f"invalid qube name in {original!r}")
         return DispVMTemplate(text)
     if text.startswith("@tag:"):
-        if not TAG_RE.match(text[len("@tag:"):]):
+        if not TAG_RE.fullmatch(text[len("@tag:"):]):
             raise PolicyTokenError(f"invalid tag in {original!r}")
         return Tag(text)
     if text.startswith("@type:"):
-        if not CLASS_RE.match(text[len("@type:"):]):
+        if not CLASS_RE.fullmatch(text[len("@type:"):]):
             raise PolicyTokenError(f"invalid class in {original!r}")
         return Type(text)
     if text.startswith("@"):
         raise PolicyTokenError(f"unknown token {original!r}")
-    if not NAME_RE.match(text):
+    if not NAME_RE.fullmatch(text):
         raise PolicyTokenError(f"invalid qube name {original!r}")
     return Name(text)
