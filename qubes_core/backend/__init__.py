@@ -59,6 +59,10 @@ class Runtime:
         """Wait until the stop of ``vm`` was reported; False if ``timeout`` passed first."""
         raise NotImplementedError
 
+    def current_state(self, vm: Any) -> dict[str, int]:
+        """Memory (KiB: ``mem``, ``mem_static_max``) and ``cputime`` (ns) of ``vm``."""
+        return {"mem": 0, "mem_static_max": 0, "cputime": 0}
+
     def bind(self, app: Any) -> None:
         """Report events of ``app``'s VMs (also those started before this process)."""
 

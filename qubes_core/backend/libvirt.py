@@ -97,6 +97,8 @@ class LibvirtRuntime(Runtime):
         # because libvirt's were late: the late one is then not reported again.
         self._announced: dict[str, str] = {}
         self._synthesized: set[tuple[str, str]] = set()
+        # Events whose handlers are running now, by domain.
+        self._handling: dict[str, str] = {}
         # Starts in progress: their STARTED event waits until the start time is recorded.
         self._starting: dict[str, asyncio.Event] = {}
 
@@ -159,7 +161,7 @@ class LibvirtRuntime(Runtime):
 
     def _find_vm(self, domain_uuid: str) -> Any:
         key = uuidlib.UUID(domain_uuid)
-        for app in self._bound_apps():
+        for app in reversed(self._bound_apps()):  # the app bound last wins
             vm = app.domains.get(key)
             if vm is not None:
                 return vm
@@ -219,6 +221,16 @@ class LibvirtRuntime(Runtime):
             return None
         value = etree.fromstring(text).get("time")
         return float(value) if value else None
+
+    def current_state(self, vm: Any) -> dict[str, int]:
+        domain = self._lookup(vm)
+        try:
+            if domain is None or not domain.isActive():
+                return super().current_state(vm)
+            _state, max_kib, kib, _vcpus, cputime = domain.info()
+        except libvirt.libvirtError:
+            return super().current_state(vm)
+        return {"mem": kib, "mem_static_max": max_kib, "cputime": cputime}
 
     # --- lifecycle -----------------------------------------------------------------
 
@@ -338,7 +350,8 @@ class LibvirtRuntime(Runtime):
     async def wait_stopped(self, vm: Any, timeout: float) -> bool:
         domain_uuid = self._prepare(vm)
         last = self._announced.get(domain_uuid)
-        if last == STOPPED or (last is None and self.state(vm) == "Halted"):
+        if self._handling.get(domain_uuid) != STOPPED and (
+                last == STOPPED or (last is None and self.state(vm) == "Halted")):
             return True
         waiter = self._expect(domain_uuid, STOPPED)
         try:
@@ -392,6 +405,7 @@ class LibvirtRuntime(Runtime):
         gate = self._starting.get(domain_uuid) if kind == STARTED else None
         if gate is not None:
             await gate.wait()
+        self._handling[domain_uuid] = kind
         try:
             if not synthesized and (domain_uuid, kind) in self._synthesized:
                 self._synthesized.discard((domain_uuid, kind))
@@ -401,7 +415,6 @@ class LibvirtRuntime(Runtime):
             self._synthesized = {key for key in self._synthesized if key[0] != domain_uuid}
             if synthesized:
                 self._synthesized.add((domain_uuid, kind))
-            self._announced[domain_uuid] = kind
             vm = self._find_vm(domain_uuid)
             if vm is None:
                 return
@@ -412,6 +425,9 @@ class LibvirtRuntime(Runtime):
             except Exception:
                 log.exception("handler of %s of %s failed", MODEL_EVENTS[kind], vm)
         finally:
+            # Only now: whoever waits for this change sees it with its handlers done.
+            self._announced[domain_uuid] = kind
+            self._handling.pop(domain_uuid, None)
             self._resolve(domain_uuid, kind)
 
     def _expect(self, domain_uuid: str, kind: str) -> asyncio.Future[None]:

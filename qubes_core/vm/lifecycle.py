@@ -8,7 +8,8 @@ DispVM whose ``auto_cleanup`` is set.
 
 Events fired here: ``domain-pre-start`` (async, vetoable), ``domain-qdb-create``,
 ``domain-start-failed`` (``reason``), ``domain-pre-shutdown`` (async, vetoable,
-``force``), ``domain-shutdown`` (``reason``). The runtime fires ``domain-start``,
+``force``), ``domain-shutdown`` (``reason``); on the app, ``save-request`` after
+a DispVM was cleaned up. The runtime fires ``domain-start``,
 ``domain-stopped``, ``domain-paused`` and ``domain-unpaused``.
 """
 
@@ -238,8 +239,19 @@ class LifecycleMixin(Emitter):
             log.error("cannot remove disposable %s: %s", self, error)
             return
         log.info("removed disposable %s (auto_cleanup)", self)
-        if app.store is not None:
-            app.save()
+        await save_app(app)
+
+
+async def save_app(app: Any) -> None:
+    """Persist a change made outside any API call.
+
+    A handler of the app's ``save-request`` event that saved (qubesd, which
+    serialises its saves) returns True; without one, qubes.xml is saved here.
+    """
+    if any(await app.fire_event_async("save-request")):
+        return
+    if app.store is not None:
+        app.save()
 
 
 def _persistence(vm: Any) -> str:
