@@ -3,6 +3,9 @@ edits applied without a restart, GetDate following clockvm, policy.RegisterArgum
 
 from __future__ import annotations
 
+import os
+import re
+import subprocess
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -17,6 +20,7 @@ from qubes_core.client.transport import QubesDaemonNoResponseError, Transport
 from qubes_core.paths import Paths, resolve
 from qubes_core.policy import ModelSystem, Policy, Request
 from qubes_core.policy.install import check
+from tests.requirements import require_tool
 
 
 def _wait_for(condition: Callable[[], bool], timeout: float = 3.0) -> bool:
@@ -177,3 +181,23 @@ def test_register_argument(daemon: Daemon) -> None:
         register(b"x" * 65)
     assert sorted(p.name for p in legacy.iterdir()) == ["qubes.Gpg+key1"]
     assert _refused(lambda: register(b"key3", backend="mgmt"))  # not granted to mgmt
+
+
+def test_rpc_scripts_relay_vm_facing_calls(daemon: Daemon) -> None:
+    """dom0's qubes-rpc entries for VM-facing methods reach qubesd's misc socket."""
+    require_tool("socat")
+
+    def run(service: str, source: str, stdin: bytes) -> subprocess.CompletedProcess[bytes]:
+        env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"),
+               "QREXEC_REMOTE_DOMAIN": source, "QREXEC_SERVICE_FULL_NAME": service}
+        return subprocess.run([str(daemon.paths.rpc_dir / service)], input=stdin, env=env,
+                              capture_output=True, timeout=30, check=False)
+
+    date = run("qubes.GetDate", "work", b"")
+    assert date.returncode == 0, date.stderr
+    assert re.fullmatch(rb"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\+00:00\n", date.stdout)
+    assert run("qubes.NotifyUpdates", "debian-12", b"3").returncode == 0
+    assert daemon.admin().call_text("admin.vm.feature.Get", "debian-12",
+                                    "updates-available") == "1"
+    bad = run("qubes.NotifyUpdates", "debian-12", b"many")
+    assert bad.returncode != 0
