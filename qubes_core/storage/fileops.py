@@ -160,7 +160,7 @@ def copy_file(src: PathLike, dst: PathLike, *, reflink: bool = True,
     finally:
         os.close(src_fd)
     log.info("Copied file by %s: %s -> %s", how, src, tmp)
-    rename(tmp, dst)
+    _rename_or_drop(tmp, dst)
     return how
 
 
@@ -174,7 +174,7 @@ def create_sparse_file(path: PathLike, size: int) -> None:
     finally:
         os.close(fd)
     log.info("Created sparse file: %s (%d bytes)", tmp, size)
-    rename(tmp, path)
+    _rename_or_drop(tmp, path)
 
 
 def resize_file(path: PathLike, size: int, *, reflink: bool = True) -> None:
@@ -188,12 +188,21 @@ def rename(src: PathLike, dst: PathLike) -> None:
     log.info("Renamed file: %s -> %s", src, dst)
 
 
+def _rename_or_drop(tmp: str, dst: PathLike) -> None:
+    """Rename a finished temporary file into place; remove it if that fails."""
+    try:
+        rename(tmp, dst)
+    except BaseException:
+        remove(tmp, sync=False)
+        raise
+
+
 def link(src: PathLike, dst: PathLike) -> None:
     """Make ``dst`` another name of ``src``'s inode, replacing ``dst`` atomically."""
     tmp = temp_name(dst)
     os.link(src, tmp)
     log.info("Linked file: %s -> %s", src, tmp)
-    rename(tmp, dst)
+    _rename_or_drop(tmp, dst)
 
 
 def link_new(src: PathLike, dst: PathLike) -> None:

@@ -4,7 +4,8 @@ Run as ``python -m tests.functional.storage.crash_child POOL_DIR JOURNAL SEED
 SETUP_CHECK``. Before each operation it appends to the journal which
 generations the clean image may hold if the process dies during it
 (``begin OP A B``) and after it which one it holds (``end OP G``); the test
-kills it at random moments and checks the clean image against that.
+kills it at random moments and checks the clean image against that. Its
+first line, ``ready G``, gives the generation it found.
 
 An image of generation G holds the marker ``GEN<G>`` at every MARKER_OFFSETS
 position and a bulk of data from that generation, so a torn image shows.
@@ -103,7 +104,7 @@ async def work(pool_dir: str, journal_path: str, seed: int, setup_check: str) ->
         journal.write("end create 0")
     current = generation_of(volume.path_clean)
     assert current is not None, "the clean image is torn"
-    journal.write("ready")
+    journal.write(f"ready {current}")
     counter = seed * 1000
     while True:
         choice = rng.random()

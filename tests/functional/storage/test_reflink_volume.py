@@ -195,10 +195,11 @@ async def test_discard_frees_blocks_and_survives_commit(pool):
         _punch_hole(fd, 8 * MiB, 16 * MiB)
     finally:
         os.close(fd)
-    assert os.stat(vol.path_dirty).st_blocks * 512 <= allocated - 16 * MiB
+    slack = 1 * MiB  # extent metadata the filesystem may count
+    assert os.stat(vol.path_dirty).st_blocks * 512 <= allocated - 16 * MiB + slack
     await vol.stop()
     clean_allocated = os.stat(vol.path_clean).st_blocks * 512
-    assert clean_allocated <= allocated - 16 * MiB
+    assert clean_allocated <= allocated - 16 * MiB + slack
     fd = os.open(vol.path_clean, os.O_RDONLY)
     try:
         assert os.lseek(fd, 8 * MiB, os.SEEK_HOLE) == 8 * MiB
@@ -208,7 +209,7 @@ async def test_discard_frees_blocks_and_survives_commit(pool):
     assert read_at(vol.path_clean, 8 * MiB, 4096) == bytes(4096)
     # The next start's copy keeps the hole too (a sparse copy on ext4).
     await vol.start()
-    assert os.stat(vol.path_dirty).st_blocks * 512 <= allocated - 16 * MiB
+    assert os.stat(vol.path_dirty).st_blocks * 512 <= allocated - 16 * MiB + slack
     await vol.stop()
 
 
