@@ -153,6 +153,8 @@ class FileReflinkVolume(Volume):
     """A volume of a :class:`FileReflinkPool`."""
 
     pool: FileReflinkPool
+    # Whether the last start kept the uncommitted image of an unclean stop.
+    resumed = False
 
     # --- paths --------------------------------------------------------------
 
@@ -351,7 +353,8 @@ class FileReflinkVolume(Volume):
     def do_start(self) -> None:
         self._remove_leftovers()
         fileops.make_dirs(os.path.dirname(self.path_clean))
-        if self.is_dirty():
+        self.resumed = self.is_dirty()
+        if self.resumed:
             log.info("Starting %s on its uncommitted image %s (not cleanly stopped)",
                      self.vid, self.path_dirty)
             return
@@ -395,8 +398,11 @@ class FileReflinkVolume(Volume):
             fileops.remove(self.path_clean)
 
     def do_abort_start(self) -> None:
-        if self.save_on_stop:  # the VM never ran: the dirty image is the clean one
-            fileops.remove(self.path_dirty)
+        if self.save_on_stop:
+            # The VM never ran: the dirty image is a copy of the clean one, unless the
+            # start resumed the changes of a run that was not cleanly stopped.
+            if not self.resumed:
+                fileops.remove(self.path_dirty)
             return
         self.do_stop()
 

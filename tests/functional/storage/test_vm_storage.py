@@ -199,3 +199,17 @@ def test_volumes_follow_the_volume_config(fs_app, filesystems):
     work.volume_config["private"]["pool"] = "nonexistent"
     with pytest.raises(StoragePoolException, match="no such pool 'nonexistent'"):
         work.storage.volumes  # noqa: B018
+
+
+async def test_aborted_start_keeps_the_changes_of_an_unclean_stop(fs_app):
+    work = fs_app.domains["work"]
+    await fs_app.domains["tpl"].storage.create()
+    await work.storage.create()
+    await work.storage.start()
+    data = fill(work.volumes["private"].path_dirty, b"unsaved ", 1 * MiB)
+    # The VM died without a clean stop; the next start fails on another volume.
+    os.unlink(work.volumes["volatile"].path_dirty)
+    os.mkdir(work.volumes["volatile"].path_dirty)
+    with pytest.raises(StoragePoolException, match="volatile"):
+        await work.storage.start()
+    assert read_at(work.volumes["private"].path_dirty, 0, len(data)) == data
