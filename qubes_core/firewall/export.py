@@ -44,15 +44,19 @@ class FirewallExport:
         record = self._exported.get(vm)
         return record[0] if record else None
 
-    def refresh(self, vm: Any, running: bool | None = None) -> bool:
+    def refresh(self, vm: Any, running: bool | None = None,
+                netvm_running: bool | None = None) -> bool:
         """Write ``vm``'s rules into its netvm if both run; remove stale entries.
 
-        ``running`` overrides the runtime's word on ``vm`` (it is being started).
+        ``running`` and ``netvm_running`` override the runtime's word (a VM, or the
+        netvm whose QubesDB was just made, is being started).
         """
         netvm = getattr(vm, "netvm", None)
         if running is None:
             running = netvm is not None and vm.is_running()
-        if not running or netvm is None or netvm.qdb is None or not netvm.is_running():
+        if netvm is not None and netvm_running is None:
+            netvm_running = netvm.is_running()
+        if not running or netvm is None or netvm.qdb is None or not netvm_running:
             self.withdraw(vm)
             return False
         entries = {}
@@ -90,10 +94,13 @@ class FirewallExport:
         log.debug("removed firewall of %s from %s", vm, netvm)
 
     def netvm_started(self, netvm: Any) -> int:
-        """``netvm`` has a new QubesDB: export every running VM connected to it."""
+        """``netvm`` has a new QubesDB (it is starting): export its running VMs into it."""
+        for vm, (holder, _) in list(self._exported.items()):
+            if holder is netvm:
+                del self._exported[vm]  # those keys went with the old QubesDB
         count = 0
         for vm in getattr(netvm, "connected_vms", ()):
-            if vm.is_running() and self.refresh(vm, running=True):
+            if vm.is_running() and self.refresh(vm, running=True, netvm_running=True):
                 count += 1
         return count
 

@@ -16,6 +16,7 @@ import pytest
 from qubes_core.app import Qubes
 from qubes_core.backend import Runtime
 from qubes_core.firewall import ManualClock, set_clock
+from qubes_core.qubesdb import InMemoryQubesDB
 
 
 class PowerSwitch(Runtime):
@@ -31,9 +32,11 @@ class PowerSwitch(Runtime):
         return None
 
     def power_on(self, vm: Any) -> None:
-        """Start ``vm`` as a runtime does: new QubesDB, then ``domain-start``."""
-        self.running.add(vm.name)
+        """Start ``vm`` in the lifecycle's order: a new QubesDB while it is still halted,
+        then it runs, then ``domain-start``."""
+        vm.qdb = InMemoryQubesDB()
         vm.fire_event("domain-qdb-create")
+        self.running.add(vm.name)
         vm.fire_event("domain-start")
 
     def power_off(self, vm: Any) -> None:

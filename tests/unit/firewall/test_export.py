@@ -17,6 +17,7 @@ def test_export_shape_with_done_key_last(net_app: Qubes) -> None:
     work, fw = net_app.domains["work"], net_app.domains["sys-firewall"]
     work.firewall.set_rules(parse_api_rules(
         "action=accept proto=tcp dsthost=10.1.0.0/16 dstports=443 comment=x\naction=drop\n"))
+    start_network(net_app)  # gives sys-firewall a new QubesDB
     writes: list[str] = []
     original = fw.qdb.write
 
@@ -25,7 +26,6 @@ def test_export_shape_with_done_key_last(net_app: Qubes) -> None:
         original(key, value)
 
     fw.qdb.write = recording_write  # type: ignore[method-assign]
-    start_network(net_app)
     net_app.switch.power_on(work)
     base = f"/qubes-firewall/{work.ip}"
     assert exported(fw, work) == {
