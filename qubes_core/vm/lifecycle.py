@@ -81,16 +81,18 @@ class LifecycleMixin(Emitter):
             state = self.get_power_state()
             if state != "Halted":
                 raise exc.QubesVMNotHaltedError(self, f"cannot start {self}: it is {state}")
-            await self.fire_event_async("domain-pre-start", pre_event=True)
-            await self._start_netvm()
-            storage = self._usable_storage()
-            if storage is not None:
-                await storage.start()
+            started_storage = None
             try:
+                await self.fire_event_async("domain-pre-start", pre_event=True)
+                await self._start_netvm()
+                storage = self._usable_storage()
+                if storage is not None:
+                    await storage.start()  # undoes itself if one volume fails
+                    started_storage = storage
                 self.create_qdb_entries()
                 await runtime.start(self)
             except BaseException as error:
-                await self._abort_start(storage, error)
+                await self._abort_start(started_storage, error)
                 raise
         log.info("started %s", self)
         return self
@@ -122,7 +124,7 @@ class LifecycleMixin(Emitter):
             ) from error
 
     async def _abort_start(self, storage: Any, error: BaseException) -> None:
-        """Undo a start that failed: volumes back as they were, DispVM gone if disposable."""
+        """Undo a failed start: started volumes as they were; a disposable VM removed."""
         if storage is not None:
             results = await asyncio.gather(
                 *(volume.abort_start() for volume in storage.volumes.values()),
@@ -132,7 +134,7 @@ class LifecycleMixin(Emitter):
                     log.error("%s: undoing the start of a volume failed: %s", self, result)
         await self.fire_event_async("domain-start-failed", reason=str(error))
         if getattr(self, "auto_cleanup", False):
-            await self._remove_disposable(storage)
+            await self._remove_disposable()
 
     def create_qdb_entries(self) -> None:
         """A fresh QubesDB with the VM's identity and network, then ``domain-qdb-create``."""
@@ -221,13 +223,14 @@ class LifecycleMixin(Emitter):
         log.info("%s stopped (%s)", self, reason)
         await self.fire_event_async("domain-shutdown", reason=reason)
         if getattr(self, "auto_cleanup", False):
-            await self._remove_disposable(storage)
+            await self._remove_disposable()
 
-    async def _remove_disposable(self, storage: Any) -> None:
+    async def _remove_disposable(self) -> None:
         """Remove a DispVM with ``auto_cleanup``: its volumes, its entry; save qubes.xml."""
         app = self.app
         if app.domains.get(self.qid) is not self:
             return
+        storage = self._usable_storage()
         if storage is not None:
             try:
                 await storage.remove()

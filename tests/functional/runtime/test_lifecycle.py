@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import os
 import time
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -260,6 +261,29 @@ async def test_dispvm_cleanup_defers_saving_to_a_save_request_handler(
     # The handler said it saved, so the app did not: the file still has the DispVM.
     reloaded = etree.parse(str(app.store.path))
     assert disp.name in reloaded.xpath("//property[@name='name']/text()")
+
+
+async def test_dispvm_with_auto_cleanup_that_fails_to_start_is_removed(
+        lifecycle_app: Any) -> None:
+    work = lifecycle_app.domains["work"]
+    work.template_for_dispvms = True
+    work.netvm = None
+    disp = lifecycle_app.add_new_vm("DispVM", template=work, label="red", auto_cleanup=True)
+    await disp.storage.create()
+    images = Path(lifecycle_app.pools["varlibqubes"].config["dir_path"]) / "appvms" / disp.name
+    seen: list[list[str]] = []
+    disp.add_handler("domain-qdb-create",  # after its volumes started
+                     lambda vm, event, **kw: seen.append(sorted(p.name for p in images.iterdir())))
+    # A running domain of the same name makes libvirt refuse the start.
+    squatter = lifecycle_app.runtime.connection().defineXML(
+        f"<domain type='test'><name>{disp.name}</name><memory>1024</memory>"
+        "<os><type>hvm</type></os></domain>")
+    squatter.create()
+    with pytest.raises(exc.QubesVMError, match="another libvirt domain"):
+        await disp.start()
+    assert "private-dirty.img" in seen[0]
+    assert disp.name not in lifecycle_app.domains
+    assert not images.exists() or list(images.glob("*.img*")) == []
 
 
 async def test_dispvm_without_auto_cleanup_stays(lifecycle_app: Any) -> None:
