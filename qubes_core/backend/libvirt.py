@@ -13,6 +13,7 @@ All connections to ``test:///default`` in one process share one state.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import threading
 import time
@@ -121,20 +122,34 @@ class LibvirtRuntime(Runtime):
                     ) from None
                 self._callback_id = conn.domainEventRegisterAny(
                     None, libvirt.VIR_DOMAIN_EVENT_ID_LIFECYCLE, self._on_lifecycle, None)
+                # In-process drivers (test:///) have no connection to lose.
+                with contextlib.suppress(libvirt.libvirtError):
+                    conn.registerCloseCallback(self._on_connection_closed, None)
                 self._conn = conn
             return self._conn
+
+    def _on_connection_closed(self, conn: Any, reason: int, opaque: Any) -> None:
+        """libvirtd went away (restart, upgrade): reconnect on the next call."""
+        log.warning("lost the libvirt connection to %s (reason %d); reconnecting on next use",
+                    self.uri, reason)
+        with self._conn_lock:
+            if self._conn is conn:
+                self._conn = None
+                self._callback_id = None
 
     def close(self) -> None:
         with self._conn_lock:
             conn, self._conn = self._conn, None
-            if conn is not None:
-                try:
-                    if self._callback_id is not None:
-                        conn.domainEventDeregisterAny(self._callback_id)
-                    conn.close()
-                except libvirt.libvirtError as error:
-                    log.warning("closing libvirt connection %s: %s", self.uri, _message(error))
-            self._callback_id = None
+            callback_id, self._callback_id = self._callback_id, None
+        if conn is not None:
+            try:
+                if callback_id is not None:
+                    conn.domainEventDeregisterAny(callback_id)
+                with contextlib.suppress(libvirt.libvirtError):
+                    conn.unregisterCloseCallback()
+                conn.close()
+            except libvirt.libvirtError as error:
+                log.warning("closing libvirt connection %s: %s", self.uri, _message(error))
         for app in self._bound_apps():
             app.remove_handler("domain-delete", self._on_domain_delete)
         self._apps.clear()

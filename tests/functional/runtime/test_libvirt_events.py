@@ -9,6 +9,7 @@ import libvirt
 import pytest
 
 from qubes_core.backend import make_runtime
+from qubes_core.backend.domain_xml import render_domain_xml
 from qubes_core.vm.lifecycle import QubesVMShutdownTimeoutError
 from tests.unit.runtime.support import TEST_DRIVER_DOMAIN, EventLog
 
@@ -161,3 +162,23 @@ async def test_two_runtimes_share_the_test_driver(lifecycle_app: Any) -> None:
         assert log.of("work") == ["domain-shutdown"]
     finally:
         other.close()
+
+
+async def test_a_bound_app_hears_of_vms_started_elsewhere(lifecycle_app: Any) -> None:
+    """After ``bind`` (what qubesd does at start), no call of ours is needed for events."""
+    runtime = lifecycle_app.runtime
+    runtime.bind(lifecycle_app)
+    work = lifecycle_app.domains["work"]
+    started = notify_on(work, "domain-start")
+    stopped = notify_on(work, "domain-shutdown")
+    conn = outside_connection()
+    try:
+        domain = conn.defineXML(render_domain_xml(work, "test"))
+        domain.create()
+        await until(started)
+        assert work.get_power_state() == "Running"
+        domain.shutdown()
+        await until(stopped)
+    finally:
+        conn.close()
+    assert work.get_power_state() == "Halted"
