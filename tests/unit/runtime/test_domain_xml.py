@@ -132,9 +132,12 @@ def test_network_from_the_netvm(basic_app: Any) -> None:
     assert parse(work).find("devices/interface") is None
 
 
-def test_test_driver_accepts_and_keeps_the_domain(basic_app: Any, runtime: Any) -> None:
+@pytest.mark.parametrize(("virt_mode", "os_type"), [("pvh", "xen"), ("hvm", "hvm")])
+def test_test_driver_accepts_and_keeps_the_domain(basic_app: Any, runtime: Any,
+                                                  virt_mode: str, os_type: str) -> None:
     """The test flavour goes through libvirt's real parser and comes back intact."""
     work = basic_app.domains["work"]
+    work.virt_mode = virt_mode
     work.kernel = "6.6.1-1"
     work.memory = 500
     domain = runtime.connection().defineXML(render_domain_xml(work, "test"))
@@ -143,8 +146,9 @@ def test_test_driver_accepts_and_keeps_the_domain(basic_app: Any, runtime: Any) 
     assert back.findtext("uuid") == str(work.uuid)
     assert back.findtext("currentMemory") == str(500 * 1024)  # libvirt stores KiB
     assert back.findtext("vcpu") == str(work.vcpus)
-    assert back.find("os/type").text == "xen"
+    assert back.find("os/type").text == os_type
+    assert (back.find("features/acpi") is not None) == (virt_mode == "hvm")
     assert back.findtext("os/initrd").endswith("6.6.1-1/initramfs")
     assert set(disks(back)) == {"xvda", "xvdb", "xvdc", "xvdd"}
     assert back.find("devices/interface/backenddomain").get("name") == "sys-firewall"
-    assert back.find(f"metadata/{{{METADATA_NS}}}vm").get("virt_mode") == "pvh"
+    assert back.find(f"metadata/{{{METADATA_NS}}}vm").get("virt_mode") == virt_mode
