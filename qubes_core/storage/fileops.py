@@ -90,6 +90,15 @@ def _data_segments(fd: int, size: int) -> Iterator[tuple[int, int]]:
         offset = end
 
 
+def _data_segments_of(path: PathLike) -> list[tuple[int, int]]:
+    """(start, end) of each data segment of the file at ``path``."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        return list(_data_segments(fd, os.fstat(fd).st_size))
+    finally:
+        os.close(fd)
+
+
 def sparse_copy_fd(src_fd: int, dst_fd: int) -> int:
     """Copy data segments of ``src_fd`` into the (empty) ``dst_fd``; return bytes written.
 
@@ -140,8 +149,12 @@ def clone_fd(src_fd: int, dst_fd: int, *, reflink: bool = True) -> str:
 
 
 def copy_file(src: PathLike, dst: PathLike, *, reflink: bool = True,
-              size: int | None = None) -> str:
-    """Atomically make ``dst`` a copy of ``src`` (grown to ``size`` if larger)."""
+              size: int | None = None, sync: bool = True) -> str:
+    """Atomically make ``dst`` a copy of ``src`` (grown to ``size`` if larger).
+
+    Without ``sync`` nothing is fsynced: for images a crash makes worthless
+    anyway (a snapshot or a volatile image, remade at every start).
+    """
     tmp = temp_name(dst)
     src_fd = os.open(src, os.O_RDONLY)
     try:
@@ -150,7 +163,8 @@ def copy_file(src: PathLike, dst: PathLike, *, reflink: bool = True,
             how = clone_fd(src_fd, dst_fd, reflink=reflink)
             if size is not None and size > os.fstat(dst_fd).st_size:
                 os.ftruncate(dst_fd, size)
-            os.fsync(dst_fd)
+            if sync:
+                os.fsync(dst_fd)
         except BaseException:
             os.close(dst_fd)
             with contextlib.suppress(FileNotFoundError):
@@ -160,21 +174,22 @@ def copy_file(src: PathLike, dst: PathLike, *, reflink: bool = True,
     finally:
         os.close(src_fd)
     log.info("Copied file by %s: %s -> %s", how, src, tmp)
-    _rename_or_drop(tmp, dst)
+    _rename_or_drop(tmp, dst, sync)
     return how
 
 
-def create_sparse_file(path: PathLike, size: int) -> None:
+def create_sparse_file(path: PathLike, size: int, *, sync: bool = True) -> None:
     """Atomically create an all-hole file of ``size`` bytes."""
     tmp = temp_name(path)
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
     try:
         os.ftruncate(fd, size)
-        os.fsync(fd)
+        if sync:
+            os.fsync(fd)
     finally:
         os.close(fd)
     log.info("Created sparse file: %s (%d bytes)", tmp, size)
-    _rename_or_drop(tmp, path)
+    _rename_or_drop(tmp, path, sync)
 
 
 def resize_file(path: PathLike, size: int, *, reflink: bool = True) -> None:
@@ -182,33 +197,36 @@ def resize_file(path: PathLike, size: int, *, reflink: bool = True) -> None:
     copy_file(path, path, reflink=reflink, size=size)
 
 
-def rename(src: PathLike, dst: PathLike) -> None:
+def rename(src: PathLike, dst: PathLike, *, sync: bool = True) -> None:
+    """Rename; with ``sync``, fsync the directory so the rename is durable."""
     os.rename(src, dst)
-    fsync_dir(os.path.dirname(os.path.abspath(dst)))
+    if sync:
+        fsync_dir(os.path.dirname(os.path.abspath(dst)))
     log.info("Renamed file: %s -> %s", src, dst)
 
 
-def _rename_or_drop(tmp: str, dst: PathLike) -> None:
+def _rename_or_drop(tmp: str, dst: PathLike, sync: bool = True) -> None:
     """Rename a finished temporary file into place; remove it if that fails."""
     try:
-        rename(tmp, dst)
+        rename(tmp, dst, sync=sync)
     except BaseException:
         remove(tmp, sync=False)
         raise
 
 
-def link(src: PathLike, dst: PathLike) -> None:
+def link(src: PathLike, dst: PathLike, *, sync: bool = True) -> None:
     """Make ``dst`` another name of ``src``'s inode, replacing ``dst`` atomically."""
     tmp = temp_name(dst)
     os.link(src, tmp)
     log.info("Linked file: %s -> %s", src, tmp)
-    _rename_or_drop(tmp, dst)
+    _rename_or_drop(tmp, dst, sync)
 
 
-def link_new(src: PathLike, dst: PathLike) -> None:
+def link_new(src: PathLike, dst: PathLike, *, sync: bool = True) -> None:
     """Make ``dst`` (which must not exist) another name of ``src``'s inode."""
     os.link(src, dst)
-    fsync_dir(os.path.dirname(os.path.abspath(dst)))
+    if sync:
+        fsync_dir(os.path.dirname(os.path.abspath(dst)))
     log.info("Linked file: %s -> %s", src, dst)
 
 
@@ -230,8 +248,6 @@ def remove_temp_files(path: PathLike) -> list[str]:
     for leftover in leftovers:
         log.info("Removing leftover of an interrupted operation: %s", leftover)
         remove(leftover, sync=False)
-    if leftovers:
-        fsync_dir(os.path.dirname(os.path.abspath(path)))
     return leftovers
 
 

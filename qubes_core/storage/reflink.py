@@ -185,8 +185,12 @@ class FileReflinkVolume(Volume):
         """Every file of this volume but revisions."""
         return [self.path_clean, self.path_dirty, self.path_precache, self.path_import]
 
-    def _copy(self, src: str, dst: str, size: int | None = None) -> None:
-        fileops.copy_file(src, dst, reflink=self.pool.reflink, size=size)
+    def _copy(self, src: str, dst: str, size: int | None = None, sync: bool = True) -> None:
+        fileops.copy_file(src, dst, reflink=self.pool.reflink, size=size, sync=sync)
+
+    def _sync_dir(self) -> None:
+        """Make the renames and removals of an operation durable (one fsync for all)."""
+        fileops.fsync_dir(os.path.dirname(self.path_clean))
 
     # --- state --------------------------------------------------------------
 
@@ -253,7 +257,7 @@ class FileReflinkVolume(Volume):
             fileops.remove_temp_files(path)
         if os.path.exists(self.path_precache) and not self._precache_valid():
             log.info("Removing stale precache of %s", self.vid)
-            fileops.remove(self.path_precache)
+            fileops.remove(self.path_precache, sync=False)
 
     def _precache_valid(self) -> bool:
         try:
@@ -286,14 +290,16 @@ class FileReflinkVolume(Volume):
                 os.unlink(tmp)
             return
         log.info("Copied file by reflink: %s -> %s", self.path_clean, tmp)
-        fileops.rename(tmp, self.path_precache)
+        fileops.rename(tmp, self.path_precache, sync=False)
 
     def _remove_all(self) -> None:
         for path in self._images():
             fileops.remove_temp_files(path)
-            fileops.remove(path)
+            fileops.remove(path, sync=False)
         for _number, path in self._revision_paths():
-            fileops.remove(path)
+            fileops.remove(path, sync=False)
+        if os.path.isdir(os.path.dirname(self.path_clean)):
+            self._sync_dir()
 
     # --- revisions ----------------------------------------------------------
 
@@ -306,21 +312,28 @@ class FileReflinkVolume(Volume):
         timestamp = datetime.datetime.fromtimestamp(mtime, datetime.UTC).strftime(
             REVISION_TIME_FORMAT)
         fileops.link_new(self.path_clean, self.path_revision(max(numbers, default=0) + 1,
-                                                             timestamp))
+                                                             timestamp), sync=False)
 
     def _prune_revisions(self) -> None:
         keep = self.revisions_to_keep
         paths = self._revision_paths()
         for _number, path in paths[:max(0, len(paths) - keep)]:
-            fileops.remove(path)
+            fileops.remove(path, sync=False)
 
     def _commit(self, path_from: str) -> None:
-        """Make ``path_from`` the clean image; the old one becomes a revision."""
+        """Make ``path_from`` the clean image; the old one becomes a revision.
+
+        The new data is made durable first; the metadata steps (precache out,
+        revision link, pruning, rename) are ordered by the filesystem's journal
+        and made durable together. A precache that survives a crash is no
+        longer valid for the new clean image and is dropped on the next use.
+        """
         fileops.fsync_path(path_from)
-        fileops.remove(self.path_precache)
+        fileops.remove(self.path_precache, sync=False)
         self._add_revision()
         self._prune_revisions()
-        fileops.rename(path_from, self.path_clean)
+        fileops.rename(path_from, self.path_clean, sync=False)
+        self._sync_dir()
 
     # --- operations ---------------------------------------------------------
 
@@ -358,9 +371,9 @@ class FileReflinkVolume(Volume):
             log.info("Starting %s on its uncommitted image %s (not cleanly stopped)",
                      self.vid, self.path_dirty)
             return
-        if self.snap_on_start:
+        if self.snap_on_start:  # remade at every start: no fsync needed
             self._link_source()
-            self._copy(self.path_clean, self.path_dirty, size=self.size)
+            self._copy(self.path_clean, self.path_dirty, size=self.size, sync=False)
         elif self.save_on_stop:
             if os.path.exists(self.path_precache):
                 fileops.rename(self.path_precache, self.path_dirty)
@@ -369,7 +382,7 @@ class FileReflinkVolume(Volume):
             else:
                 self._copy(self.path_clean, self.path_dirty, size=self.size)
         else:
-            fileops.create_sparse_file(self.path_dirty, self.size)
+            fileops.create_sparse_file(self.path_dirty, self.size, sync=False)
 
     def _link_source(self) -> None:
         """Make ``P.img`` the source's clean image: a hard link, or a copy across mounts."""
@@ -377,12 +390,12 @@ class FileReflinkVolume(Volume):
             raise StoragePoolException(f"volume {self.vid} is a snapshot but has no source")
         source_path = self.source.export_path()
         try:
-            fileops.link(source_path, self.path_clean)
+            fileops.link(source_path, self.path_clean, sync=False)
         except OSError as err:
             if err.errno != errno.EXDEV:
                 raise
             fileops.remove_temp_files(self.path_clean)
-            self._copy(source_path, self.path_clean)
+            self._copy(source_path, self.path_clean, sync=False)
             os.setxattr(self.path_clean, SNAPSHOT_XATTR, identity(source_path).encode())
 
     def do_stop(self) -> None:
@@ -393,16 +406,16 @@ class FileReflinkVolume(Volume):
             self._commit(self.path_dirty)
             self._make_precache()
             return
-        fileops.remove(self.path_dirty)
+        fileops.remove(self.path_dirty, sync=False)
         if self.snap_on_start:
-            fileops.remove(self.path_clean)
+            fileops.remove(self.path_clean, sync=False)
 
     def do_abort_start(self) -> None:
         if self.save_on_stop:
             # The VM never ran: the dirty image is a copy of the clean one, unless the
             # start resumed the changes of a run that was not cleanly stopped.
             if not self.resumed:
-                fileops.remove(self.path_dirty)
+                fileops.remove(self.path_dirty, sync=False)
             return
         self.do_stop()
 
@@ -429,9 +442,10 @@ class FileReflinkVolume(Volume):
                 f"{', '.join(revisions)})")
         path = self.path_revision(chosen, revisions[chosen])
         self._remove_leftovers()
-        fileops.remove(self.path_precache)
+        fileops.remove(self.path_precache, sync=False)
         self._add_revision()  # the current image stays reachable: a revert can be undone
-        fileops.rename(path, self.path_clean)
+        fileops.rename(path, self.path_clean, sync=False)
+        self._sync_dir()
 
     def do_resize(self, size: int) -> None:
         current = self.size
@@ -446,7 +460,7 @@ class FileReflinkVolume(Volume):
             log.info("Grew file in place: %s to %d bytes", self.path_dirty, size)
         elif self.save_on_stop and not self.snap_on_start and os.path.exists(self.path_clean):
             self._remove_leftovers()
-            fileops.remove(self.path_precache)
+            fileops.remove(self.path_precache, sync=False)
             fileops.resize_file(self.path_clean, size, reflink=self.pool.reflink)
         self.config["size"] = size
 
@@ -454,9 +468,9 @@ class FileReflinkVolume(Volume):
         self._refuse_snapshot("import into")
         self._refuse_in_use("import into")
         fileops.remove_temp_files(self.path_import)
-        fileops.remove(self.path_import)
+        fileops.remove(self.path_import, sync=False)
         fileops.make_dirs(os.path.dirname(self.path_import))
-        fileops.create_sparse_file(self.path_import, size)
+        fileops.create_sparse_file(self.path_import, size, sync=False)
         return self.path_import
 
     def do_import_data_end(self, success: bool) -> None:
@@ -475,7 +489,7 @@ class FileReflinkVolume(Volume):
         fileops.remove_temp_files(self.path_import)
         fileops.make_dirs(os.path.dirname(self.path_import))
         size = max(self.size, src.size, os.stat(path).st_size)
-        self._copy(path, self.path_import, size=size)
+        self._copy(path, self.path_import, size=size, sync=False)  # the commit fsyncs it
         self._commit(self.path_import)
         self.config["size"] = size
 
