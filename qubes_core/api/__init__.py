@@ -13,6 +13,7 @@ API_MODULES = [
     "qubes_core.api.events",
     "qubes_core.api.devices",
     "qubes_core.api.firewall",
+    "qubes_core.api.storage",
     "qubes_core.api.misc",
     "qubes_core.api.internal",
     "qubes_core.api.policy",
