@@ -1,0 +1,161 @@
+"""Storage without root: file operations on the test directory, configuration checks."""
+
+from __future__ import annotations
+
+import logging
+import os
+
+import pytest
+
+from qubes_core import exc
+from qubes_core.storage import (
+    StoragePoolException,
+    UnavailablePool,
+    check_vid,
+    fileops,
+    make_pool,
+    pool_drivers,
+)
+from qubes_core.storage.file import FilePool
+from qubes_core.storage.kernel import LinuxKernelPool
+from qubes_core.storage.reflink import FileReflinkPool
+
+MiB = 1024**2
+
+
+def write(path, offset, data):
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT, 0o600)
+    try:
+        os.pwrite(fd, data, offset)
+    finally:
+        os.close(fd)
+
+
+def test_sparse_copy_keeps_holes_and_skips_zero_chunks(tmp_path):
+    src = tmp_path / "src.img"
+    with open(src, "wb") as handle:
+        handle.truncate(64 * MiB)
+    write(src, 8 * MiB, b"a" * MiB)
+    write(src, 40 * MiB, bytes(8 * MiB))  # written zeros: data to the filesystem
+    write(src, 60 * MiB, b"z" * 100)
+    dst = tmp_path / "dst.img"
+    how = fileops.copy_file(src, dst, reflink=False)
+    assert how == "sparse copy"
+    assert src.read_bytes() == dst.read_bytes()
+    assert os.stat(dst).st_blocks * 512 <= 2 * MiB, "holes and zero chunks stayed holes"
+    assert not list(tmp_path.glob("*~*"))
+
+
+def test_copy_file_grows_to_size_and_is_atomic(tmp_path):
+    src = tmp_path / "a.img"
+    src.write_bytes(b"x" * 1000)
+    dst = tmp_path / "b.img"
+    dst.write_bytes(b"old")
+    fileops.copy_file(src, dst, reflink=False, size=MiB)
+    assert os.stat(dst).st_size == MiB and dst.read_bytes()[:1000] == b"x" * 1000
+
+
+def test_failed_copy_leaves_no_temporary_file(tmp_path):
+    with pytest.raises(FileNotFoundError):
+        fileops.copy_file(tmp_path / "missing", tmp_path / "dst")
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_operations_are_logged(tmp_path, caplog):
+    with caplog.at_level(logging.INFO, logger="qubes.storage.reflink"):
+        fileops.create_sparse_file(tmp_path / "a.img", MiB)
+        fileops.copy_file(tmp_path / "a.img", tmp_path / "b.img", reflink=False)
+        fileops.rename(tmp_path / "b.img", tmp_path / "c.img")
+        fileops.remove(tmp_path / "c.img")
+    text = "\n".join(r.getMessage() for r in caplog.records)
+    for word in ("Created sparse file", "Copied file by sparse copy", "Renamed file",
+                 "Removed file"):
+        assert word in text
+
+
+def test_remove_temp_files_only_touches_its_own(tmp_path):
+    for name in ("private.img~1", "private.img~abc", "private-dirty.img~2", "root.img~3",
+                 "private.img"):
+        (tmp_path / name).write_bytes(b"")
+    removed = fileops.remove_temp_files(tmp_path / "private.img")
+    assert [os.path.basename(p) for p in removed] == ["private.img~1", "private.img~abc"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == [
+        "private-dirty.img~2", "private.img", "root.img~3"]
+
+
+@pytest.mark.parametrize("vid", ["../etc/passwd", "/abs/path", "a/../b", "a//b", "", "a b",
+                                 "appvms/x/\nroot", "."])
+def test_bad_volume_ids_are_refused(vid):
+    with pytest.raises(StoragePoolException, match="invalid volume id"):
+        check_vid(vid)
+
+
+def test_good_volume_ids():
+    assert check_vid("appvms/work-1/private") == "appvms/work-1/private"
+    assert check_vid("vm-templates/debian_12.x/root") == "vm-templates/debian_12.x/root"
+
+
+def test_drivers_are_plugins():
+    drivers = pool_drivers()
+    assert drivers["file-reflink"] is FileReflinkPool
+    assert drivers["file"] is FilePool and drivers["linux-kernel"] is LinuxKernelPool
+
+
+def test_unknown_driver_round_trips_but_is_unusable():
+    pool = make_pool("lvm", "lvm_thin", volume_group="qubes_dom0", thin_pool="pool00")
+    assert isinstance(pool, UnavailablePool) and not pool.usable
+    assert pool.xml_attributes() == {"name": "lvm", "driver": "lvm_thin",
+                                     "volume_group": "qubes_dom0", "thin_pool": "pool00"}
+    with pytest.raises(StoragePoolException, match="not installed"):
+        pool.init_volume(None, {"name": "private", "vid": "appvms/x/private"})
+
+
+def test_options_are_checked_at_setup(tmp_path):
+    with pytest.raises(exc.QubesValueError, match="revisions_to_keep"):
+        FileReflinkPool(name="p", dir_path=str(tmp_path), revisions_to_keep="x").setup()
+    with pytest.raises(exc.QubesValueError, match="setup_check"):
+        FileReflinkPool(name="p", dir_path=str(tmp_path), setup_check="maybe").setup()
+    with pytest.raises(StoragePoolException, match="absolute"):
+        FileReflinkPool(name="p", dir_path="rel").setup()
+    pool = FileReflinkPool(name="p", dir_path=str(tmp_path), revisions_to_keep="4")
+    assert pool.revisions_to_keep == 4
+    with pytest.raises(exc.QubesValueError):
+        pool.revisions_to_keep = -1
+    assert pool.revisions_to_keep == 4
+
+
+async def test_file_driver_volume_cycle_without_root(tmp_path):
+    """The ``file`` driver works on any filesystem, here the test directory's."""
+    pool = FilePool(name="f", dir_path=str(tmp_path / "pool"))
+    pool.setup()
+    vol = pool.init_volume(None, {"name": "private", "vid": "appvms/a/private", "rw": True,
+                                  "size": 8 * MiB, "save_on_stop": True,
+                                  "revisions_to_keep": 2})
+    await vol.create()
+    cow = vol.path_cow
+    with open(cow, "wb") as handle:
+        handle.write(b"dm exception store")
+    await vol.start()
+    write(vol.path_dirty, 0, b"hello")
+    await vol.stop()
+    with open(vol.path_clean, "rb") as handle:
+        assert handle.read(5) == b"hello"
+    assert len(vol.revisions) == 1
+    assert not os.path.exists(vol.path_precache), "no precache without reflinks"
+    assert os.path.exists(cow), "the device-mapper file is left alone while the VM lives"
+    await vol.remove()
+    assert not os.path.exists(cow) and not os.path.exists(os.path.dirname(cow))
+
+
+async def test_kernel_pool(tmp_path):
+    (tmp_path / "6.1.0").mkdir()
+    (tmp_path / "6.1.0" / "vmlinuz").write_bytes(b"kernel")
+    (tmp_path / "6.1.0" / "modules.img").write_bytes(b"m" * 4096)
+    pool = LinuxKernelPool(name="linux-kernel", dir_path=str(tmp_path))
+    assert pool.kernels() == ["6.1.0"]
+    vol = pool.init_volume(None, {"name": "kernel", "vid": "6.1.0"})
+    assert await vol.verify() and vol.size == 4096 and not vol.rw
+    assert vol.block_device() == str(tmp_path / "6.1.0" / "modules.img")
+    missing = pool.init_volume(None, {"name": "kernel", "vid": "5.0"})
+    with pytest.raises(StoragePoolException, match="not installed"):
+        await missing.start()
