@@ -376,7 +376,9 @@ class FileReflinkVolume(Volume):
             self._copy(self.path_clean, self.path_dirty, size=self.size, sync=False)
         elif self.save_on_stop:
             if os.path.exists(self.path_precache):
-                fileops.rename(self.path_precache, self.path_dirty)
+                # No directory fsync: the VM's first flush of the image makes its new
+                # name durable; were it lost, the precache is that same data again.
+                fileops.rename(self.path_precache, self.path_dirty, sync=False)
                 if os.stat(self.path_dirty).st_size < self.size:
                     os.truncate(self.path_dirty, self.size)
             else:
