@@ -157,9 +157,16 @@ class QubesXmlStore:
     # --- saving ----------------------------------------------------------
 
     def save(self, app: Qubes) -> None:
+        self.write(serialize(app))
+
+    def write(self, data: bytes) -> None:
+        """Atomically replace the file with ``data`` (the bytes of :func:`serialize`).
+
+        Separate from serializing so that a server can take a consistent snapshot of
+        the model in its event loop and leave the disk work to a thread.
+        """
         if not self._locked:
             raise exc.QubesStoreError(f"{self.path} was opened read-only; cannot save")
-        data = serialize(app)
         self._check_unchanged()
         directory = self.path.parent
         tmp_fd, tmp_name = tempfile.mkstemp(dir=directory, prefix=self.path.name + "~")
