@@ -1,4 +1,6 @@
 """Packaging for qubes_core: the library, its console scripts and its plugin groups."""
+from pathlib import Path
+
 from setuptools import find_packages, setup
 
 VM_CLASSES = [
@@ -26,7 +28,7 @@ setup(
     name="qubes_core",
     version="0.1.0",
     description="Management backend for Qubes-style compartmentalised systems",
-    long_description=open("README.rst", encoding="utf-8").read(),
+    long_description=Path("README.rst").read_text(encoding="utf-8"),
     long_description_content_type="text/x-rst",
     license="GPL-2.0-or-later",
     python_requires=">=3.11",
