@@ -292,7 +292,11 @@ class Qubes(PropertyHolder):
 
     def clone_vm(self, src: BaseVM, new_name: str, cls: str | type[BaseVM] | None = None,
                  **kwargs: Any) -> BaseVM:
-        """A new VM with ``src``'s properties, features and tags (not its devices)."""
+        """A new VM with ``src``'s properties, features and tags (not its devices).
+
+        ``domain-cloned`` (with ``src``) is fired on the new VM afterwards, so that
+        extensions copy what they keep themselves (the firewall, for one).
+        """
         vmclass = cls or type(src)
         if "template" in src._property_values and "template" not in kwargs:
             kwargs["template"] = src.template
@@ -304,6 +308,7 @@ class Qubes(PropertyHolder):
         for key, value in src.features.items():
             vm.features[key] = value
         vm.tags.update(src.tags)
+        vm.fire_event("domain-cloned", src=src)  # extensions copy what they own
         return vm
 
     # --- labels -----------------------------------------------------------

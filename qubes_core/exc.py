@@ -56,6 +56,10 @@ class QubesVMNotHaltedError(QubesVMError):
     pass
 
 
+class QubesVMShutdownTimeoutError(QubesVMError):
+    """The VM did not stop within the time it was given."""
+
+
 class QubesVMAlreadyExistsError(QubesException):
     pass
 

@@ -77,6 +77,13 @@ class FirewallExtension(Extension):
             log.error("%s gets no firewall rule (all traffic dropped): %s", vm, err)
             firewall_of(vm).set_rules([])
 
+    @vm_handler("domain-cloned")
+    def on_domain_cloned(self, vm: Any, event: str, src: Any, **kwargs: Any) -> None:
+        """A clone takes the rules of the VM it was cloned from."""
+        source = firewall_of(src)
+        if source.has_file():
+            firewall_of(vm).clone_from(source)
+
     @app_handler("domain-delete")
     def on_domain_delete(self, app: Any, event: str, vm: Any, **kwargs: Any) -> None:
         if _has_firewall(vm):

@@ -30,10 +30,6 @@ RUNNING_STATES = ("Running", "Transient", "Paused", "Suspended")
 DNS_SERVERS = ("10.139.1.1", "10.139.1.2")
 
 
-class QubesVMShutdownTimeoutError(exc.QubesVMError):
-    """The VM did not stop within the time it was given."""
-
-
 class LifecycleMixin(Emitter):
     """``start``, ``shutdown``, ``kill``, ``pause`` and ``unpause`` of a VM that runs."""
 
@@ -182,7 +178,7 @@ class LifecycleMixin(Emitter):
         if wait:
             limit = DEFAULT_SHUTDOWN_TIMEOUT if timeout is None else timeout
             if not await runtime.wait_stopped(self, limit):
-                raise QubesVMShutdownTimeoutError(
+                raise exc.QubesVMShutdownTimeoutError(
                     self, f"{self} did not shut down within {limit:g} s (kill it to stop it)")
         return self
 

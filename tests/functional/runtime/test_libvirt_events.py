@@ -8,9 +8,9 @@ from typing import Any
 import libvirt
 import pytest
 
+from qubes_core import exc
 from qubes_core.backend import make_runtime
 from qubes_core.backend.domain_xml import render_domain_xml
-from qubes_core.vm.lifecycle import QubesVMShutdownTimeoutError
 from tests.unit.runtime.support import TEST_DRIVER_DOMAIN, EventLog
 
 
@@ -121,7 +121,7 @@ async def test_a_vm_that_ignores_shutdown_times_out(lifecycle_app: Any) -> None:
 
     runtime.shutdown = ignore
     try:
-        with pytest.raises(QubesVMShutdownTimeoutError,
+        with pytest.raises(exc.QubesVMShutdownTimeoutError,
                            match=r"work did not shut down within 0.1 s \(kill it"):
             await work.shutdown(wait=True, timeout=0.1)
     finally:

@@ -136,6 +136,17 @@ def test_dispvm_inherits_firewall_of_its_appvm(net_app: Qubes) -> None:
     assert disp.firewall.rules == rules
 
 
+def test_clone_takes_the_firewall_of_its_source(net_app: Qubes) -> None:
+    work = net_app.domains["work"]
+    rules = parse_api_rules("action=accept dsthost=example.org\naction=drop\n")
+    work.firewall.set_rules(rules)
+    copy = net_app.clone_vm(work, "work-copy")
+    assert copy.firewall.rules == rules
+    assert parse((copy.dir_path / "firewall.xml").read_bytes()) == rules
+    plain = net_app.clone_vm(net_app.domains["sys-firewall"], "fw-copy")
+    assert not (plain.dir_path / "firewall.xml").exists()
+
+
 def test_dispvm_of_appvm_with_broken_file_gets_no_access(net_app: Qubes) -> None:
     work = net_app.domains["work"]
     work.template_for_dispvms = True
