@@ -1,89 +1,105 @@
-"""``make demo``: build a small installation in a local base directory and show it.
+"""``make demo``: the main job on a local installation, through a real qubesd.
 
-Creates (or completes) dom0, a template, sys-net, sys-firewall and two AppVMs in
-``./demo`` (``--base-dir`` or ``QUBES_BASE_DIR`` moves it), saves qubes.xml,
-loads it again from disk and prints the VMs with their main properties.
+Starts a qubesd for ``./demo`` (``--base-dir`` or ``QUBES_BASE_DIR`` moves it;
+it is created on first use) on libvirt's test driver, then, as a client over
+the Admin API socket: creates (or completes) a template, sys-net, sys-firewall
+and two AppVMs with their volumes, sets the global defaults, a service and a
+firewall rule that expires, starts ``work`` (which starts its netvm chain
+first), prints the VMs with their main properties and states, shuts the VMs
+down and stops qubesd. Run it again: it finds everything in place.
 """
 
 from __future__ import annotations
 
 import argparse
-import logging
 import os
-from typing import Any
+from pathlib import Path
 
 from qubes_core import paths
-from qubes_core.app import Qubes
+from qubes_core.client import connect
 
-DEMO_VMS: list[tuple[str, str, dict[str, Any]]] = [
-    ("TemplateVM", "debian-12", {"label": "black"}),
-    ("AppVM", "sys-net", {"label": "red", "provides_network": True, "netvm": None}),
-    ("AppVM", "sys-firewall", {"label": "green", "provides_network": True,
-                               "netvm": "sys-net"}),
-    ("AppVM", "work", {"label": "blue"}),
-    ("AppVM", "personal", {"label": "yellow"}),
+DEMO_VMS: list[tuple[str, str, str, dict[str, str]]] = [
+    # class, name, label, properties set after creation
+    ("TemplateVM", "debian-12", "black", {}),
+    ("AppVM", "sys-net", "red", {"provides_network": "True", "netvm": ""}),
+    ("AppVM", "sys-firewall", "green", {"provides_network": "True", "netvm": "sys-net"}),
+    ("AppVM", "work", "blue", {}),
+    ("AppVM", "personal", "yellow", {}),
 ]
+GLOBALS = {"default_template": "debian-12", "default_netvm": "sys-firewall",
+           "clockvm": "sys-net"}
+FIREWALL = "action=accept proto=tcp dstports=443 expire=+3600 comment=https for an hour\n" \
+           "action=drop\n"
 COLUMNS = ("name", "class", "state", "label", "template", "netvm", "ip", "memory")
 
 
-def build(app: Qubes) -> list[str]:
-    """Create what is missing; return the names created."""
+def build(app: object) -> list[str]:
+    """Create through the Admin API what is missing; return the names created."""
     created = []
-    for vmclass, name, props in DEMO_VMS:
+    for vmclass, name, label, props in DEMO_VMS:
         if name in app.domains:
             continue
-        props = dict(props)
-        if "netvm" in props and isinstance(props["netvm"], str):
-            props["netvm"] = app.domains[props["netvm"]]
-        app.add_new_vm(vmclass, name=name, **props)
+        template = "debian-12" if vmclass == "AppVM" else None
+        vm = app.add_new_vm(vmclass, name, label, template=template)
+        for key, value in props.items():
+            setattr(vm, key, value)
         created.append(name)
-        if vmclass == "TemplateVM" and app.default_template is None:
-            app.default_template = app.domains[name]
-    if app.default_netvm is None:
-        app.default_netvm = app.domains["sys-firewall"]
-    if app.clockvm is None:
-        app.clockvm = app.domains["sys-net"]
-    app.domains["work"].features["service.cups"] = True
+    for key, value in GLOBALS.items():
+        setattr(app, key, value)
+    app.domains["work"].features["service.cups"] = "1"
     app.domains["personal"].tags.add("personal")
+    app.call("admin.vm.firewall.Set", "work", payload=FIREWALL)
     return created
 
 
-def table(app: Qubes) -> str:
-    rows = [COLUMNS]
-    for vm in app.domains:
-        rows.append((
-            vm.name, vm.klass(), vm.get_power_state(), vm.label.name,
-            getattr(getattr(vm, "template", None), "name", "-"),
-            getattr(getattr(vm, "netvm", None), "name", "-"),
-            getattr(vm, "ip", None) or "-",
-            str(getattr(vm, "memory", "-")),
-        ))
+def _text(value: object) -> str:
+    return "-" if value in (None, "") else str(value)
+
+
+def table(app: object) -> str:
+    rows = [tuple(column.upper() for column in COLUMNS)]
+    with app.cache():
+        for vm in app.domains:
+            is_vm = vm.klass != "AdminVM"
+            rows.append((
+                vm.name, vm.klass, vm.get_power_state(), _text(vm.label),
+                _text(getattr(vm, "template", None)) if vm.klass in ("AppVM", "DispVM")
+                else "-",
+                _text(vm.netvm) if is_vm else "-",
+                _text(vm.ip) if is_vm else "-",
+                _text(vm.memory) if is_vm else "-",
+            ))
     widths = [max(len(row[i]) for row in rows) for i in range(len(COLUMNS))]
-    lines = ["  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)).rstrip()
-             for row in rows]
-    lines[0] = lines[0].upper()
-    return "\n".join(lines)
+    return "\n".join("  ".join(cell.ljust(width) for cell, width in zip(row, widths,
+                                                                          strict=True)).rstrip()
+                     for row in rows)
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--base-dir", help="installation directory (default ./demo)")
+    parser.add_argument("--runtime", default="test",
+                        help="runtime qubesd uses (default: libvirt's test driver)")
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.WARNING, format="%(name)s: %(message)s")
-    where = paths.resolve(args.base_dir or os.environ.get(paths.ENV_VAR) or "demo")
-    where.base_dir.mkdir(parents=True, exist_ok=True)
-    if where.qubes_xml.exists():
-        app = Qubes(where.qubes_xml)
-    else:
-        app = Qubes.create_empty_store(where.qubes_xml)
-    with app:
-        created = build(app)
-        app.save()
+    base = Path(args.base_dir or os.environ.get(paths.ENV_VAR) or "demo").absolute()
+    where = paths.resolve(base)
     print(f"base directory: {where.base_dir}")
-    print(f"created: {', '.join(created) if created else 'nothing (already there)'}")
-    with Qubes(where.qubes_xml, lock=False) as reloaded:
-        print(f"reloaded {where.qubes_xml}: {len(reloaded.domains)} VMs\n")
-        print(table(reloaded))
+    with connect(base, runtime=args.runtime, create=True) as app:
+        print(f"qubesd serving {where.admin_socket}")
+        created = build(app)
+        print(f"created through the Admin API: {', '.join(created) or 'nothing (all there)'}")
+        work = app.domains["work"]
+        if work.is_halted():
+            work.start()
+        print("started work (and its netvm chain); firewall of work:")
+        print("".join("  " + line + "\n"
+                      for line in app.call("admin.vm.firewall.Get", "work").splitlines()))
+        print(table(app))
+        for name in ("work", "sys-firewall", "sys-net"):
+            vm = app.domains[name]
+            if not vm.is_halted():
+                vm.shutdown(wait=True)
+        print("\nshut the VMs down; qubes.xml:", where.qubes_xml)
     return 0
 
 
