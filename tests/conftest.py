@@ -29,9 +29,8 @@ def app(tmp_path: Path):
     instance.close()
 
 
-@pytest.fixture
-def basic_app(app: Qubes) -> Qubes:
-    """dom0, a template, sys-net, sys-firewall and an AppVM ``work``."""
+def add_basic_vms(app: Qubes) -> Qubes:
+    """A template, sys-net, sys-firewall (the default netvm) and an AppVM ``work``."""
     template = app.add_new_vm("TemplateVM", name="debian-12", label="black")
     app.default_template = template
     net = app.add_new_vm("AppVM", name="sys-net", label="red", provides_network=True,
@@ -41,3 +40,9 @@ def basic_app(app: Qubes) -> Qubes:
     app.default_netvm = firewall
     app.add_new_vm("AppVM", name="work", label="blue")
     return app
+
+
+@pytest.fixture
+def basic_app(app: Qubes) -> Qubes:
+    """dom0, a template, sys-net, sys-firewall and an AppVM ``work``."""
+    return add_basic_vms(app)

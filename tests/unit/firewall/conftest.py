@@ -17,6 +17,7 @@ from qubes_core.app import Qubes
 from qubes_core.backend import Runtime
 from qubes_core.firewall import ManualClock, set_clock
 from qubes_core.qubesdb import InMemoryQubesDB
+from tests.conftest import add_basic_vms
 
 
 class PowerSwitch(Runtime):
@@ -55,14 +56,7 @@ def net_app(tmp_path, clock: ManualClock):
     switch = PowerSwitch()
     app = Qubes.create_empty_store(tmp_path / "qubes.xml", runtime=switch)
     set_clock(app, clock)
-    template = app.add_new_vm("TemplateVM", name="debian-12", label="black")
-    app.default_template = template
-    net = app.add_new_vm("AppVM", name="sys-net", label="red", provides_network=True,
-                         netvm=None)
-    firewall = app.add_new_vm("AppVM", name="sys-firewall", label="green",
-                              provides_network=True, netvm=net)
-    app.default_netvm = firewall
-    app.add_new_vm("AppVM", name="work", label="blue")
+    add_basic_vms(app)
     app.add_new_vm("AppVM", name="personal", label="yellow")
     app.switch = switch
     app.save()
