@@ -116,7 +116,10 @@ class VMCollection:
         raise LookupError("no free qid left")
 
     def get_new_unused_dispid(self) -> int:
+        """A free DispVM number whose default name ``disp<N>`` is free too."""
         used = {getattr(vm, "dispid", None) for vm in self}
+        used.update(int(name[4:]) for name in self._by_name
+                    if name.startswith("disp") and name[4:].isdigit())
         if len(used) > MAX_DISPID // 2:
             free = [i for i in range(1, MAX_DISPID + 1) if i not in used]
             if not free:
@@ -145,7 +148,7 @@ def vm_references(app: Qubes, target: BaseVM) -> list[tuple[Any, str]]:
 
 
 def _validate_default_netvm(app: Qubes, prop: Any, value: Any) -> Any:
-    if value is not None and not value.provides_network:
+    if value is not None and not getattr(value, "provides_network", False):
         raise exc.QubesPropertyValueError(
             app, prop, value, f"default_netvm: {value} does not provide network"
         )

@@ -28,6 +28,10 @@ class DeviceAssignment:
             raise exc.QubesValueError(
                 f"invalid PCI device id {self.ident!r}: expected BB_DD.F like 00_1f.2"
             )
+        if self.devclass == "pci" and self.backend_domain != "dom0":
+            raise exc.QubesValueError(
+                f"PCI device {self.ident} must come from dom0, not {self.backend_domain!r}"
+            )
         for key, value in self.options.items():
             if not OPTION_NAME_RE.match(key) or not OPTION_VALUE_RE.match(str(value)):
                 raise exc.QubesValueError(f"invalid device option {key!r}={value!r}")

@@ -48,13 +48,21 @@ def int_type(value: Any) -> int:
     raise ValueError(f"{value!r} is not an integer")
 
 
+def optional_int_type(value: Any) -> int | None:
+    """An integer, or None for ``""``/None (e.g. a time that has not happened yet)."""
+    if value is None or value == "":
+        return None
+    return int_type(value)
+
+
 def str_type(value: Any) -> str:
     if not isinstance(value, str):
         raise ValueError(f"{value!r} is not a string")
     return value
 
 
-API_TYPES: dict[Any, str] = {bool_type: "bool", int_type: "int", bool: "bool", int: "int"}
+API_TYPES: dict[Any, str] = {bool_type: "bool", int_type: "int", optional_int_type: "int",
+                             bool: "bool", int: "int"}
 
 
 class Property:

@@ -199,9 +199,13 @@ async def volume_set_rw(call: ApiCall) -> None:
     volume.rw = value
 
 
-@method("admin.vm.volume.CloneFrom", scope="local", read=True, argument=True)
+@method("admin.vm.volume.CloneFrom", scope="local", write=True, argument=True)
 async def volume_clone_from(call: ApiCall) -> str:
-    """A one-time token that ``CloneTo`` exchanges for a copy of this volume."""
+    """A one-time token that ``CloneTo`` exchanges for a copy of this volume.
+
+    Classified as a write (as in the reference): the token hands out the volume's
+    data, so a caller allowed only to read a VM's settings must not get one.
+    """
     volume = _volume(call)
     if len(_clone_tokens) >= MAX_CLONE_TOKENS:
         _clone_tokens.pop(next(iter(_clone_tokens)))

@@ -14,7 +14,9 @@ from qubes_core.qubesdb import InMemoryQubesDB
 
 MAX_NAME_LENGTH = 31
 NAME_RE = re.compile(r"^[a-zA-Z][a-zA-Z0-9_.-]*$")
-RESERVED_NAMES = frozenset({"none", "default", "dom0", "adminvm", "anyvm", "dispvm"})
+# Words with a meaning in policies and tools; "domain-0" is Xen's own name for dom0.
+RESERVED_NAMES = frozenset({"none", "default", "dom0", "domain-0", "adminvm", "anyvm",
+                            "dispvm"})
 MAX_QID = 65534
 
 POWER_STATES = ("Halted", "Transient", "Running", "Paused", "Suspended", "Halting",

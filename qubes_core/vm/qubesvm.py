@@ -9,7 +9,7 @@ from typing import Any
 
 from qubes_core import exc
 from qubes_core.events import handler
-from qubes_core.properties import Property, VMProperty
+from qubes_core.properties import Property, VMProperty, optional_int_type
 from qubes_core.vm import volumes
 from qubes_core.vm.base import BaseVM
 from qubes_core.vm.lifecycle import LifecycleMixin
@@ -118,7 +118,7 @@ def _read_only(vm: Any, prop: Any, value: Any) -> Any:
 def netvm_chain(vm: Any) -> list[Any]:
     """The VMs traffic of ``vm`` passes through: its netvm, that one's netvm, ..."""
     chain: list[Any] = []
-    current = vm.netvm
+    current = getattr(vm, "netvm", None)
     while current is not None and current not in chain:
         chain.append(current)
         current = getattr(current, "netvm", None)
@@ -128,7 +128,7 @@ def netvm_chain(vm: Any) -> list[Any]:
 def validate_netvm(vm: Any, prop: Any, value: Any) -> Any:
     if value is None:
         return None
-    if not value.provides_network:
+    if not getattr(value, "provides_network", False):
         raise exc.QubesPropertyValueError(
             vm, prop, value,
             f"cannot set netvm of {vm} to {value}: {value} does not provide network "
@@ -181,7 +181,7 @@ class QubesVM(LifecycleMixin, BaseVM):
     include_in_backups = Property("include_in_backups", type=bool, default=True,
                                   doc="Include the VM in backups by default.")
     backup_timestamp = Property(
-        "backup_timestamp", type=lambda v: None if v in ("", None) else int(str(v)),
+        "backup_timestamp", type=optional_int_type,
         default=None, clone=False,
         doc="Time of the last backup, in seconds since the epoch; empty if never.",
     )

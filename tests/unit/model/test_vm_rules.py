@@ -99,6 +99,11 @@ def test_pci_ident_validated(ident):
         DeviceAssignment("dom0", ident)
 
 
+def test_pci_devices_come_from_dom0_only():
+    with pytest.raises(exc.QubesValueError, match="must come from dom0"):
+        DeviceAssignment("sys-usb", "00_1f.2")
+
+
 def test_backup_timestamp_is_integer_seconds(basic_app):
     work = basic_app.domains["work"]
     work.backup_timestamp = "1700000000"
@@ -196,3 +201,34 @@ def test_global_property_validation(basic_app):
         basic_app.default_dispvm = work
     with pytest.raises(exc.QubesPropertyValueError, match="no such pool"):
         basic_app.default_pool = "nope"
+
+
+def test_dom0_is_no_netvm(basic_app):
+    work = basic_app.domains["work"]
+    with pytest.raises(exc.QubesPropertyValueError, match="does not provide network"):
+        work.netvm = "dom0"
+    with pytest.raises(exc.QubesPropertyValueError, match="does not provide network"):
+        basic_app.default_netvm = "dom0"
+    assert work.netvm.name == "sys-firewall"
+
+
+def test_xen_name_of_dom0_is_reserved(app):
+    app.add_new_vm("TemplateVM", name="tpl", label="red")
+    for name in ("Domain-0", "domain-0"):
+        with pytest.raises(exc.QubesValueError, match="reserved"):
+            app.add_new_vm("AppVM", name=name, label="red", template="tpl")
+
+
+def test_dispids_avoid_names_taken_by_other_vms(basic_app, monkeypatch):
+    import random
+
+    basic_app.add_new_vm("AppVM", name="disp7", label="red")
+    picks = iter([7, 7, 8])
+    monkeypatch.setattr(random, "randint", lambda a, b: next(picks))
+    assert basic_app.domains.get_new_unused_dispid() == 8
+
+
+def test_backup_timestamp_is_an_int_property():
+    from qubes_core.vm.qubesvm import QubesVM
+
+    assert QubesVM.property_get_def("backup_timestamp").api_type == "int"
