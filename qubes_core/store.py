@@ -26,7 +26,7 @@ from typing import TYPE_CHECKING, Any
 
 from lxml import etree
 
-from qubes_core import exc
+from qubes_core import exc, fsutil
 from qubes_core.devices import DeviceAssignment
 from qubes_core.labels import Label, validate_label
 from qubes_core.properties import PropertyHolder
@@ -184,11 +184,7 @@ class QubesXmlStore:
                 os.unlink(tmp_name)
             else:
                 os.rename(tmp_name, self.path)
-            dir_fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
-            try:
-                os.fsync(dir_fd)
-            finally:
-                os.close(dir_fd)
+            fsutil.fsync_dir(directory)
         except BaseException:
             os.close(tmp_fd)
             with contextlib.suppress(FileNotFoundError):

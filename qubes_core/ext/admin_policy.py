@@ -12,11 +12,10 @@ to the clockvm by a policy file that follows the ``clockvm`` property.
 from __future__ import annotations
 
 import logging
-import os
 from pathlib import Path
 from typing import Any
 
-from qubes_core import exc
+from qubes_core import exc, fsutil
 from qubes_core.ext import Extension, app_handler, vm_handler
 from qubes_core.paths import PRODUCTION_BASE, Paths
 from qubes_core.policy.evaluate import ModelSystem, Request
@@ -50,9 +49,7 @@ def write_clockvm_policy(policy_dir: Path, clockvm: Any) -> bool:
     content = clockvm_policy(clockvm.name)
     if path.is_file() and path.read_text(encoding="utf-8") == content:
         return False
-    tmp = path.with_name(f".{path.name}~")
-    tmp.write_text(content, encoding="utf-8")
-    os.replace(tmp, path)
+    fsutil.write_atomic(path, content)
     log.info("wrote %s: qubes.GetDate goes to %s", path, clockvm.name)
     return True
 

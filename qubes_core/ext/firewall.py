@@ -45,7 +45,7 @@ class FirewallExtension(Extension):
 
     # --- lifecycle ----------------------------------------------------------
 
-    @vm_handler("domain-spawn", "domain-start")
+    @vm_handler("domain-start")
     def on_domain_start(self, vm: Any, event: str, **kwargs: Any) -> None:
         if _has_firewall(vm):
             export_of(vm.app).refresh(vm, running=True)

@@ -16,13 +16,11 @@
 
 from __future__ import annotations
 
-import os
-import tempfile
 from pathlib import Path
 
 import lxml.etree
 
-from qubes_core import exc
+from qubes_core import exc, fsutil
 from qubes_core.firewall.rules import FIELDS, Rule, RuleError
 
 FILE_NAME = "firewall.xml"
@@ -76,23 +74,4 @@ def parse(data: bytes, where: str = FILE_NAME) -> list[Rule]:
 
 def write_atomic(path: Path, data: bytes) -> None:
     """Replace ``path`` so that a crash leaves the old or the new file, never a mix."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as tmp:
-            tmp.write(data)
-            tmp.flush()
-            os.fsync(tmp.fileno())
-        os.chmod(tmp_name, 0o664)
-        os.replace(tmp_name, path)
-    except BaseException:
-        try:
-            os.unlink(tmp_name)
-        except FileNotFoundError:
-            pass
-        raise
-    dir_fd = os.open(path.parent, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(dir_fd)
-    finally:
-        os.close(dir_fd)
+    fsutil.write_atomic(path, data, mode=0o664)

@@ -13,12 +13,12 @@ import argparse
 import logging
 import os
 import sys
-import tempfile
 from collections import Counter
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
+from qubes_core import fsutil
 from qubes_core.policy.generate import (
     ADMIN_DEFAULT,
     MARKER,
@@ -32,20 +32,6 @@ from qubes_core.policy.parser import parse_policy
 from qubes_core.policy.rules import PolicySyntaxError
 
 log = logging.getLogger("qubes.policy.install")
-
-
-def _atomic_write(path: Path, content: str, mode: int) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}~")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as stream:
-            stream.write(content)
-            stream.flush()
-            os.fsync(stream.fileno())
-        os.chmod(tmp, mode)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def _atomic_link(path: Path, target: str) -> None:
@@ -98,7 +84,7 @@ def install(methods: Iterable[Any], paths: Any, *, legacy: bool = False) -> list
         if entry.kind == "link":
             _atomic_link(path, entry.content)
         else:
-            _atomic_write(path, entry.content, 0o755 if entry.kind == "script" else 0o644)
+            fsutil.write_atomic(path, entry.content, 0o755 if entry.kind == "script" else 0o644)
         changes.append(f"wrote {path}")
     sockets = {str(paths.admin_socket), str(paths.misc_socket), str(paths.internal_socket)}
     for directory in (Path(paths.policy_dir), Path(paths.rpc_dir), Path(paths.rpc_dir) / "policy"):
