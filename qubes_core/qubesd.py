@@ -36,6 +36,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--debug", action="store_true",
                         help="send tracebacks with exception replies; log debug messages")
     parser.add_argument("--ready-fd", type=int, default=None, help=argparse.SUPPRESS)
+    # One save per write call instead of group commit: only to measure against.
+    parser.add_argument("--save-each-write", action="store_true", help=argparse.SUPPRESS)
     return parser.parse_args(argv)
 
 
@@ -79,7 +81,8 @@ async def serve(args: argparse.Namespace) -> int:
     try:
         runtime.bind(app)
         await remove_stale_dispvms(app)
-        server = QubesdServer(app, paths, debug=args.debug)
+        server = QubesdServer(app, paths, debug=args.debug,
+                              group_commit=not args.save_each_write)
         await server.start()
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()

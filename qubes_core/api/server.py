@@ -5,10 +5,11 @@ One connection carries one call. The server reads the request up to EOF (at most
 permission event, runs the handler and sends the reply.
 
 Concurrency: the model lives in the event loop's thread. Handlers of methods
-declared ``write`` run one at a time under :attr:`QubesdServer.write_lock`, and
-their change is saved (qubes.xml written and fsynced, in a worker thread) before
-the lock is released and the reply sent: a reply means the change is on disk.
-Reads take no lock: they go on while a writer waits for the disk.
+declared ``write`` run one at a time under :attr:`QubesdServer.write_lock`; the
+call then waits, without the lock, for a save that began after its change
+(:mod:`qubes_core.api.commit`): one save acknowledges every change made before it
+began, and a reply still means the change is on disk. Reads take no lock: they go
+on while qubes.xml is written and fsynced in a worker thread.
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ from typing import Any
 from qubes_core import exc
 from qubes_core.api import protocol
 from qubes_core.api.call import NO_REPLY, ApiCall
+from qubes_core.api.commit import GroupCommit
 from qubes_core.api.registry import MethodSpec, get_method, import_api_modules
 
 log = logging.getLogger("qubes.api")
@@ -72,14 +74,19 @@ class Connection:
 class QubesdServer:
     """Serves the Admin API of ``app`` on the sockets named by ``paths``."""
 
-    def __init__(self, app: Any, paths: Any, *, debug: bool = False):
+    def __init__(self, app: Any, paths: Any, *, debug: bool = False,
+                 group_commit: bool = True):
+        """``group_commit=False`` saves once per write call, holding the write lock
+        through the save (the slower way, kept to measure against)."""
         self.app = app
         self.paths = paths
         self.debug = debug
+        self.group_commit = group_commit
         self.write_lock = asyncio.Lock()
         self._servers: list[asyncio.AbstractServer] = []
         self._save_thread = concurrent.futures.ThreadPoolExecutor(
             max_workers=1, thread_name_prefix="qubesd-save")
+        self.commits = GroupCommit(app, self.write_lock, self._save_thread)
         self._connections: set[asyncio.Task[Any]] = set()
         self._writers: set[asyncio.Task[Any] | None] = set()
         import_api_modules()
@@ -118,6 +125,7 @@ class QubesdServer:
             with contextlib.suppress(FileNotFoundError):
                 path.unlink()
         self._servers.clear()
+        await self.commits.drain()
         self._save_thread.shutdown(wait=True)
 
     # --- one connection ---------------------------------------------------------
@@ -215,15 +223,7 @@ class QubesdServer:
         call.connection = connection  # type: ignore[attr-defined]
         await self.check_permission(call)
         if call.spec.write:
-            async with self.write_lock:
-                task = asyncio.current_task()
-                self._writers.add(task)
-                try:
-                    result = await call.spec.handler(call)
-                    await self.persist()
-                finally:
-                    self._writers.discard(task)
-            return result
+            return await self._write_call(call)
         return await call.spec.handler(call)
 
     async def check_permission(self, call: ApiCall) -> None:
@@ -242,28 +242,29 @@ class QubesdServer:
         if call.src.qid != 0 and not granted and not call.spec.vm_facing:
             raise exc.PermissionDenied(f"no policy grants {call.method} to {call.src}")
 
-    async def persist(self) -> None:
-        """Save qubes.xml in the worker thread; the event loop goes on serving reads."""
-        loop = asyncio.get_running_loop()
-        for attempt in range(3):
+    async def _write_call(self, call: ApiCall) -> str | bytes | None:
+        """Apply the change under the write lock; reply once a save covers it."""
+        async with self.write_lock:
+            task = asyncio.current_task()
+            self._writers.add(task)
             try:
-                await loop.run_in_executor(self._save_thread, self.app.save)
-                return
-            except RuntimeError:
-                # The model changed under the serializer (an event outside any API
-                # call); serialize again.
-                if attempt == 2:
-                    raise
+                result = await call.spec.handler(call)
+            finally:
+                self._writers.discard(task)
+            change = self.commits.changed()
+            if not self.group_commit:
+                await self.commits.save_locked()
+        await self.commits.wait_saved(change)
+        return result
 
     async def save(self) -> None:
         """Persist a change made outside an API call (runtime events, timers)."""
-        async with self.write_lock:
-            await self.persist()
+        await self.commits.wait_saved(self.commits.changed())
 
     async def _on_save_request(self, app: Any, event: str, **kwargs: Any) -> bool:
         """``save-request`` on the app: the model changed outside a call; save it."""
-        if self.write_lock.locked() and asyncio.current_task() in self._writers:
-            return False  # inside a write call: its own save follows
+        if asyncio.current_task() in self._writers:
+            return True  # inside a write call: the call's own save covers the change
         await self.save()
         return True
 

@@ -59,7 +59,9 @@ class EmbeddedQubesd:
 
     @classmethod
     def start(cls, base_dir: str | Path | None = None, *, runtime: str | None = None,
-              create: bool = False) -> EmbeddedQubesd | None:
+              create: bool = False, options: tuple[str, ...] = ()
+              ) -> EmbeddedQubesd | None:
+        """Start a qubesd (``options``: more qubesd arguments) and wait until it serves."""
         from qubes_core.paths import resolve
 
         paths = resolve(base_dir)
@@ -74,6 +76,7 @@ class EmbeddedQubesd:
             command += ["--runtime", runtime]
         if create:
             command.append("--create")
+        command += options
         with open(log_path, "ab") as log_file:
             process = subprocess.Popen(command, pass_fds=(write_fd,), stdin=subprocess.DEVNULL,
                                        stdout=log_file, stderr=log_file)

@@ -1,0 +1,128 @@
+"""Group commit: one save of qubes.xml acknowledges every change made before it began.
+
+Saving the whole model costs the same whether one VM changed or a hundred; what
+costs is serializing it (tens of milliseconds at a thousand VMs), not the disk.
+So a write call does not save by itself: it applies its change under the
+server's write lock, takes a change number, and waits until a save that began
+after its change has reached the disk. While one save runs, the changes of
+other callers pile up, and the next save covers them all.
+
+A save takes the write lock only to serialize (in the event loop, so the bytes
+are a consistent snapshot: no write handler is half-way through), then writes
+and fsyncs the file in a worker thread while the loop goes on serving reads and
+applying further changes. A save that fails fails every call it covered; their
+changes stay in the model, and reach the disk with the next save that succeeds.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import logging
+from typing import Any
+
+from qubes_core import exc
+from qubes_core.store import serialize
+
+log = logging.getLogger("qubes.api.commit")
+
+
+class GroupCommit:
+    """Numbers the model's changes and saves them in batches.
+
+    ``changed()`` is called under ``write_lock`` once a change is applied;
+    ``wait_saved(number)`` returns once a save that covers it is on disk, or
+    raises what made that save fail. ``saves`` counts the saves that succeeded.
+    """
+
+    def __init__(self, app: Any, write_lock: asyncio.Lock,
+                 executor: concurrent.futures.Executor):
+        self.app = app
+        self.write_lock = write_lock
+        self.executor = executor
+        self.saves = 0
+        self._changed = 0  # number of the latest change
+        self._saved = 0  # every change up to this number is on disk
+        self._waiters: list[tuple[int, asyncio.Future[None]]] = []
+        self._saver: asyncio.Task[None] | None = None
+
+    @property
+    def waiting(self) -> int:
+        """How many calls wait for a save."""
+        return sum(1 for _, future in self._waiters if not future.done())
+
+    def changed(self) -> int:
+        """Record one applied change; its number, for :meth:`wait_saved`."""
+        self._changed += 1
+        return self._changed
+
+    async def wait_saved(self, number: int) -> None:
+        """Return once change ``number`` is on disk; raise if its save failed."""
+        if number <= self._saved:
+            return
+        future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._waiters.append((number, future))
+        if self._saver is None or self._saver.done():
+            self._saver = asyncio.create_task(self._save_while_waited())
+        await future
+
+    async def save_locked(self) -> None:
+        """Save now; the caller holds ``write_lock`` (one save per call, no batching)."""
+        covered = self._changed
+        try:
+            await self._write(serialize(self.app))
+        except Exception as err:
+            raise _save_error(self.app, err) from err
+        self._saved = max(self._saved, covered)
+        self.saves += 1
+
+    async def drain(self) -> None:
+        """Wait for the save in progress, if any (at shutdown)."""
+        if self._saver is not None and not self._saver.done():
+            await asyncio.gather(self._saver, return_exceptions=True)
+
+    async def _save_while_waited(self) -> None:
+        while self._waiters:
+            covered = self._changed
+            try:
+                async with self.write_lock:
+                    covered = self._changed
+                    data = serialize(self.app)
+                await self._write(data)
+            except Exception as err:  # a failed save fails the calls it covered
+                log.error("cannot save %s (%d waiting calls fail): %s",
+                          getattr(self.app.store, "path", "qubes.xml"),
+                          sum(1 for n, _ in self._waiters if n <= covered), err)
+                self._settle(covered, err)
+                continue
+            self._saved = max(self._saved, covered)
+            self.saves += 1
+            self._settle(covered, None)
+
+    async def _write(self, data: bytes) -> None:
+        if self.app.store is None:
+            raise exc.QubesStoreError("this app has no qubes.xml to save to")
+        loop = asyncio.get_running_loop()
+        await loop.run_in_executor(self.executor, self.app.store.write, data)
+
+    def _settle(self, covered: int, error: Exception | None) -> None:
+        """Wake the calls whose change is at or below ``covered``."""
+        pending = []
+        for number, future in self._waiters:
+            if number > covered:
+                pending.append((number, future))
+            elif not future.done():  # a cancelled caller (client gone) is skipped
+                if error is None:
+                    future.set_result(None)
+                else:
+                    future.set_exception(_save_error(self.app, error))
+        self._waiters = pending
+
+
+def _save_error(app: Any, err: Exception) -> exc.QubesException:
+    """What a caller whose change was not saved is told (one exception per caller)."""
+    path = getattr(app.store, "path", "qubes.xml")
+    reason = err.strerror if isinstance(err, OSError) and err.strerror else str(err)
+    return exc.QubesStoreError(
+        f"the change was made but could not be saved to {path}: {reason} (it stays in "
+        "qubesd's memory and is saved with the next change that can be saved)")
