@@ -1,11 +1,35 @@
 """Crash-safe, logged file operations on volume images.
 
-Every image that becomes visible under its final name was written to a
-temporary name next to it (``NAME~RANDOM``), fsynced, renamed, and its
-directory fsynced: a crash leaves the old or the new file, never a torn one,
-plus at worst a ``~`` leftover that the next use removes. Every copy, rename
-and remove is logged at INFO on ``qubes.storage.reflink`` so that the journal
-shows what was done to which file.
+Every image that becomes visible under its final name was made under a
+temporary name next to it (``NAME~RANDOM``), its data made durable, then
+renamed, and its directory fsynced: a crash leaves the old or the new file,
+never a torn one, plus at worst a ``~`` leftover that the next use removes.
+Every copy, rename and remove is logged at INFO on ``qubes.storage.reflink``
+so that the journal shows what was done to which file.
+
+What has to reach the disk before a rename, and why (the ordering rules the
+whole driver relies on):
+
+- Data written through the page cache (a sparse copy, an imported image, what
+  a VM wrote into its dirty image) must be fdatasynced *before* the rename
+  that publishes it. Nothing else orders it: XFS writes its log (the rename)
+  independently of file data, and btrfs, when a rename replaces an existing
+  file, only *starts* writeback of the renamed file's data (the same
+  best-effort heuristic as ext4's ``auto_da_alloc``); a transaction commit
+  does not wait for it. fdatasync, not fsync: it persists the data and the
+  extent metadata needed to read it back, which is all the rename depends on.
+- A reflink writes no data: FICLONE first writes back the source's dirty
+  pages, then shares extents through metadata updates. On XFS those are log
+  transactions, and the log is replayed in order, so a durable rename implies
+  the clone before it; on btrfs they join the running transaction, and
+  transactions commit atomically and in order (an fsync that logs the new
+  name logs the new inode whole). A reflink copy is therefore not fsynced
+  before its rename. That matters on btrfs, where fsyncing a file cloned in
+  the running transaction logs all its extents and checksums: about 2 ms per
+  GiB of data here, against 0.05 ms once the transaction has committed.
+- The directory fsync that makes a rename durable is only taken where the
+  operation promises durability (a commit, a revert, a resize), once per
+  operation, after all of its renames and links.
 
 Copies are reflinks (ioctl FICLONE) where the filesystem can share extents,
 and sparse copies (data segments only, zero blocks skipped) where it cannot.
@@ -20,6 +44,7 @@ import glob
 import logging
 import os
 import secrets
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -55,6 +80,67 @@ def fsync_path(path: PathLike) -> None:
         os.fsync(fd)
     finally:
         os.close(fd)
+
+
+def fdatasync_path(path: PathLike) -> None:
+    """Make the data of ``path`` durable (and what is needed to read it back)."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fdatasync(fd)
+    finally:
+        os.close(fd)
+
+
+class _SharedSync:
+    """One directory's fsyncs, shared by the threads that ask at the same time.
+
+    Volumes of a VM (and of VMs stopping together) commit in parallel threads;
+    each needs a directory fsync that *starts after* its own rename. Requests
+    that arrive while an fsync runs wait for it to end, then one of them runs
+    the next fsync for all of them (a group commit): N concurrent commits in one
+    directory cost two fsyncs at most, not N.
+    """
+
+    def __init__(self) -> None:
+        self.cond = threading.Condition()
+        self.next_round = 0  # number of the next fsync to start
+        self.done_round = -1  # number of the last fsync that finished
+        self.running = False
+
+    def sync(self, path: str) -> None:
+        with self.cond:
+            wanted = self.next_round  # an fsync that starts from now on covers us
+            while True:
+                if self.done_round >= wanted:
+                    return
+                if not self.running:
+                    self.running = True
+                    mine = self.next_round
+                    self.next_round += 1
+                    break
+                self.cond.wait()
+        synced = False
+        try:
+            fsync_dir(path)
+            synced = True
+        finally:
+            with self.cond:
+                self.running = False
+                if synced:  # a failed fsync covers nobody: the waiters run their own
+                    self.done_round = mine
+                self.cond.notify_all()
+
+
+_shared_syncs: dict[str, _SharedSync] = {}
+_shared_syncs_lock = threading.Lock()
+
+
+def fsync_dir_shared(path: PathLike) -> None:
+    """``fsync_dir``, shared with the threads that ask for the same directory meanwhile."""
+    key = os.path.abspath(path)
+    with _shared_syncs_lock:
+        shared = _shared_syncs.setdefault(key, _SharedSync())
+    shared.sync(key)
 
 
 def make_dirs(path: PathLike) -> None:
@@ -152,8 +238,11 @@ def copy_file(src: PathLike, dst: PathLike, *, reflink: bool = True,
               size: int | None = None, sync: bool = True) -> str:
     """Atomically make ``dst`` a copy of ``src`` (grown to ``size`` if larger).
 
-    Without ``sync`` nothing is fsynced: for images a crash makes worthless
-    anyway (a snapshot or a volatile image, remade at every start).
+    With ``sync`` the copy is crash-safe and durable: copied bytes are
+    fdatasynced before the rename (a reflink needs no sync, see the module
+    docstring) and the directory is fsynced after it. Without ``sync`` nothing
+    is synced: for images a crash makes worthless anyway (a snapshot or a
+    volatile image, remade at every start) or that a later commit syncs.
     """
     tmp = temp_name(dst)
     src_fd = os.open(src, os.O_RDONLY)
@@ -163,8 +252,8 @@ def copy_file(src: PathLike, dst: PathLike, *, reflink: bool = True,
             how = clone_fd(src_fd, dst_fd, reflink=reflink)
             if size is not None and size > os.fstat(dst_fd).st_size:
                 os.ftruncate(dst_fd, size)
-            if sync:
-                os.fsync(dst_fd)
+            if sync and how != "reflink":
+                os.fdatasync(dst_fd)
         except BaseException:
             os.close(dst_fd)
             with contextlib.suppress(FileNotFoundError):

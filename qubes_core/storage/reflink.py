@@ -189,8 +189,9 @@ class FileReflinkVolume(Volume):
         fileops.copy_file(src, dst, reflink=self.pool.reflink, size=size, sync=sync)
 
     def _sync_dir(self) -> None:
-        """Make the renames and removals of an operation durable (one fsync for all)."""
-        fileops.fsync_dir(os.path.dirname(self.path_clean))
+        """Make the renames and links of an operation durable (one fsync for all of them,
+        shared with the volumes that commit in the same directory at the same time)."""
+        fileops.fsync_dir_shared(os.path.dirname(self.path_clean))
 
     # --- state --------------------------------------------------------------
 
@@ -277,8 +278,11 @@ class FileReflinkVolume(Volume):
                 dst_fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
                 try:
                     fileops.reflink_fd(src_fd, dst_fd)
+                    # No fsync (see fileops): a reflink is ordered before its rename by
+                    # the journal, and a precache whose name or xattr a crash loses is
+                    # only a precache less (the next start copies, and drops one whose
+                    # xattr does not name the current clean image).
                     os.setxattr(dst_fd, PRECACHE_XATTR, identity(self.path_clean).encode())
-                    os.fsync(dst_fd)
                 finally:
                     os.close(dst_fd)
             finally:
@@ -323,17 +327,21 @@ class FileReflinkVolume(Volume):
     def _commit(self, path_from: str) -> None:
         """Make ``path_from`` the clean image; the old one becomes a revision.
 
-        The new data is made durable first; the metadata steps (precache out,
-        revision link, pruning, rename) are ordered by the filesystem's journal
-        and made durable together. A precache that survives a crash is no
-        longer valid for the new clean image and is dropped on the next use.
+        Two syncs, each needed: the new data is made durable (fdatasync) before
+        the rename can reach the disk, since no filesystem here orders them by
+        itself (see fileops); then one directory fsync makes the precache removal,
+        revision link and rename durable together. Pruning old revisions comes
+        after it: a prune that a crash loses brings back a revision the next
+        commit prunes again, and its unlinks stay out of the synced work. A
+        precache that survives a crash is not valid for the new clean image and
+        is dropped on the next use.
         """
-        fileops.fsync_path(path_from)
+        fileops.fdatasync_path(path_from)
         fileops.remove(self.path_precache, sync=False)
         self._add_revision()
-        self._prune_revisions()
         fileops.rename(path_from, self.path_clean, sync=False)
         self._sync_dir()
+        self._prune_revisions()
 
     # --- operations ---------------------------------------------------------
 
