@@ -12,6 +12,13 @@ are a consistent snapshot: no write handler is half-way through), then writes
 and fsyncs the file in a worker thread while the loop goes on serving reads and
 applying further changes. A save that fails fails every call it covered; their
 changes stay in the model, and reach the disk with the next save that succeeds.
+
+Callers that were just acknowledged usually write again at once. Left alone,
+the first of them would start the next save by itself while the others' requests
+are still on their way, and batches would shrink to one or two. So when the last
+save covered several calls, the next one waits, for at most a quarter of what a
+save costs (and never more than :data:`MAX_GATHER` seconds), until as many calls
+wait again. A lone writer never waits.
 """
 
 from __future__ import annotations
@@ -25,6 +32,11 @@ from qubes_core import exc
 from qubes_core.store import serialize
 
 log = logging.getLogger("qubes.api.commit")
+
+# Longest wait for more calls before a save (seconds), and the share of the last
+# save's duration that waiting may add.
+MAX_GATHER = 0.01
+GATHER_SHARE = 0.25
 
 
 class GroupCommit:
@@ -45,6 +57,9 @@ class GroupCommit:
         self._saved = 0  # every change up to this number is on disk
         self._waiters: list[tuple[int, asyncio.Future[None]]] = []
         self._saver: asyncio.Task[None] | None = None
+        self._arrived = asyncio.Event()  # a call started waiting
+        self._last_batch = 0  # calls the last successful save acknowledged
+        self._last_duration = 0.0  # seconds the last save took
 
     @property
     def waiting(self) -> int:
@@ -62,6 +77,7 @@ class GroupCommit:
             return
         future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self._waiters.append((number, future))
+        self._arrived.set()
         if self._saver is None or self._saver.done():
             self._saver = asyncio.create_task(self._save_while_waited())
         await future
@@ -82,10 +98,13 @@ class GroupCommit:
             await asyncio.gather(self._saver, return_exceptions=True)
 
     async def _save_while_waited(self) -> None:
+        loop = asyncio.get_running_loop()
         while self._waiters:
+            await self._gather()
             covered = self._changed
             try:
                 async with self.write_lock:
+                    started = loop.time()
                     covered = self._changed
                     data = serialize(self.app)
                 await self._write(data)
@@ -93,11 +112,29 @@ class GroupCommit:
                 log.error("cannot save %s (%d waiting calls fail): %s",
                           getattr(self.app.store, "path", "qubes.xml"),
                           sum(1 for n, _ in self._waiters if n <= covered), err)
+                self._last_batch = 0
                 self._settle(covered, err)
                 continue
+            self._last_duration = loop.time() - started
             self._saved = max(self._saved, covered)
             self.saves += 1
-            self._settle(covered, None)
+            self._last_batch = self._settle(covered, None)
+
+    async def _gather(self) -> None:
+        """After a shared save, give the callers it acknowledged time to come back."""
+        if self.waiting >= self._last_batch:
+            return
+        window = min(MAX_GATHER, GATHER_SHARE * self._last_duration)
+        deadline = asyncio.get_running_loop().time() + window
+        while self.waiting < self._last_batch:
+            remaining = deadline - asyncio.get_running_loop().time()
+            if remaining <= 0:
+                return
+            self._arrived.clear()
+            try:
+                await asyncio.wait_for(self._arrived.wait(), remaining)
+            except TimeoutError:
+                return
 
     async def _write(self, data: bytes) -> None:
         if self.app.store is None:
@@ -105,18 +142,20 @@ class GroupCommit:
         loop = asyncio.get_running_loop()
         await loop.run_in_executor(self.executor, self.app.store.write, data)
 
-    def _settle(self, covered: int, error: Exception | None) -> None:
-        """Wake the calls whose change is at or below ``covered``."""
-        pending = []
+    def _settle(self, covered: int, error: Exception | None) -> int:
+        """Wake the calls whose change is at or below ``covered``; how many woke."""
+        pending, woken = [], 0
         for number, future in self._waiters:
             if number > covered:
                 pending.append((number, future))
             elif not future.done():  # a cancelled caller (client gone) is skipped
+                woken += 1
                 if error is None:
                     future.set_result(None)
                 else:
                     future.set_exception(_save_error(self.app, error))
         self._waiters = pending
+        return woken
 
 
 def _save_error(app: Any, err: Exception) -> exc.QubesException:
