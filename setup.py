@@ -1,7 +1,41 @@
 """Packaging for qubes_core: the library, its console scripts and its plugin groups."""
+import importlib
+import os
+import sys
 from pathlib import Path
 
 from setuptools import find_packages, setup
+
+# Imported after setuptools, which provides distutils from Python 3.12 on.
+build_scripts = importlib.import_module("distutils.command.build_scripts").build_scripts
+
+# Scripts made from one stand-alone module each, run with -I -S (no site, no
+# environment): a console script's start-up costs more than a call to qubesd.
+FAST_SCRIPTS = {"qubesd-query-fast": "qubes_core/client/fastquery.py"}
+
+
+class BuildFastScripts(build_scripts):
+    """Also write each FAST_SCRIPTS entry: ``#!<this python> -IS`` + the module's source.
+
+    pip rewrites a ``#!python`` line to the bare interpreter and drops its flags,
+    so the interpreter is written here: the one running the build, which is the
+    one pip installs for (with or without build isolation). A wheel built this
+    way is for this interpreter only.
+    """
+
+    def copy_scripts(self):
+        self.scripts = [s for s in self.scripts or [] if s not in FAST_SCRIPTS.values()]
+        outfiles, updated = super().copy_scripts()
+        self.mkpath(self.build_dir)
+        for name, source in FAST_SCRIPTS.items():
+            target = os.path.join(self.build_dir, name)
+            text = f"#!{sys.executable} -IS\n" + Path(source).read_text(encoding="utf-8")
+            Path(target).write_text(text, encoding="utf-8")
+            os.chmod(target, 0o755)
+            outfiles.append(target)
+            updated.append(target)
+        return outfiles, updated
+
 
 VM_CLASSES = [
     "AdminVM = qubes_core.vm.adminvm:AdminVM",
@@ -50,12 +84,13 @@ setup(
             "pytest-salt-factories>=1.0.5",
         ],
     },
+    scripts=list(FAST_SCRIPTS.values()),
+    cmdclass={"build_scripts": BuildFastScripts},
     entry_points={
         "console_scripts": [
             "qubes-pool-migrate = qubes_core.storage.migrate:main",
             "qubesd = qubes_core.qubesd:main",
             "qubesd-query = qubes_core.client.query:main",
-            "qubesd-query-fast = qubes_core.client.fastquery:main",
             "qrexec-policy-explain = qubes_core.policy.explain:main",
             "qubes-policy-install = qubes_core.policy.install:main",
         ],

@@ -1,19 +1,27 @@
-"""qubesd-query-fast: qubesd-query for scripts, with nothing to import but ``socket``.
+"""qubesd-query-fast: qubesd-query for scripts, where process start-up is the cost.
 
 Same arguments as qubesd-query (``[-c PATH] [-e] [--fail] SRC METHOD DEST [ARG]``)
 but it never starts a qubesd. The socket is ``-c PATH``, else the one of
-``$QUBES_BASE_DIR``, else the production one. Start-up cost is the point:
-keep this module free of imports beyond ``os``, ``sys`` and ``socket``.
+``$QUBES_BASE_DIR``, else the production one.
+
+setup.py installs this file, unchanged, as the script ``qubesd-query-fast`` run
+by the installing interpreter with ``-I -S``: no ``site`` (whose start-up,
+with the editable-install finder, costs more than the call), no environment.
+So it must stand alone: no import from this project, only ``os``, ``sys`` and
+``_socket``, the C module under ``socket`` (importing ``socket`` itself pulls in
+enum and selectors: ~6 ms, as much as the interpreter's own start-up).
 """
 
+import _socket
 import os
-import socket
 import sys
 
 USAGE = "usage: qubesd-query-fast [-c PATH] [-e] [--fail] SRC METHOD DEST [ARG]\n"
+PROGRAM = "qubesd-query-fast"
 
 
-def _socket_path(explicit):
+def socket_path(explicit):
+    """``-c PATH``, else the socket of $QUBES_BASE_DIR, else the production one."""
     if explicit:
         return explicit
     base = os.environ.get("QUBES_BASE_DIR")
@@ -22,9 +30,10 @@ def _socket_path(explicit):
     return "/var/run/qubesd.sock"
 
 
-def main(argv=None):
-    args = sys.argv[1:] if argv is None else list(argv)
+def parse_args(args):
+    """(path, empty, fail, src, method, dest, arg), or None for a usage error."""
     path, empty, fail, positional = None, False, False, []
+    args = list(args)
     while args:
         item = args.pop(0)
         if item in ("-c", "--connect") and args:
@@ -34,55 +43,77 @@ def main(argv=None):
         elif item == "--fail":
             fail = True
         elif item.startswith("-") and item != "-":
-            sys.stderr.write(USAGE)
-            return 2
+            return None
         else:
             positional.append(item)
     if len(positional) not in (3, 4):
-        sys.stderr.write(USAGE)
-        return 2
+        return None
     src, method, dest = positional[:3]
     arg = positional[3] if len(positional) == 4 else ""
+    return path, empty, fail, src, method, dest, arg
+
+
+def request_header(src, method, dest, arg):
     target = "keyword adminvm" if dest in ("dom0", "@adminvm") else "name " + dest
-    header = (method + ("+" + arg if arg else "") + " " + src + " " + target).encode()
-    payload = b"" if empty else sys.stdin.buffer.read()
-    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    try:
-        sock.connect(_socket_path(path))
-    except OSError as err:
-        sys.stderr.write(f"qubesd-query-fast: cannot connect: {err.strerror}\n")
-        return 1
-    sock.sendall(header + b"\0" + payload)
-    sock.shutdown(socket.SHUT_WR)
-    out = sys.stdout.buffer
-    chunks = []
-    while True:
-        chunk = sock.recv(65536)
-        if not chunk:
-            break
-        if not fail:
-            out.write(chunk)
-            out.flush()
-        else:
-            chunks.append(chunk)
-    sock.close()
-    if not fail:
-        return 0
-    data = b"".join(chunks)
+    return (method + ("+" + arg if arg else "") + " " + src + " " + target).encode()
+
+
+def report_reply(data, out, err):
+    """Write the body of a whole reply (``--fail``); the exit code."""
     if data.startswith(b"0\0"):
         out.write(data[2:])
         return 0
     if data.startswith(b"2\0"):
         parts = data[2:].split(b"\0")
         message = parts[2] if len(parts) > 2 else b""
-        sys.stderr.write(parts[0].decode("ascii", "replace") + ": "
-                         + message.decode("utf-8", "replace") + "\n")
+        err.write(parts[0].decode("ascii", "replace") + ": "
+                  + message.decode("utf-8", "replace") + "\n")
         return 1
     if data.startswith(b"1\0"):
         out.write(data)
         return 0
-    sys.stderr.write("qubesd-query-fast: no reply (call refused or malformed)\n")
+    err.write(PROGRAM + ": no reply (call refused or malformed)\n")
     return 2
+
+
+def main(argv=None):
+    parsed = parse_args(sys.argv[1:] if argv is None else argv)
+    if parsed is None:
+        sys.stderr.write(USAGE)
+        return 2
+    path, empty, fail, src, method, dest, arg = parsed
+    payload = b"" if empty else sys.stdin.buffer.read()
+    sock = _socket.socket(_socket.AF_UNIX, _socket.SOCK_STREAM)
+    try:
+        sock.connect(socket_path(path))
+    except OSError as error:
+        sys.stderr.write(f"{PROGRAM}: cannot connect: {error.strerror}\n")
+        sock.close()
+        return 1
+    try:
+        sock.sendall(request_header(src, method, dest, arg) + b"\0" + payload)
+        sock.shutdown(_socket.SHUT_WR)
+    except OSError:
+        pass  # qubesd may close early (a refused call); read what it sent
+    out = sys.stdout.buffer
+    chunks = []
+    try:
+        while True:
+            chunk = sock.recv(65536)
+            if not chunk:
+                break
+            if fail:
+                chunks.append(chunk)
+            else:
+                out.write(chunk)
+                out.flush()
+    except ConnectionResetError:
+        pass
+    finally:
+        sock.close()
+    if not fail:
+        return 0
+    return report_reply(b"".join(chunks), out, sys.stderr)
 
 
 if __name__ == "__main__":

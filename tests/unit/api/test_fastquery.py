@@ -1,0 +1,49 @@
+"""qubesd-query-fast: arguments, request header, reply handling, and that it stands alone."""
+
+from __future__ import annotations
+
+import io
+
+import pytest
+
+from qubes_core.api import protocol
+from qubes_core.client import fastquery
+
+
+def test_arguments_like_qubesd_query():
+    assert fastquery.parse_args(["-e", "dom0", "admin.vm.List", "dom0"]) == (
+        None, True, False, "dom0", "admin.vm.List", "dom0", "")
+    assert fastquery.parse_args(["-c", "/s", "--fail", "dom0", "admin.vm.property.Get",
+                                 "work", "label"]) == (
+        "/s", False, True, "dom0", "admin.vm.property.Get", "work", "label")
+
+
+@pytest.mark.parametrize("argv", [[], ["dom0", "m"], ["-x", "dom0", "m", "d"],
+                                  ["a", "b", "c", "d", "e"]])
+def test_usage_errors(argv):
+    assert fastquery.parse_args(argv) is None
+
+
+def test_header_is_the_wire_format():
+    for dest, arg in (("dom0", ""), ("work", "label"), ("@adminvm", "x")):
+        header = fastquery.request_header("dom0", "admin.vm.property.Get", dest, arg)
+        assert header + b"\0" == protocol.encode_request(
+            "admin.vm.property.Get", "dom0", dest, arg)
+
+
+def test_reply_handling_with_fail():
+    out, err = io.BytesIO(), io.StringIO()
+    assert fastquery.report_reply(b"0\x00body", out, err) == 0
+    assert out.getvalue() == b"body"
+    reply = protocol.encode_exception("QubesVMNotFoundError", "No such domain: 'x'")
+    assert fastquery.report_reply(reply, out, err) == 1
+    assert err.getvalue() == "QubesVMNotFoundError: No such domain: 'x'\n"
+    assert fastquery.report_reply(b"", out, io.StringIO()) == 2
+
+
+def test_socket_path_follows_base_dir(monkeypatch, tmp_path):
+    monkeypatch.setenv("QUBES_BASE_DIR", str(tmp_path))
+    assert fastquery.socket_path(None) == str(tmp_path / "run" / "qubesd.sock")
+    assert fastquery.socket_path("/explicit") == "/explicit"
+    monkeypatch.delenv("QUBES_BASE_DIR")
+    assert fastquery.socket_path(None) == "/var/run/qubesd.sock"
