@@ -5,16 +5,25 @@ process in the same run (what any client process costs at least). The
 reference's figures (FACTS.md) are printed alongside for comparison: Get
 0.49 ms, GetAll 0.83 ms, vm.List 1.2 ms, 100 VMs x 10 properties 0.095 s by
 GetAll, a qubesd-query process ~300 ms.
+
+Client start-up: the fast client as installed (a script run with ``-I -S``)
+against the same module started the way a console script starts it, and the
+interpreter's own start-up with and without ``site``. Writes (1000 VMs):
+feature.Set throughput of 1, 8 and 32 concurrent clients with group commit
+against a qubesd started with ``--save-each-write`` (one save per write call,
+the way it was before), and one client's latency in both.
 """
 
 from __future__ import annotations
 
 import os
 import shutil
+import statistics
 import subprocess
 import sys
 import tempfile
 import threading
+import time
 from pathlib import Path
 
 from bench.common import Report, median_time
@@ -24,6 +33,7 @@ from qubes_core.client.embedded import EmbeddedQubesd
 
 LIST_PROPERTIES = ("name", "label", "klass", "netvm", "template", "memory", "maxmem",
                    "vcpus", "virt_mode", "ip")
+WRITE_CLIENTS = (1, 8, 32)
 
 
 def build(base: Path, count: int) -> None:
@@ -71,6 +81,20 @@ def process_time(command: list[str], stdin: bytes, env: dict[str, str], repeat: 
     return median_time(once, repeat=repeat)
 
 
+def interpreter_start_up(report: Report) -> None:
+    """Where a Python client's start-up goes: the interpreter, and ``site`` on top."""
+    for name, flags in (("python -I -S -c pass", ["-I", "-S"]), ("python -c pass", [])):
+        seconds = process_time([sys.executable, *flags, "-c", "pass"], b"", dict(os.environ), 15)
+        report.time(f"interpreter start-up: {name}", seconds)
+    trace = subprocess.run([sys.executable, "-X", "importtime", "-c", "pass"],
+                           capture_output=True, text=True, check=True).stderr
+    for line in trace.splitlines():
+        fields = [field.strip() for field in line.split("|")]
+        if len(fields) == 3 and fields[2] == "site":
+            report.time("  of which importing site (python -X importtime)",
+                        int(fields[1]) / 1e6, "with the editable-install finder")
+
+
 def run_size(report: Report, count: int) -> None:
     tmp = Path(tempfile.mkdtemp(prefix=f"bench-api-{count}-"))
     try:
@@ -81,6 +105,8 @@ def run_size(report: Report, count: int) -> None:
         finally:
             if daemon is not None:
                 daemon.stop()
+        if count >= 1000:
+            measure_writes(report, tmp, count)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
 
@@ -103,12 +129,19 @@ def measure(report: Report, base: Path, count: int) -> None:
     bindir = Path(sys.executable).parent
     floor = process_time(["socat", "-", f"UNIX-CONNECT:{socket_path}"], request, env, 15)
     report.time(f"[{tag}] socat process (floor)", floor)
-    for tool in ("qubesd-query-fast", "qubesd-query"):
-        seconds = process_time([str(bindir / tool), "-e", "dom0", "admin.vm.property.Get",
-                                "vm0", "label"], b"", env, 15)
-        report.time(f"[{tag}] {tool} process", seconds,
+    call = ["-e", "dom0", "admin.vm.property.Get", "vm0", "label"]
+    clients = {
+        "qubesd-query-fast (script, python -I -S)": [str(bindir / "qubesd-query-fast")],
+        "fast client as a console script would run it": [
+            sys.executable, "-c", "import sys; from qubes_core.client.fastquery import main; "
+            "sys.exit(main())"],
+        "qubesd-query": [str(bindir / "qubesd-query")],
+    }
+    for name, command in clients.items():
+        seconds = process_time(command + call, b"", env, 15)
+        report.time(f"[{tag}] {name}", seconds,
                     "reference: C client ~20 ms, qubesd-query ~300 ms")
-        report.ratio(f"[{tag}] {tool} / socat", seconds, floor)
+        report.ratio(f"[{tag}] {name} / socat", seconds, floor)
 
     rows = list_all(client)
     assert rows == count + 1
@@ -133,24 +166,95 @@ def measure(report: Report, base: Path, count: int) -> None:
             target_vm.features["bench"] = str(writes[0])
             writes[0] += 1
 
+    samples: list[float] = []
+
+    def timed_get() -> None:
+        start = time.perf_counter()
+        vm.label  # noqa: B018
+        samples.append(time.perf_counter() - start)
+
     thread = threading.Thread(target=writer)
     thread.start()
     try:
-        busy = median_time(lambda: vm.label, repeat=300)
+        for _ in range(300):
+            timed_get()
     finally:
         stop.set()
         thread.join()
+    busy = statistics.median(samples)
     report.time(f"[{tag}] property.Get while another client writes", busy,
                 f"{writes[0]} writes meanwhile")
     report.ratio(f"[{tag}] Get under writes / idle Get", busy, get)
+    report.time(f"[{tag}]   95th percentile of those Gets",
+                statistics.quantiles(samples, n=20)[-1],
+                "a read can wait for one serialization of the model, never for the disk")
     save = median_time(lambda: client.call("admin.vm.feature.Set", "vm1", "bench", "x"),
                        repeat=30)
     report.time(f"[{tag}] feature.Set (persisted before the reply)", save)
+
+
+def write_rate(base: Path, clients: int, window: float = 1.5, windows: int = 3) -> float:
+    """Median writes per second (feature.Set, each to its own VM) of ``clients`` threads."""
+    counts = [0] * clients
+    stop = threading.Event()
+
+    def client_run(index: int) -> None:
+        vm = ClientQubes(base).domains.get_blind(f"vm{index}")
+        while not stop.is_set():
+            vm.features["bench"] = str(counts[index])
+            counts[index] += 1
+
+    threads = [threading.Thread(target=client_run, args=(i,)) for i in range(clients)]
+    for thread in threads:
+        thread.start()
+    rates = []
+    try:
+        time.sleep(0.3)  # every client connected and writing
+        for _ in range(windows):
+            before, start = sum(counts), time.perf_counter()
+            time.sleep(window)
+            rates.append((sum(counts) - before) / (time.perf_counter() - start))
+    finally:
+        stop.set()
+        for thread in threads:
+            thread.join()
+    return statistics.median(rates)
+
+
+def measure_writes(report: Report, base: Path, count: int) -> None:
+    """feature.Set throughput with group commit against one save per write, same run."""
+    tag = f"{count} VMs"
+    results: dict[str, dict[int, float]] = {}
+    for mode, options in (("one save per write", ("--save-each-write",)),
+                          ("group commit", ())):
+        daemon = EmbeddedQubesd.start(base, runtime="offline", options=options)
+        try:
+            client = ClientQubes(base)
+            latency = median_time(
+                lambda c=client: c.call("admin.vm.feature.Set", "vm1", "bench", "x"),
+                repeat=30)
+            report.time(f"[{tag}] feature.Set, one client ({mode})", latency,
+                        "persisted before the reply")
+            results[mode] = {}
+            for clients in WRITE_CLIENTS:
+                rate = write_rate(base, clients)
+                results[mode][clients] = rate
+                report.value(f"[{tag}] feature.Set, {clients} clients ({mode})",
+                             f"{rate:.0f}/s", "writes per second")
+        finally:
+            if daemon is not None:
+                daemon.stop()
+    for clients in WRITE_CLIENTS:
+        # A ratio of rates: the baseline's time per write over group commit's.
+        report.ratio(f"[{tag}] {clients} clients: group commit / one save per write",
+                     results["group commit"][clients], results["one save per write"][clients],
+                     "throughput ratio")
 
 
 def run(report: Report) -> None:
     if shutil.which("socat") is None:
         report.value("api", "skipped", "socat is needed for the floor measurement")
         return
+    interpreter_start_up(report)
     for count in (100, 1000):
         run_size(report, count)
