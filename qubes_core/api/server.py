@@ -34,8 +34,7 @@ from qubes_core.api.registry import MethodSpec, get_method, import_api_modules
 
 log = logging.getLogger("qubes.api")
 
-SOCKET_MODE = 0o660
-SOCKET_GROUP = "qubes"
+SOCKET_GROUP = "qubes"  # its members (and the owner) may call; nobody else
 # A client that sends nothing for this long is dropped (it holds a connection).
 REQUEST_TIMEOUT = 60.0
 # How often a streaming call (admin.Events) checks that its client is still there.
@@ -75,12 +74,13 @@ class QubesdServer:
     """Serves the Admin API of ``app`` on the sockets named by ``paths``."""
 
     def __init__(self, app: Any, paths: Any, *, debug: bool = False,
-                 group_commit: bool = True):
+                 group_commit: bool = True, socket_group: str = SOCKET_GROUP):
         """``group_commit=False`` saves once per write call, holding the write lock
         through the save (the slower way, kept to measure against)."""
         self.app = app
         self.paths = paths
         self.debug = debug
+        self.socket_group = socket_group
         self.group_commit = group_commit
         self.write_lock = asyncio.Lock()
         self._servers: list[asyncio.AbstractServer] = []
@@ -101,12 +101,9 @@ class QubesdServer:
         self.app.add_handler("save-request", self._on_save_request)
         for kind, path in self.socket_paths().items():
             path.parent.mkdir(parents=True, exist_ok=True)
-            with contextlib.suppress(FileNotFoundError):
-                path.unlink()
             server = await asyncio.start_unix_server(
-                lambda r, w, kind=kind: self._serve(r, w, kind), path=str(path),
-                limit=protocol.MAX_REQUEST + 1)
-            _restrict_socket(path)
+                lambda r, w, kind=kind: self._serve(r, w, kind),
+                sock=_restricted_socket(path, self.socket_group), limit=protocol.MAX_REQUEST + 1)
             self._servers.append(server)
             log.info("listening on %s (%s methods)", path, kind)
 
@@ -305,15 +302,35 @@ async def _read_request(reader: asyncio.StreamReader) -> bytes | None:
         chunks.append(chunk)
 
 
-def _restrict_socket(path: Path) -> None:
-    """Only the owner and group ``qubes`` may connect."""
-    os.chmod(path, SOCKET_MODE)
+def _restricted_socket(path: Path, group: str) -> socket.socket:
+    """A Unix socket bound at ``path`` that only its owner and ``group`` may connect to.
+
+    It is bound under a temporary name, restricted, then renamed into place, so
+    that it is never reachable with looser permissions. Without such a group on
+    this machine (or when the owner may not give the socket to it), only the
+    owner may connect.
+    """
+    temporary = path.with_name(path.name + "~")
+    with contextlib.suppress(FileNotFoundError):
+        temporary.unlink()
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     try:
-        gid = grp.getgrnam(SOCKET_GROUP).gr_gid
-    except KeyError:
-        return  # no such group here: owner only (mode 0660 with the owner's group)
-    with contextlib.suppress(PermissionError):
-        os.chown(path, -1, gid)
+        sock.bind(str(temporary))
+        os.chmod(temporary, 0o600)
+        try:
+            os.chown(temporary, -1, grp.getgrnam(group).gr_gid)
+            os.chmod(temporary, 0o660)
+        except (KeyError, PermissionError) as err:
+            reason = "no such group" if isinstance(err, KeyError) else "not allowed to chown"
+            log.warning("%s: only the owner may call qubesd (group %r: %s)", path, group,
+                        reason)
+        os.rename(temporary, path)
+    except BaseException:
+        sock.close()
+        with contextlib.suppress(FileNotFoundError):
+            temporary.unlink()
+        raise
+    return sock
 
 
 def socket_listens(path: Path | str) -> bool:
