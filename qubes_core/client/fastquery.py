@@ -58,22 +58,43 @@ def request_header(src, method, dest, arg):
     return (method + ("+" + arg if arg else "") + " " + src + " " + target).encode()
 
 
-def report_reply(data, out, err):
-    """Write the body of a whole reply (``--fail``); the exit code."""
-    if data.startswith(b"0\0"):
-        out.write(data[2:])
-        return 0
-    if data.startswith(b"2\0"):
-        parts = data[2:].split(b"\0")
-        message = parts[2] if len(parts) > 2 else b""
-        err.write(parts[0].decode("ascii", "replace") + ": "
-                  + message.decode("utf-8", "replace") + "\n")
+def report_exception(data, err):
+    """Print a whole exception reply as ``TYPE: message``."""
+    parts = data[2:].split(b"\0")
+    message = parts[2] if len(parts) > 2 else b""
+    err.write(parts[0].decode("ascii", "replace") + ": "
+              + message.decode("utf-8", "replace") + "\n")
+
+
+def copy_reply(recv, fail, out, err):
+    """Copy the reply to ``out`` as it comes (events stream); the exit code.
+
+    With ``fail`` the ``0\\0`` of a success reply is left out and an exception
+    reply goes to ``err`` (exit 1).
+    """
+    head = b""
+    while len(head) < 2:
+        chunk = recv(65536)
+        if not chunk:
+            if not head:
+                err.write(PROGRAM + ": no reply (call refused or malformed)\n")
+                return 2
+            break
+        head += chunk
+    if fail and head.startswith(b"2\0"):
+        chunks = [head]
+        while chunk := recv(65536):
+            chunks.append(chunk)
+        report_exception(b"".join(chunks), err)
         return 1
-    if data.startswith(b"1\0"):
-        out.write(data)
-        return 0
-    err.write(PROGRAM + ": no reply (call refused or malformed)\n")
-    return 2
+    if fail and head.startswith(b"0\0"):
+        head = head[2:]
+    out.write(head)
+    out.flush()
+    while chunk := recv(65536):
+        out.write(chunk)
+        out.flush()
+    return 0
 
 
 def main(argv=None):
@@ -95,25 +116,15 @@ def main(argv=None):
         sock.shutdown(_socket.SHUT_WR)
     except OSError:
         pass  # qubesd may close early (a refused call); read what it sent
-    out = sys.stdout.buffer
-    chunks = []
     try:
-        while True:
-            chunk = sock.recv(65536)
-            if not chunk:
-                break
-            if fail:
-                chunks.append(chunk)
-            else:
-                out.write(chunk)
-                out.flush()
+        return copy_reply(sock.recv, fail, sys.stdout.buffer, sys.stderr)
     except ConnectionResetError:
-        pass
+        sys.stderr.write(PROGRAM + ": connection reset by qubesd\n")
+        return 2
+    except KeyboardInterrupt:
+        return 130
     finally:
         sock.close()
-    if not fail:
-        return 0
-    return report_reply(b"".join(chunks), out, sys.stderr)
 
 
 if __name__ == "__main__":

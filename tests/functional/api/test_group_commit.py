@@ -141,6 +141,25 @@ async def test_one_save_covers_the_writes_made_while_another_was_on_disk(served)
     assert features_on_disk(base / "qubes.xml", "vm8")["later"] == "8"
 
 
+async def test_reads_do_not_wait_for_a_save_on_disk(served):
+    """While a save is held at the disk, reads are answered; the writer is not."""
+    server, recorder, base = served
+    client = ClientQubes(base)
+    recorder.gate = threading.Event()
+    write = in_thread(client.call, "admin.vm.property.Set", "vm1", "memory", "900")
+    try:
+        assert await in_thread(recorder.holding.wait, 10)
+        reads = [in_thread(client.call, "admin.vm.property.Get", "vm2", "label"),
+                 in_thread(client.call, "admin.vm.List"),
+                 in_thread(client.call, "admin.vm.feature.List", "vm3")]
+        done, _ = await asyncio.wait(reads, timeout=10)
+        assert len(done) == 3 and not write.done()
+        assert reads[0].result() == "default=False type=label blue"
+    finally:
+        recorder.gate.set()
+    assert await asyncio.wait_for(write, 10) == ""
+
+
 async def test_a_failed_save_fails_the_calls_it_covered_only(served):
     server, recorder, base = served
     client = ClientQubes(base)

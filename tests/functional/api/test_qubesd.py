@@ -3,14 +3,18 @@
 from __future__ import annotations
 
 import os
+import select
 import socket
 import stat
 import subprocess
 import sys
+import threading
+import time
 from pathlib import Path
 
 import pytest
 
+from qubes_core.api import protocol
 from qubes_core.app import Qubes
 from qubes_core.client import Qubes as ClientQubes
 from qubes_core.client.embedded import EmbeddedQubesd, listening
@@ -63,6 +67,16 @@ def test_oversize_request_closes(qubesd):
     assert exchange(qubesd.paths.admin_socket, data) == b""
     client = ClientQubes(qubesd.base_dir)
     assert "x" not in client.domains["vm1"].features
+
+
+def test_64_kib_is_the_limit(qubesd):
+    """A request of exactly 64 KiB is answered; one byte more closes the connection."""
+    header = b"admin.vm.feature.Set+big dom0 name vm1\x00"
+    fits = header + b"v" * (65536 - len(header))
+    assert exchange(qubesd.paths.admin_socket, fits) == b"0\x00"
+    assert exchange(qubesd.paths.admin_socket, fits + b"v") == b""
+    features = ClientQubes(qubesd.base_dir).domains["vm1"].features
+    assert features["big"] == "v" * (65536 - len(header))
 
 
 def test_sockets_are_not_world_accessible(qubesd):
@@ -127,6 +141,31 @@ def test_writes_inside_cache_scope_are_seen(qubesd):
         assert vm.memory == 600
 
 
+def test_client_event_stream(qubesd):
+    """The client's events(): connection-established first, then what other clients do."""
+    stream = ClientQubes(qubesd.base_dir).events()
+    seen: list[tuple[str, str, dict[str, str]]] = []
+    established = threading.Event()
+
+    def listen() -> None:
+        for event in stream:
+            seen.append(event)
+            established.set()
+            if event[1] == "domain-feature-set:watched":
+                break
+
+    listener = threading.Thread(target=listen, daemon=True)
+    listener.start()
+    assert established.wait(10)
+    ClientQubes(qubesd.base_dir).domains["vm1"].features["watched"] = "yes"
+    listener.join(10)
+    assert not listener.is_alive(), seen
+    stream.close()
+    assert seen[0] == ("", "connection-established", {})
+    assert ("vm1", "domain-feature-set:watched",
+            {"feature": "watched", "value": "yes", "oldvalue": ""}) in seen
+
+
 def test_qubesd_query_and_fast_client(qubesd):
     env = in_base_env(qubesd.base_dir)
     for tool in ("qubesd-query", "qubesd-query-fast"):
@@ -144,6 +183,36 @@ def test_qubesd_query_and_fast_client(qubesd):
                              input=b"from-stdin", capture_output=True, env=env, timeout=60)
         assert out.returncode == 0, tool
     assert ClientQubes(qubesd.base_dir).domains["vm1"].features["k"] == "from-stdin"
+
+
+def read_until(stream, marker: bytes, timeout: float = 20.0) -> bytes:
+    """Read a pipe until ``marker`` appears (bounded by ``timeout``)."""
+    data = b""
+    deadline = time.monotonic() + timeout
+    while marker not in data:
+        ready, _, _ = select.select([stream], [], [], max(0.0, deadline - time.monotonic()))
+        assert ready, f"{marker!r} not seen in {data!r}"
+        chunk = os.read(stream.fileno(), 65536)
+        assert chunk, f"stream ended before {marker!r}: {data!r}"
+        data += chunk
+    return data
+
+
+@pytest.mark.parametrize("tool", ["qubesd-query", "qubesd-query-fast"])
+def test_command_line_clients_stream_events(qubesd, tool):
+    exe = os.path.join(os.path.dirname(sys.executable), tool)
+    process = subprocess.Popen([exe, "--fail", "-e", "dom0", "admin.Events", "dom0"],
+                               stdout=subprocess.PIPE, env=in_base_env(qubesd.base_dir))
+    try:
+        first = read_until(process.stdout, b"connection-established\x00\x00")
+        assert first == protocol.encode_event("", "connection-established", {})
+        ClientQubes(qubesd.base_dir).domains["vm1"].tags.add("streamed")
+        read_until(process.stdout, protocol.encode_event("vm1", "domain-tag-add:streamed",
+                                                         {"tag": "streamed"}))
+    finally:
+        process.terminate()
+        process.wait(10)
+        process.stdout.close()
 
 
 def test_fast_client_is_installed_to_run_without_site():

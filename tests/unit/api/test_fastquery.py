@@ -31,14 +31,44 @@ def test_header_is_the_wire_format():
             "admin.vm.property.Get", "dom0", dest, arg)
 
 
-def test_reply_handling_with_fail():
+def replay(*chunks: bytes):
+    """A ``recv`` that returns the given chunks, then end of stream."""
+    pending = list(chunks)
+    return lambda size: pending.pop(0) if pending else b""
+
+
+@pytest.mark.parametrize("chunks", [(b"0\x00body",), (b"0", b"\x00bo", b"dy")])
+def test_success_reply(chunks):
     out, err = io.BytesIO(), io.StringIO()
-    assert fastquery.report_reply(b"0\x00body", out, err) == 0
-    assert out.getvalue() == b"body"
+    assert fastquery.copy_reply(replay(*chunks), True, out, err) == 0
+    assert out.getvalue() == b"body" and not err.getvalue()
+    out = io.BytesIO()
+    assert fastquery.copy_reply(replay(*chunks), False, out, err) == 0
+    assert out.getvalue() == b"0\x00body"
+
+
+def test_exception_reply():
     reply = protocol.encode_exception("QubesVMNotFoundError", "No such domain: 'x'")
-    assert fastquery.report_reply(reply, out, err) == 1
+    out, err = io.BytesIO(), io.StringIO()
+    assert fastquery.copy_reply(replay(reply[:5], reply[5:]), True, out, err) == 1
     assert err.getvalue() == "QubesVMNotFoundError: No such domain: 'x'\n"
-    assert fastquery.report_reply(b"", out, io.StringIO()) == 2
+    assert out.getvalue() == b""
+    assert fastquery.copy_reply(replay(reply), False, out, err) == 0
+    assert out.getvalue() == reply
+
+
+def test_event_stream_is_copied_as_it_comes():
+    first = protocol.encode_event("", "connection-established", {})
+    second = protocol.encode_event("vm1", "domain-tag-add:t", {"tag": "t"})
+    out, err = io.BytesIO(), io.StringIO()
+    assert fastquery.copy_reply(replay(first, second), True, out, err) == 0
+    assert out.getvalue() == first + second
+
+
+def test_no_reply():
+    err = io.StringIO()
+    assert fastquery.copy_reply(replay(), True, io.BytesIO(), err) == 2
+    assert "no reply" in err.getvalue()
 
 
 def test_socket_path_follows_base_dir(monkeypatch, tmp_path):

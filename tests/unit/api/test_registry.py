@@ -23,6 +23,12 @@ REQUIRED = [
                                 "CurrentState")],
     *[f"admin.label.{m}" for m in ("List", "Get", "Index", "Create", "Remove")],
     *[f"admin.vm.device.pci.{m}" for m in ("Available", "Assigned", "Assign", "Unassign")],
+    *[f"admin.pool.{m}" for m in ("List", "ListDrivers", "Info", "Add", "Remove",
+                                  "Set.revisions_to_keep")],
+    *[f"admin.vm.volume.{m}" for m in ("List", "Info", "ListSnapshots", "Revert", "CloneFrom",
+                                       "CloneTo", "Resize", "Import", "Set.revisions_to_keep",
+                                       "Set.rw")],
+    *[f"admin.vm.firewall.{m}" for m in ("Get", "Set", "Reload")],
     "qubes.FeaturesRequest", "qubes.NotifyTools", "qubes.NotifyUpdates", "qubes.GetDate",
 ]
 
