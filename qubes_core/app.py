@@ -259,7 +259,8 @@ class Qubes(PropertyHolder):
                            pool_dir: str | os.PathLike[str] | None = None,
                            pool_driver: str = "file-reflink", runtime: Runtime | None = None,
                            **pool_options: Any) -> Qubes:
-        """A new qubes.xml with dom0, the default labels and one default pool."""
+        """A new qubes.xml with dom0, the default labels, the default pool for volumes
+        and the ``linux-kernel`` pool of dom0's VM kernels (``BASE/vm-kernels``)."""
         path = Path(store)
         if path.exists():
             raise exc.QubesStoreError(f"{path} already exists; refusing to overwrite it")
@@ -268,6 +269,7 @@ class Qubes(PropertyHolder):
         app.labels = default_labels()
         pool_dir = Path(pool_dir) if pool_dir is not None else path.parent
         app.add_pool("varlibqubes", pool_driver, dir_path=str(pool_dir), **pool_options)
+        app.add_pool("linux-kernel", "linux-kernel", dir_path=str(path.parent / "vm-kernels"))
         dom0 = get_vm_class("AdminVM")(app, qid=0, name="dom0", uuid=uuidlib.UUID(int=0))
         app.domains.add(dom0, fire=False)
         app.store.create()

@@ -10,7 +10,7 @@ from __future__ import annotations
 import os
 from typing import Any
 
-from qubes_core.storage import Pool, StoragePoolException, Volume
+from qubes_core.storage import Pool, StoragePoolException, Volume, fileops
 
 DEFAULT_DIR = "/var/lib/qubes/vm-kernels"
 
@@ -42,20 +42,24 @@ class LinuxKernelVolume(Volume):
     def usage(self) -> int:
         return self.size
 
-    def block_device(self) -> str | None:
-        path = os.path.join(self.kernel_dir, "modules.img")
-        return path if os.path.exists(path) else None
+    def block_device(self) -> str:
+        """The kernel's ``modules.img`` (whether it is installed is ``verify``'s question:
+        a start refuses a missing kernel before any disk is attached)."""
+        return os.path.join(self.kernel_dir, "modules.img")
 
     def export_path(self) -> str:
         path = self.block_device()
-        if path is None:
+        if not os.path.exists(path):
             raise StoragePoolException(f"kernel {self.vid} has no modules.img")
         return path
 
     def do_verify(self) -> bool:
         if not os.path.exists(os.path.join(self.kernel_dir, "vmlinuz")):
+            installed = ", ".join(self.pool.kernels()) or "none"
             raise StoragePoolException(
-                f"kernel {self.vid!r} is not installed (no {self.kernel_dir}/vmlinuz)")
+                f"kernel {self.vid!r} is not installed (no {self.kernel_dir}/vmlinuz; "
+                f"installed in pool {self.pool.name}: {installed}); install it, or set the "
+                "VM's kernel to an installed version, or to '' to boot the VM's own kernel")
         return True
 
     def do_create(self) -> None:
@@ -78,6 +82,14 @@ class LinuxKernelPool(Pool):
     @property
     def dir_path(self) -> str:
         return self.config.get("dir_path", DEFAULT_DIR)
+
+    def setup(self, *, creating_store: bool = False) -> None:
+        """Create the kernels' directory (empty until dom0 installs a kernel)."""
+        if not os.path.isabs(self.dir_path):
+            raise StoragePoolException(
+                f"pool {self.name!r}: dir_path must be an absolute directory, "
+                f"not {self.dir_path!r}")
+        fileops.make_dirs(self.dir_path)
 
     def init_volume(self, vm: Any, config: dict[str, Any],
                     source: Volume | None = None) -> LinuxKernelVolume:

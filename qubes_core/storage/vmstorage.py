@@ -62,6 +62,8 @@ class Storage:
         current: dict[str, Volume] = {}
         known = self._volumes
         for name, config in self.vm.volume_config.items():
+            if name == "kernel":
+                self._follow_kernel(config)
             if self._skipped(config):
                 continue
             cached = known.get(name)
@@ -75,6 +77,13 @@ class Storage:
         for name in set(known) - set(current):
             del known[name]
         return current
+
+    def _follow_kernel(self, config: dict[str, Any]) -> None:
+        """Keep the kernel volume's vid equal to the VM's ``kernel`` (which may come
+        from its template or the global default, and change at any time)."""
+        kernel = getattr(self.vm, "kernel", None)
+        if isinstance(kernel, str) and config.get("vid", "") != kernel:
+            config["vid"] = kernel
 
     @staticmethod
     def _skipped(config: dict[str, Any]) -> bool:

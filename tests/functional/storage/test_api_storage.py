@@ -37,7 +37,7 @@ def on_disk(api) -> Qubes:
 
 
 async def test_pool_list_info_drivers(api):
-    assert await api.call("admin.pool.List") == "varlibqubes\n"
+    assert await api.call("admin.pool.List") == "linux-kernel\nvarlibqubes\n"
     drivers = (await api.call("admin.pool.ListDrivers")).splitlines()
     assert "file-reflink dir_path revisions_to_keep setup_check" in drivers
     assert any(line.startswith("file ") for line in drivers)
@@ -45,6 +45,10 @@ async def test_pool_list_info_drivers(api):
                 (await api.call("admin.pool.Info", arg="varlibqubes")).splitlines())
     assert info["driver"] == "file-reflink" and info["name"] == "varlibqubes"
     assert int(info["size"]) > int(info["usage"]) > 0
+    kernels = dict(line.split("=", 1) for line in
+                   (await api.call("admin.pool.Info", arg="linux-kernel")).splitlines())
+    assert kernels["driver"] == "linux-kernel"
+    assert kernels["dir_path"] == str(api.app.base_dir / "vm-kernels")
 
 
 async def test_pool_add_checks_the_filesystem_and_remove(api, filesystems):
@@ -77,7 +81,7 @@ async def test_pool_add_refuses_bad_payloads(api, driver, payload, message):
     before = api.app.store.path.read_bytes()
     with pytest.raises(exc.QubesException, match=message):
         await api.call("admin.pool.Add", arg=driver, payload=payload)
-    assert sorted(api.app.pools) == ["varlibqubes"]
+    assert sorted(api.app.pools) == ["linux-kernel", "varlibqubes"]
     assert api.app.store.path.read_bytes() == before
 
 
