@@ -21,6 +21,7 @@ import logging
 import os
 import struct
 import tempfile
+import weakref
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -364,8 +365,59 @@ def _volume_attrs(config: dict[str, Any]) -> dict[str, str]:
     return attrs
 
 
-def serialize(app: Qubes) -> bytes:
-    """The whole model as qubes.xml bytes."""
+def _domain_element(vm: Any) -> Any:
+    domain = etree.Element("domain", id=f"domain-{vm.qid}", **{"class": vm.klass()})
+    _properties_element(domain, vm)
+    features = _sub(domain, "features")
+    for key, value in vm.features.items():
+        _sub(features, "feature", value or None, name=key)
+    for devclass, collection in sorted(vm.devices.items()):
+        devices = _sub(domain, "devices", **{"class": devclass})
+        for assignment in collection:
+            device = _sub(devices, "device", **{"backend-domain": assignment.backend_domain,
+                                                "id": assignment.ident})
+            for key, value in sorted(assignment.options.items()):
+                _sub(device, "option", value, name=key)
+    tags = _sub(domain, "tags")
+    for tag in vm.tags:
+        _sub(tags, "tag", name=tag)
+    if vm.volume_config:
+        volumes = _sub(domain, "volume-config")
+        for name in sorted(vm.volume_config):
+            _sub(volumes, "volume", **_volume_attrs(vm.volume_config[name]))
+    return domain
+
+
+def _volume_signature(vm: Any) -> tuple[Any, ...]:
+    """What the volume config holds now (the storage layer edits it without events)."""
+    return tuple((name, tuple(config.items())) for name, config in vm.volume_config.items())
+
+
+# vm -> (change counter, volume signature, the VM's <domain> bytes). Serializing a
+# <domain> is most of a save; a VM that fired no event and whose volume config is
+# the same since its last save is written from here.
+_domain_cache: weakref.WeakKeyDictionary[Any, tuple[int, tuple[Any, ...], bytes]] = (
+    weakref.WeakKeyDictionary())
+
+
+def _domain_bytes(vm: Any, use_cache: bool) -> bytes:
+    key = (vm.change_counter, _volume_signature(vm))
+    cached = _domain_cache.get(vm) if use_cache else None
+    if cached is not None and cached[:2] == key:
+        return cached[2]
+    domain = _domain_element(vm)
+    etree.indent(domain, space="  ", level=2)
+    data = b"    " + etree.tostring(domain, encoding="utf-8") + b"\n"
+    _domain_cache[vm] = (*key, data)
+    return data
+
+
+def serialize(app: Qubes, use_cache: bool = True) -> bytes:
+    """The whole model as qubes.xml bytes.
+
+    ``use_cache=False`` rebuilds every VM's part (the cache must never matter:
+    the tests compare both).
+    """
     root = etree.Element("qubes", version=FILE_VERSION)
     labels = _sub(root, "labels")
     for index in sorted(app.labels):
@@ -375,25 +427,10 @@ def serialize(app: Qubes) -> bytes:
     for name in sorted(app.pools):
         _sub(pools, "pool", **app.pools[name].xml_attributes())
     _properties_element(root, app)
-    domains = _sub(root, "domains")
-    for vm in app.domains:
-        domain = _sub(domains, "domain", id=f"domain-{vm.qid}", **{"class": vm.klass()})
-        _properties_element(domain, vm)
-        features = _sub(domain, "features")
-        for key, value in vm.features.items():
-            _sub(features, "feature", value or None, name=key)
-        for devclass, collection in sorted(vm.devices.items()):
-            devices = _sub(domain, "devices", **{"class": devclass})
-            for assignment in collection:
-                device = _sub(devices, "device", **{"backend-domain": assignment.backend_domain,
-                                                    "id": assignment.ident})
-                for key, value in sorted(assignment.options.items()):
-                    _sub(device, "option", value, name=key)
-        tags = _sub(domain, "tags")
-        for tag in vm.tags:
-            _sub(tags, "tag", name=tag)
-        if vm.volume_config:
-            volumes = _sub(domain, "volume-config")
-            for name in sorted(vm.volume_config):
-                _sub(volumes, "volume", **_volume_attrs(vm.volume_config[name]))
-    return etree.tostring(root, encoding="utf-8", xml_declaration=True, pretty_print=True)
+    _sub(root, "domains")
+    head, placeholder, tail = etree.tostring(
+        root, encoding="utf-8", xml_declaration=True, pretty_print=True
+    ).rpartition(b"  <domains/>\n")
+    assert placeholder, "serialized qubes.xml lacks its <domains/> placeholder"
+    chunks = [_domain_bytes(vm, use_cache) for vm in app.domains]
+    return b"".join([head, b"  <domains>\n", *chunks, b"  </domains>\n", tail])

@@ -8,6 +8,7 @@ from typing import Any
 
 from qubes_core import exc
 from qubes_core.devices import DeviceManager
+from qubes_core.events import handler
 from qubes_core.features import Features, Tags
 from qubes_core.properties import LabelProperty, Property, PropertyHolder
 from qubes_core.qubesdb import InMemoryQubesDB
@@ -82,6 +83,7 @@ class BaseVM(PropertyHolder):
         self.volume_config: dict[str, dict[str, Any]] = {}
         self.unknown_properties: dict[str, str] = {}
         self.qdb = InMemoryQubesDB()
+        self.change_counter = 0
         super().__init__(**kwargs)
 
     def __str__(self) -> str:
@@ -93,6 +95,11 @@ class BaseVM(PropertyHolder):
 
     def __lt__(self, other: BaseVM) -> bool:
         return self.name < other.name
+
+    @handler("*")
+    def _count_change(self, event: str, **kwargs: Any) -> None:
+        """Every change of what qubes.xml keeps of a VM fires an event: count them."""
+        self.change_counter += 1
 
     @classmethod
     def klass(cls) -> str:

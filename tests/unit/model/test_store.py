@@ -103,7 +103,7 @@ def test_qubes_xml_shape(basic_app):
     root = etree.parse(str(basic_app.store.path)).getroot()
     assert root.tag == "qubes" and root.get("version") == "3.0"
     assert root.find("labels/label").get("id") == "label-1"
-    assert root.find("pools/pool").get("driver") == "file-reflink"
+    assert root.find("pools/pool[@name='varlibqubes']").get("driver") == "file-reflink"
     dom0 = root.find("domains/domain")
     assert dom0.get("id") == "domain-0" and dom0.get("class") == "AdminVM"
     work = root.xpath("domains/domain[properties/property[@name='name']='work']")[0]
