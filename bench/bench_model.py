@@ -9,6 +9,7 @@ from lxml import etree
 
 from bench.common import Report, median_time
 from qubes_core.app import Qubes
+from qubes_core.store import serialize
 
 N_VMS = 1000
 
@@ -36,7 +37,21 @@ def run(report: Report) -> None:
         size = path.stat().st_size
         report.value(f"qubes.xml with {N_VMS} VMs", f"{size / 1024:.0f} KiB")
 
-        report.time(f"save ({N_VMS} VMs)", median_time(app.save, repeat=7))
+        def full_save() -> None:
+            app.store.write(serialize(app, use_cache=False))
+
+        full = median_time(full_save, repeat=7)
+        report.time(f"save, every VM serialized ({N_VMS} VMs)", full)
+        counter = iter(range(10**6))
+        work = app.domains["vm0500"]
+
+        def save_after_one_change() -> None:
+            work.features["note"] = f"changed {next(counter)}"
+            app.save()
+
+        one = median_time(save_after_one_change, repeat=7)
+        report.time(f"save after one VM changed ({N_VMS} VMs)", one)
+        report.ratio("  one-change save / full save", one, full)
         app.close()
 
         def load() -> None:
