@@ -8,10 +8,7 @@ the model again, so a failed call leaves nothing behind.
 
 from __future__ import annotations
 
-import asyncio
-import inspect
 import logging
-import shutil
 from typing import Any
 
 from qubes_core import exc
@@ -37,56 +34,6 @@ async def vm_list(call: ApiCall) -> str:
     vms = sorted(call.app.domains, key=lambda vm: vm.name) if call.dest.qid == 0 else [
         call.dest]
     return "".join(vm_line(vm) for vm in call.filter(vms))
-
-
-async def _maybe_await(result: Any) -> Any:
-    if inspect.isawaitable(result):
-        return await result
-    return result
-
-
-def _usable_storage(vm: Any) -> Any:
-    """The VM's storage, or None when it has none or a pool it needs is unusable."""
-    try:
-        storage = getattr(vm, "storage", None)
-    except exc.QubesException:
-        return None
-    if storage is None:
-        return None
-    for name, config in vm.volume_config.items():
-        if name == "kernel" and not config.get("vid"):
-            continue
-        pool = vm.app.pools.get(config.get("pool"))
-        if pool is None or not getattr(pool, "usable", True):
-            log.warning("%s: pool %r of volume %s is not usable; no volumes created",
-                        vm, config.get("pool"), name)
-            return None
-    return storage
-
-
-async def create_on_disk(vm: Any) -> None:
-    """Create the VM's volumes (on failure, those created are removed again)."""
-    creator = getattr(vm, "create_on_disk", None)
-    if creator is not None:
-        await _maybe_await(creator())
-        return
-    storage = _usable_storage(vm)
-    if storage is not None:
-        await storage.create()
-
-
-async def remove_from_disk(vm: Any) -> None:
-    """Remove the VM's volumes and its own directory."""
-    remover = getattr(vm, "remove_from_disk", None)
-    if remover is not None:
-        await _maybe_await(remover())
-        return
-    storage = _usable_storage(vm)
-    if storage is not None:
-        await storage.remove()
-    directory = getattr(vm, "dir_path", None)
-    if directory is not None and directory.is_dir() and vm.app.base_dir in directory.parents:
-        await asyncio.get_running_loop().run_in_executor(None, shutil.rmtree, directory)
 
 
 def _forget(app: Any, vm: Any) -> None:
@@ -139,7 +86,7 @@ async def _create(call: ApiCall, in_pool: bool) -> None:
     vm = call.app.add_new_vm(vmclass, **kwargs)
     try:
         _apply_pools(call, vm, {k: v for k, v in params.items() if k.startswith("pool")})
-        await create_on_disk(vm)
+        await vm.create_on_disk()
     except BaseException:
         _forget(call.app, vm)
         raise
@@ -180,7 +127,7 @@ async def create_disposable(call: ApiCall) -> str:
             f"{appvm} is not a template for DispVMs (set its template_for_dispvms first)")
     vm = call.app.add_new_vm("DispVM", template=appvm, auto_cleanup=True)
     try:
-        await create_on_disk(vm)
+        await vm.create_on_disk()
     except BaseException:
         _forget(call.app, vm)
         raise
@@ -189,13 +136,6 @@ async def create_disposable(call: ApiCall) -> str:
 
 @method("admin.vm.Remove", scope="global", write=True, dest="vm")
 async def vm_remove(call: ApiCall) -> None:
-    vm = call.dest
+    """Refused while the VM starts, runs or its volumes are in use (see ``vm.remove``)."""
     call.require_not_dom0()
-    if not vm.is_halted():
-        raise exc.QubesVMNotHaltedError(vm, f"cannot remove {vm}: it is not halted")
-    del call.app.domains[vm]
-    try:
-        await remove_from_disk(vm)
-    except Exception:
-        # The VM is out of qubes.xml; leftover files must not undo that.
-        log.exception("removing the files of %s failed; remove them by hand", vm)
+    await call.dest.remove()

@@ -4,7 +4,9 @@ The runtime (``vm.app.runtime``) does the work and reports what happened by
 firing events on the VM; this mixin checks the rules first (state, netvm chain,
 VMs that depend on a netvm), starts and stops the VM's storage, recreates its
 QubesDB at start, and after a stop fires ``domain-shutdown`` and removes a
-DispVM whose ``auto_cleanup`` is set.
+DispVM whose ``auto_cleanup`` is set. It also creates and removes the VM on disk,
+and removes a VM from the model: under the same startup lock as a start, so that
+a VM is never removed half-way through its start nor started once removed.
 
 Events fired here: ``domain-pre-start`` (async, vetoable), ``domain-qdb-create``,
 ``domain-start-failed`` (``reason``), ``domain-pre-shutdown`` (async, vetoable,
@@ -17,6 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import shutil
 from typing import Any
 
 from qubes_core import exc
@@ -26,6 +29,8 @@ from qubes_core.qubesdb import InMemoryQubesDB
 log = logging.getLogger("qubes.vm")
 
 DEFAULT_SHUTDOWN_TIMEOUT = 60.0
+# How long a start waits for the handling of the VM's last stop to finish.
+STOP_HANDLING_TIMEOUT = 30.0
 RUNNING_STATES = ("Running", "Transient", "Paused", "Suspended")
 DNS_SERVERS = ("10.139.1.1", "10.139.1.2")
 
@@ -52,9 +57,15 @@ class LifecycleMixin(Emitter):
             )
         return runtime
 
-    def _usable_storage(self) -> Any:
-        """The VM's storage, or None (with a debug log) when a pool it needs is unusable."""
-        storage = getattr(self, "storage", None)
+    def usable_storage(self) -> Any:
+        """The VM's storage, or None (with a debug log) when it has none or a pool it
+        needs is unusable (a driver not installed): such a VM keeps its settings but
+        its volumes are neither created, started nor removed."""
+        try:
+            storage = getattr(self, "storage", None)
+        except exc.QubesException as error:
+            log.debug("%s: its storage cannot be set up (%s); skipping it", self, error)
+            return None
         if storage is None:
             log.debug("%s has no storage; skipping it", self)
             return None
@@ -68,30 +79,68 @@ class LifecycleMixin(Emitter):
                 return None
         return storage
 
+    @property
+    def volumes_in_use(self) -> bool:
+        """Whether this qubesd started the VM's volumes and has not yet stopped them.
+
+        True from the start of its volumes until the stop of the VM has been handled
+        (volumes committed, a disposable VM removed); until then the VM must neither
+        be removed nor started again, even when the runtime already reports it halted.
+        """
+        return bool(self.__dict__.get("_volumes_in_use", False))
+
+    def _set_volumes_in_use(self, value: bool) -> None:
+        self.__dict__["_volumes_in_use"] = value
+
+    def _require_in_model(self, action: str) -> None:
+        """Refuse to act on a VM object that is no longer (this object) in the model."""
+        if self.app.domains.get(self.qid) is not self:
+            raise exc.QubesVMNotFoundError(self.name, f"cannot {action} {self}: it was removed")
+
     # --- start --------------------------------------------------------------------
 
     async def start(self) -> LifecycleMixin:
-        """Start the VM, after its netvm chain; its storage and QubesDB first."""
+        """Start the VM, after its netvm chain; its storage and QubesDB first.
+
+        Runs under :attr:`startup_lock`, which :meth:`remove` takes too: a VM is
+        never removed half-way through its start, nor started once removed.
+        """
         runtime = self._runtime("start")
         async with self.startup_lock:
+            self._require_in_model("start")
             state = self.get_power_state()
             if state != "Halted":
                 raise exc.QubesVMNotHaltedError(self, f"cannot start {self}: it is {state}")
+            await self._wait_stop_handled(runtime)
             started_storage = None
             try:
                 await self.fire_event_async("domain-pre-start", pre_event=True)
                 await self._start_netvm()
-                storage = self._usable_storage()
+                storage = self.usable_storage()
                 if storage is not None:
+                    self._set_volumes_in_use(True)
                     await storage.start()  # undoes itself if one volume fails
                     started_storage = storage
                 self.create_qdb_entries()
+                self._require_in_model("start")
                 await runtime.start(self)
             except BaseException as error:
                 await self._abort_start(started_storage, error)
                 raise
         log.info("started %s", self)
         return self
+
+    async def _wait_stop_handled(self, runtime: Any) -> None:
+        """A VM the runtime reports halted whose last stop is still being handled
+        (its volumes not yet committed): wait for that, within a bound."""
+        if not self.volumes_in_use:
+            return
+        await runtime.wait_stopped(self, STOP_HANDLING_TIMEOUT)
+        if self.volumes_in_use:
+            raise exc.QubesVMNotHaltedError(
+                self, f"cannot start {self}: its last stop is still being handled "
+                      "(its volumes are in use); try again")
+        self._require_in_model("start")  # a disposable VM is gone after its stop
 
     async def _start_if_halted(self) -> None:
         """Start the VM unless it runs (used for netvms, which several VMs share)."""
@@ -128,6 +177,7 @@ class LifecycleMixin(Emitter):
             for result in results:
                 if isinstance(result, Exception):
                     log.error("%s: undoing the start of a volume failed: %s", self, result)
+        self._set_volumes_in_use(False)
         await self.fire_event_async("domain-start-failed", reason=str(error))
         if getattr(self, "auto_cleanup", False):
             await self._remove_disposable()
@@ -210,35 +260,88 @@ class LifecycleMixin(Emitter):
     async def _on_domain_stopped(self, event: str, reason: str | None = None,
                                  **kwargs: Any) -> None:
         """The runtime saw the VM stop: storage, then ``domain-shutdown``, then cleanup."""
-        storage = self._usable_storage()
-        if storage is not None:
-            try:
-                await storage.stop()
-            except Exception as error:
-                log.error("%s: stopping its storage failed: %s", self, error)
-        log.info("%s stopped (%s)", self, reason)
-        await self.fire_event_async("domain-shutdown", reason=reason)
-        if getattr(self, "auto_cleanup", False):
-            await self._remove_disposable()
+        try:
+            storage = self.usable_storage()
+            if storage is not None:
+                try:
+                    await storage.stop()
+                except Exception as error:
+                    log.error("%s: stopping its storage failed: %s", self, error)
+            log.info("%s stopped (%s)", self, reason)
+            await self.fire_event_async("domain-shutdown", reason=reason)
+            if getattr(self, "auto_cleanup", False):
+                await self._remove_disposable()
+        finally:
+            self._set_volumes_in_use(False)
 
     async def _remove_disposable(self) -> None:
-        """Remove a DispVM with ``auto_cleanup``: its volumes, its entry; save qubes.xml."""
+        """Remove a DispVM with ``auto_cleanup``: its entry, its volumes; save qubes.xml.
+
+        The caller holds the startup lock or handles the VM's stop (its volumes are
+        in use): :meth:`remove` is refused meanwhile.
+        """
         app = self.app
         if app.domains.get(self.qid) is not self:
             return
-        storage = self._usable_storage()
-        if storage is not None:
-            try:
-                await storage.remove()
-            except Exception as error:
-                log.error("%s: removing its volumes failed: %s", self, error)
         try:
             del app.domains[self]
         except exc.QubesException as error:
-            log.error("cannot remove disposable %s: %s", self, error)
+            log.error("cannot remove disposable %s: %s (it stays, with its files)", self, error)
             return
+        await self._remove_files_of_removed()
         log.info("removed disposable %s (auto_cleanup)", self)
         await save_app(app)
+
+    # --- on disk ----------------------------------------------------------------------
+
+    async def create_on_disk(self) -> None:
+        """Create the VM's volumes (on failure, those created are removed again)."""
+        storage = self.usable_storage()
+        if storage is not None:
+            await storage.create()
+        elif self.volume_config:
+            log.warning("%s: its storage is not usable; no volumes created", self)
+
+    async def remove_from_disk(self) -> None:
+        """Remove the VM's volumes and its own directory (``dir_path``)."""
+        storage = self.usable_storage()
+        if storage is not None:
+            await storage.remove()
+        directory = getattr(self, "dir_path", None)
+        if (directory is not None and directory.is_dir()
+                and self.app.base_dir in directory.parents):
+            await asyncio.to_thread(shutil.rmtree, directory)
+
+    async def remove(self) -> None:
+        """Take the halted VM out of the model, then remove its files.
+
+        Refused while the VM starts (its startup lock is held: waiting for it would
+        hold up whoever called), runs, or its volumes are in use; the state is read
+        with the startup lock held, and held until the files are gone, so that no
+        start can begin on a VM being removed. Failing to remove files does not undo
+        the removal (logged; the files are left for the admin).
+        """
+        if self.startup_lock.locked():
+            raise exc.QubesVMNotHaltedError(self, f"cannot remove {self}: it is starting")
+        async with self.startup_lock:
+            self._require_in_model("remove")
+            state = self.get_power_state()
+            if state != "Halted":
+                raise exc.QubesVMNotHaltedError(self, f"cannot remove {self}: it is {state}")
+            if self.volumes_in_use:
+                raise exc.QubesVMNotHaltedError(
+                    self, f"cannot remove {self}: its volumes are in use (its stop is still "
+                          "being handled); try again")
+            del self.app.domains[self]
+            await self._remove_files_of_removed()
+        log.info("removed %s", self)
+
+    async def _remove_files_of_removed(self) -> None:
+        try:
+            await self.remove_from_disk()
+        except Exception:
+            # The VM is out of the model; leftover files must not undo that.
+            log.exception("removing the files of %s failed; remove them by hand", self)
 
 
 async def save_app(app: Any) -> None:

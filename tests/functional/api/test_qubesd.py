@@ -297,3 +297,34 @@ def test_stop_fires_and_cleans_sockets(qubesd):
     paths = qubesd.paths
     qubesd.stop()
     assert not paths.admin_socket.exists() and not paths.misc_socket.exists()
+
+
+def test_start_keeps_a_stale_disposable_that_is_still_used(tmp_path):
+    """A stale DispVM that another VM uses as netvm stays (the log says why); qubesd
+    starts anyway, and a stale DispVM that only another stale one used goes too."""
+    base = tmp_path / "inst"
+    base.mkdir()
+    build_installation(base, appvms=2)
+    app = Qubes(base / "qubes.xml")
+    vm1 = app.domains["vm1"]
+    vm1.template_for_dispvms = True
+    vm1.provides_network = True
+    used = app.add_new_vm("DispVM", template=vm1, auto_cleanup=True)
+    app.domains["vm2"].netvm = used
+    chained = app.add_new_vm("DispVM", template=vm1, auto_cleanup=True)
+    chained_user = app.add_new_vm("DispVM", template=vm1, auto_cleanup=True, netvm=chained)
+    app.save()
+    app.close()
+    daemon = EmbeddedQubesd.start(base, runtime="offline")
+    try:
+        names = ClientQubes(base).domains.keys()
+        assert used.name in names
+        assert chained.name not in names and chained_user.name not in names
+    finally:
+        daemon.stop()
+    log = (base / "log" / "qubesd-embedded.log").read_text()
+    assert f"keeping {used.name}, a disposable VM left behind by an unclean stop: " \
+           f"cannot remove {used.name}: it is used by vm2.netvm" in log
+    reloaded = Qubes(base / "qubes.xml", lock=False)
+    assert used.name in reloaded.domains and chained.name not in reloaded.domains
+    reloaded.close()
