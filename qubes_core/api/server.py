@@ -332,14 +332,3 @@ def _restricted_socket(path: Path, group: str) -> socket.socket:
         raise
     return sock
 
-
-def socket_listens(path: Path | str) -> bool:
-    """Whether a server accepts connections on the Unix socket ``path``."""
-    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    try:
-        sock.connect(str(path))
-    except OSError:
-        return False
-    finally:
-        sock.close()
-    return True

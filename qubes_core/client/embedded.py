@@ -30,6 +30,7 @@ def find_socket(base_dir: str | Path | None = None) -> Path:
 
 
 def listening(path: str | Path) -> bool:
+    """Whether a server accepts connections on the Unix socket ``path``."""
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     try:
         sock.connect(str(path))
