@@ -6,6 +6,13 @@ sent, except the ``admin-permission:*`` events; with a VM as destination only
 that VM's events are sent. Keyword arguments go as text: a VM by its name,
 None as the empty string. A client that falls too far behind is dropped rather
 than let the server's memory grow.
+
+A caller whose listings the policy filters (the callables its
+``admin-permission`` handlers returned) gets only the events of VMs those
+filters let through, and only the app events whose VM arguments all pass them
+(``domain-add vm=X`` names X). A VM's removal is judged as the VM was seen just
+before it left the model (``domain-pre-delete``), since a filter that asks the
+model no longer finds it.
 """
 
 from __future__ import annotations
@@ -33,12 +40,39 @@ def _text(value: Any) -> str:
     return str(value)
 
 
+def _is_vm(value: Any) -> bool:
+    return hasattr(value, "qid") and hasattr(value, "name")
+
+
 class Subscriber:
     def __init__(self, only: str | None, filters: list[Any]):
         self.only = only
         self.filters = filters
         self.queue: asyncio.Queue[bytes | None] = asyncio.Queue(MAX_QUEUED)
         self.overflowed = False
+        # id(vm) -> whether this caller saw the VM just before it left the model.
+        self.leaving: dict[int, bool] = {}
+
+    def sees(self, vm: Any) -> bool:
+        """Whether every filter lets ``vm`` through (a failing filter hides it)."""
+        if not self.filters:
+            return True
+        if id(vm) in self.leaving and vm.app.domains.get(vm.qid) is not vm:
+            return self.leaving[id(vm)]
+        try:
+            return all(check(vm) for check in self.filters)
+        except Exception:
+            log.exception("an events filter failed on %s; not sending its events", vm)
+            return False
+
+    def may_receive(self, app: Any, subject: Any, name: str, kwargs: dict[str, Any]) -> bool:
+        if self.only is not None and name != self.only:
+            return False
+        if not self.filters:
+            return True
+        if subject is not app:
+            return self.sees(subject)
+        return all(self.sees(value) for value in kwargs.values() if _is_vm(value))
 
 
 class EventBroadcaster:
@@ -81,11 +115,17 @@ class EventBroadcaster:
     def _on_event(self, subject: Any, event: str, **kwargs: Any) -> None:
         if event.startswith("admin-permission:"):
             return
+        leaving = None
         if subject is self.app:
-            if event == "domain-add" and kwargs.get("vm") is not None:
-                self._hook_vm(kwargs["vm"])
-            elif event == "domain-delete" and kwargs.get("vm") is not None:
-                vm = kwargs["vm"]
+            vm = kwargs.get("vm")
+            if event == "domain-add" and vm is not None:
+                self._hook_vm(vm)
+            elif event == "domain-pre-delete" and vm is not None:
+                for subscriber in self.subscribers:
+                    if subscriber.filters:
+                        subscriber.leaving[id(vm)] = subscriber.sees(vm)
+            elif event == "domain-delete" and vm is not None:
+                leaving = vm
                 if id(vm) in self._hooked:
                     vm.remove_handler("*", self._on_event)
                     self._hooked.discard(id(vm))
@@ -94,10 +134,7 @@ class EventBroadcaster:
             name = _text(subject)
         record = None
         for subscriber in list(self.subscribers):
-            if subscriber.only is not None and name != subscriber.only:
-                continue
-            if subject is not self.app and not all(check(subject)
-                                                   for check in subscriber.filters):
+            if not subscriber.may_receive(self.app, subject, name, kwargs):
                 continue
             if record is None:
                 record = protocol.encode_event(
@@ -110,6 +147,9 @@ class EventBroadcaster:
                 with contextlib.suppress(asyncio.QueueFull):
                     subscriber.queue.get_nowait()
                     subscriber.queue.put_nowait(None)
+        if leaving is not None:
+            for subscriber in self.subscribers:
+                subscriber.leaving.pop(id(leaving), None)
 
 
 def broadcaster(server: Any) -> EventBroadcaster:

@@ -93,3 +93,48 @@ async def test_events_refused_to_vm_without_grant(served):
     writer.write_eof()
     assert await asyncio.wait_for(reader.read(), 5) == b""
     writer.close()
+
+
+@pytest.fixture
+def filtered_events():
+    """Grant admin.Events to ``work``, with a listing filter that shows it only the sys-*
+    VMs and itself, asking the model as a policy does (a VM gone from it is hidden)."""
+    from qubes_core.vm.base import BaseVM
+
+    def visible(vm):
+        return (vm.name.startswith("sys-") or vm.name == "work") and vm in vm.app.domains
+
+    def grant(vm, event, **kwargs):
+        return [True, visible]
+
+    BaseVM.add_class_handler("admin-permission:admin.Events", grant)
+    yield
+    BaseVM.remove_class_handler("admin-permission:admin.Events", grant)
+
+
+async def test_filtered_subscriber_hears_nothing_of_hidden_vms(served, filtered_events):
+    reader, writer = await asyncio.open_unix_connection(str(served.server.paths.admin_socket))
+    writer.write(protocol.encode_request("admin.Events", "work", "dom0"))
+    writer.write_eof()
+    buffer = bytearray()
+    assert await next_events(reader, buffer, 1) == [("", "connection-established", {})]
+    await served.call("admin.vm.Create.AppVM", "dom0", "", "name=hidden label=red")
+    await served.call("admin.property.Set", "dom0", "default_dispvm", "")
+    await served.call("admin.vm.tag.Set", "hidden", "secret")
+    await served.call("admin.vm.property.Set", "hidden", "provides_network", "True")
+    await served.call("admin.property.Set", "dom0", "default_netvm", "hidden")
+    await served.call("admin.property.Set", "dom0", "default_netvm", "")
+    await served.call("admin.vm.Remove", "hidden")
+    await served.call("admin.vm.Create.AppVM", "dom0", "", "name=sys-usb label=red")
+    await served.call("admin.vm.Remove", "sys-usb")
+    await served.call("admin.vm.tag.Set", "work", "done")
+    seen = []
+    while ("work", "domain-tag-add:done", {"tag": "done"}) not in seen:
+        seen.extend(await next_events(reader, buffer, 1))
+    writer.close()
+    assert not [event for event in seen if "hidden" in str(event)], seen
+    # What it may see still comes, removal included.
+    assert ("", "domain-add", {"vm": "sys-usb"}) in seen
+    assert ("", "domain-delete", {"vm": "sys-usb"}) in seen
+    # App events that name no VM are not filtered.
+    assert any(event[1] == "property-set:default_dispvm" for event in seen)
