@@ -57,6 +57,7 @@ def _text(value: object) -> str:
 
 
 def table(app: object) -> str:
+    """The VM table the demo prints: one aligned row per VM, read under one client cache."""
     rows = [tuple(column.upper() for column in COLUMNS)]
     with app.cache():
         for vm in app.domains:
@@ -76,6 +77,7 @@ def table(app: object) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """``make demo``: build the VMs through qubesd, start work, print the table, shut down."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--base-dir", help="installation directory (default ./demo)")
     parser.add_argument("--runtime", default="test",

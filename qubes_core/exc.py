@@ -12,6 +12,8 @@ class QubesException(Exception):
 
 
 class QubesVMNotFoundError(QubesException, KeyError):
+    """Raised when no VM has the name, qid or UUID asked for (in the model or an API call)."""
+
     def __init__(self, vmname: object, msg: str | None = None):
         super().__init__(msg or f"No such domain: {vmname!r}")
         self.vmname = vmname
@@ -21,7 +23,9 @@ class QubesVMNotFoundError(QubesException, KeyError):
 
 
 class QubesVMInvalidUUIDError(QubesException):
-    pass
+    """For a VM named by a malformed UUID; kept for clients, nothing here raises it yet
+    (a bad ``uuid:`` name gives QubesVMNotFoundError).
+    """
 
 
 class QubesVMError(QubesException):
@@ -37,23 +41,25 @@ class QubesVMInUseError(QubesVMError):
 
 
 class QubesVMNotStartedError(QubesVMError):
-    pass
+    """Raised when shutting down or killing a VM that is not running (or the runtime has it off)."""
 
 
 class QubesVMNotRunningError(QubesVMNotStartedError):
-    pass
+    """Raised when pausing a VM that is not running."""
 
 
 class QubesVMNotPausedError(QubesVMNotStartedError):
-    pass
+    """Raised when unpausing a VM that is not paused."""
 
 
 class QubesVMNotSuspendedError(QubesVMError):
-    pass
+    """For resuming a VM that is not suspended; kept for clients, nothing here suspends VMs."""
 
 
 class QubesVMNotHaltedError(QubesVMError):
-    pass
+    """Raised when an action needs the VM (or a pool's VMs) halted: start, remove, a template
+    change, volume and pool changes.
+    """
 
 
 class QubesVMShutdownTimeoutError(QubesVMError):
@@ -61,11 +67,11 @@ class QubesVMShutdownTimeoutError(QubesVMError):
 
 
 class QubesVMAlreadyExistsError(QubesException):
-    pass
+    """Raised when a new or added VM would take a name another VM already has."""
 
 
 class QubesValueError(QubesException, ValueError):
-    pass
+    """Raised when a value from a user, an API call or a file is refused; the message says why."""
 
 
 class QubesPropertyValueError(QubesValueError):
@@ -80,6 +86,8 @@ class QubesPropertyValueError(QubesValueError):
 
 
 class QubesNoSuchPropertyError(QubesException, AttributeError):
+    """Raised when a property name is not declared on the VM's (or the app's) class."""
+
     def __init__(self, holder: object, prop_name: str, msg: str | None = None):
         super().__init__(msg or f"Invalid property {prop_name!r} of {holder}")
         self.holder = holder
@@ -87,10 +95,12 @@ class QubesNoSuchPropertyError(QubesException, AttributeError):
 
 
 class QubesNotImplementedError(QubesException, NotImplementedError):
-    pass
+    """For an operation a driver or runtime lacks; kept for clients, nothing here raises it yet."""
 
 
 class QubesFeatureNotFoundError(QubesException, KeyError):
+    """Raised when reading or deleting a feature the VM (or the chain asked about) lacks."""
+
     def __init__(self, domain: object, feature: str):
         super().__init__(f"Feature not set for domain {domain}: {feature}")
         self.feature = feature
@@ -101,6 +111,8 @@ class QubesFeatureNotFoundError(QubesException, KeyError):
 
 
 class QubesTagNotFoundError(QubesException, KeyError):
+    """Raised when removing a tag the VM does not have."""
+
     def __init__(self, domain: object, tag: str):
         super().__init__(f"Tag not set for domain {domain}: {tag}")
         self.vm = domain
@@ -111,6 +123,8 @@ class QubesTagNotFoundError(QubesException, KeyError):
 
 
 class QubesLabelNotFoundError(QubesException, KeyError):
+    """Raised when a label name, index or ``label-N`` id is not one of the installation's."""
+
     def __init__(self, label: object):
         super().__init__(f"Label does not exist: {label}")
         self.label = label
@@ -120,7 +134,7 @@ class QubesLabelNotFoundError(QubesException, KeyError):
 
 
 class QubesPoolInUseError(QubesException):
-    pass
+    """Raised when removing a pool that VM volumes still use; the message names the VMs."""
 
 
 class QubesStoreError(QubesException):
@@ -128,15 +142,19 @@ class QubesStoreError(QubesException):
 
 
 class StoragePoolException(QubesException):
-    pass
+    """Raised by pools and volumes: unknown pool or volume, bad volume id, or a failed operation."""
 
 
 class DeviceAlreadyAssigned(QubesException, KeyError):
+    """Raised when assigning a device that is already assigned to the VM."""
+
     def __str__(self) -> str:
         return QubesException.__str__(self)
 
 
 class DeviceNotAssigned(QubesException, KeyError):
+    """Raised when unassigning a device that is not assigned to the VM."""
+
     def __str__(self) -> str:
         return QubesException.__str__(self)
 

@@ -28,6 +28,7 @@ def feature_value(value: Any) -> str:
 
 
 def validate_feature_name(name: str) -> str:
+    """Refuse a feature name from a user or API call unless it is 1-255 of ``[A-Za-z0-9_.:+-]``."""
     if not isinstance(name, str) or not FEATURE_NAME_RE.match(name):
         raise exc.QubesValueError(
             f"invalid feature name {name!r}: use letters, digits and _ . : + -"

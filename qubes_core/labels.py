@@ -24,6 +24,8 @@ COLOR_RE = re.compile(r"^0x[0-9a-fA-F]{6}$")
 
 @dataclass(eq=False)
 class Label:
+    """One label: index (``label-N`` in qubes.xml), colour and name; compared by identity."""
+
     index: int
     color: str
     name: str
@@ -51,4 +53,5 @@ def validate_label(name: str, color: str) -> None:
 
 
 def default_labels() -> dict[int, Label]:
+    """The eight labels of a new installation (red to black), keyed by index."""
     return {index: Label(index, color, name) for index, color, name in DEFAULT_LABELS}

@@ -18,6 +18,10 @@ ENV_VAR = "QUBES_BASE_DIR"
 
 @dataclass(frozen=True)
 class Paths:
+    """The files of one installation: all under ``base_dir``, or Qubes' own places when
+    ``production``.
+    """
+
     base_dir: Path
     production: bool = False
 

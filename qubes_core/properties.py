@@ -56,6 +56,7 @@ def optional_int_type(value: Any) -> int | None:
 
 
 def str_type(value: Any) -> str:
+    """Type of text properties: only a string is taken, nothing is converted to one."""
     if not isinstance(value, str):
         raise ValueError(f"{value!r} is not a string")
     return value

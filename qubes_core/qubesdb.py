@@ -14,10 +14,14 @@ MAX_VALUE = 3072
 
 
 class QubesDBError(Exception):
-    pass
+    """Raised for a key QubesDB cannot hold or a value over 3072 bytes."""
 
 
 class InMemoryQubesDB:
+    """The QubesDB tree of one VM as qubesd keeps it; keys (64 characters) and values
+    (3072 bytes) are limited as in QubesDB.
+    """
+
     def __init__(self) -> None:
         self._data: dict[str, bytes] = {}
 

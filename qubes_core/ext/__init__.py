@@ -26,6 +26,7 @@ _loaded: dict[str, Extension] = {}
 
 
 def vm_handler(*events: str) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+    """Mark an extension method as handler of these events on every VM."""
     def decorator(func: Callable[..., Any]) -> Callable[..., Any]:
         func.__dict__.setdefault("_ext_events", []).append(("vm", events))
         return func
@@ -34,6 +35,7 @@ def vm_handler(*events: str) -> Callable[[Callable[..., Any]], Callable[..., Any
 
 
 def app_handler(*events: str) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+    """Mark an extension method as handler of these events on the app (global properties, ...)."""
     def decorator(func: Callable[..., Any]) -> Callable[..., Any]:
         func.__dict__.setdefault("_ext_events", []).append(("app", events))
         return func

@@ -55,6 +55,12 @@ def write_clockvm_policy(policy_dir: Path, clockvm: Any) -> bool:
 
 
 class AdminPolicyExtension(Extension):
+    """Admin API permission for calls from VMs, decided by the watched qrexec policy.
+
+    Also installs the generated policy when qubesd starts, and keeps the ``qubes.GetDate``
+    redirect following ``clockvm``.
+    """
+
     def __init__(self) -> None:
         self._watchers: dict[int, tuple[Any, PolicyWatcher]] = {}
 

@@ -71,6 +71,11 @@ def parse_features_request(untrusted: Mapping[str | bytes, str | bytes]) -> dict
 
 
 class CoreFeaturesExtension(Extension):
+    """Sets the features a template or StandaloneVM reports, once every one is checked.
+
+    The first report of ``qrexec`` fires ``template-postinstall``.
+    """
+
     @vm_handler("features-request")
     def on_features_request(self, vm: Any, event: str,
                             untrusted_features: Mapping[Any, Any]) -> None:

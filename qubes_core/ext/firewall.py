@@ -24,6 +24,8 @@ def _has_firewall(vm: Any) -> bool:
 
 
 class FirewallExtension(Extension):
+    """Keeps the rules exported to netvms and the expiry schedule in step with the model."""
+
     # --- rules and addresses ----------------------------------------------
 
     @vm_handler("firewall-changed")

@@ -19,10 +19,12 @@ MAX_SERVICE_NAME = 48
 
 
 def service_key(feature: str) -> str:
+    """The QubesDB key a ``service.NAME`` feature is exported to: ``/qubes-service/NAME``."""
     return "/qubes-service/" + feature[len(PREFIX):]
 
 
 def validate_service_name(name: str) -> None:
+    """Refuse a service name that cannot be a ``/qubes-service/`` key (charset, 48 bytes)."""
     if (not name or len(name.encode()) > MAX_SERVICE_NAME or "/" in name
             or not SERVICE_NAME_RE.match(name)):
         raise exc.QubesValueError(
@@ -32,6 +34,8 @@ def validate_service_name(name: str) -> None:
 
 
 class ServicesExtension(Extension):
+    """Exports ``service.*`` features to the VM's QubesDB and refuses bad service names."""
+
     @vm_handler("domain-feature-pre-set:service.*")
     def on_feature_pre_set(self, vm: Any, event: str, feature: str, **kwargs: Any) -> None:
         validate_service_name(feature[len(PREFIX):])

@@ -157,6 +157,9 @@ def parse_expire(value: Any, now: float | None = None) -> int:
 
 
 def parse_comment(value: Any) -> str:
+    """A rule's comment, refused unless it is at most 256 characters of a plain charset
+    (the error names the characters that are not allowed).
+    """
     if not isinstance(value, str):
         raise RuleError("comment", f"expected text, got {type(value).__name__}")
     if len(value) > MAX_COMMENT:

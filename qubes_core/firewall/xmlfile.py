@@ -32,6 +32,7 @@ class FirewallFileError(exc.QubesException):
 
 
 def serialize(rules: list[Rule]) -> bytes:
+    """The firewall.xml bytes for ``rules`` (format version 2, as Qubes R4 reads it)."""
     root = lxml.etree.Element("firewall", version=VERSION)
     rules_element = lxml.etree.SubElement(root, "rules")
     for rule in rules:

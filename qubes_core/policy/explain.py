@@ -71,6 +71,10 @@ def _system(paths: Any) -> SystemInfo:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """``qrexec-policy-explain``: print the decision on a call and the rule behind it.
+
+    Exits 0 when the call is allowed, 1 when denied, 2 when the policy does not load.
+    """
     from qubes_core.paths import resolve
 
     parser = argparse.ArgumentParser(

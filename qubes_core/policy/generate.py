@@ -72,6 +72,9 @@ def exposed(spec: Any) -> bool:
 
 
 def policy_group(spec: Any) -> str:
+    """The include a method's rules come from: ``admin-SCOPE-rwx`` if it writes or executes, else
+    ``admin-SCOPE-ro``.
+    """
     rights = "rwx" if (spec.write or spec.execute) else "ro"
     return f"admin-{spec.scope}-{rights}"
 
@@ -85,6 +88,7 @@ def _vm_facing(methods: Iterable[Any]) -> list[Any]:
 
 
 def admin_default_policy(methods: Iterable[Any]) -> str:
+    """``90-admin-default.policy``: sends each Admin API method to the include of its group."""
     lines = [MARKER, DO_NOT_EDIT, "## Admin API: each method applies the rules of its include,",
              "## by what it does: " + ", ".join(GROUPS) + ".", ""]
     specs = _admin_methods(methods)
@@ -95,6 +99,9 @@ def admin_default_policy(methods: Iterable[Any]) -> str:
 
 
 def vm_facing_policy(methods: Iterable[Any]) -> str:
+    """``90-vm-facing-default.policy``: one rule per service VMs call in dom0: allow, or deny
+    for those the admin must allow first.
+    """
     lines = [MARKER, DO_NOT_EDIT, "## Services VMs call in dom0.", ""]
     for spec in _vm_facing(methods):
         action = "deny" if spec.name in DENIED_BY_DEFAULT else "allow"
@@ -103,6 +110,10 @@ def vm_facing_policy(methods: Iterable[Any]) -> str:
 
 
 def default_deny_policy(methods: Iterable[Any]) -> str:
+    """``91-admin-default-deny.policy``: quiet (notify=no) denies for listings VMs try.
+
+    Not a catch-all: what no rule allows is denied anyway; this only silences the notice.
+    """
     names = {m.name for m in methods}
     lines = [MARKER, DO_NOT_EDIT,
              "## Whatever no rule allowed is denied; these say so without a notification.", ""]

@@ -180,6 +180,9 @@ def _check_rpc(methods: list[Any], paths: Any) -> list[str]:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """``qubes-policy-install``: write the generated policy and rpc entries (not with
+    ``--check``), then check them against the registry; exits 1 on a mismatch.
+    """
     from qubes_core.api.registry import all_methods
     from qubes_core.paths import resolve
 

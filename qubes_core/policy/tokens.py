@@ -59,6 +59,7 @@ def normalise_target(value: str) -> str:
 
 
 def normalise_source(value: str) -> str:
+    """A calling qube as the policy sees it: ``dom0`` becomes ``@adminvm``."""
     return ADMINVM if value in ("dom0", "@adminvm") else value
 
 
@@ -105,6 +106,8 @@ class Token:
 
 
 class Name(Token):
+    """A qube named literally; may also stand in ``target=`` and ``default_target=``."""
+
     in_redirect = True
 
     def match(self, value: str, system: SystemInfo, source: DomainInfo | None) -> bool:
@@ -112,6 +115,8 @@ class Name(Token):
 
 
 class AdminVM(Token):
+    """``@adminvm`` (or ``dom0``): the admin qube, which ``@anyvm`` never covers."""
+
     in_redirect = True
 
     def match(self, value: str, system: SystemInfo, source: DomainInfo | None) -> bool:
@@ -142,6 +147,8 @@ class AnyVM(Token):
 
 
 class Default(Token):
+    """``@default``: the caller named no target; target column only, never offered as a choice."""
+
     in_source = False
 
     def match(self, value: str, system: SystemInfo, source: DomainInfo | None) -> bool:
@@ -221,6 +228,8 @@ class DispVMTag(Token):
 
 
 class Tag(Token):
+    """``@tag:T``: every qube carrying tag T (dom0 too, when tagged)."""
+
     def __init__(self, text: str):
         super().__init__(text)
         self.tag = text[len("@tag:"):]
@@ -231,6 +240,8 @@ class Tag(Token):
 
 
 class Type(Token):
+    """``@type:CLASS``: every qube of that VM class (AppVM, TemplateVM, ...)."""
+
     def __init__(self, text: str):
         super().__init__(text)
         self.klass = text[len("@type:"):]

@@ -40,6 +40,9 @@ def vm_classes() -> dict[str, type[BaseVM]]:
 
 
 def get_vm_class(name: str) -> type[BaseVM]:
+    """The VM class called ``name`` (built-in or plugin); an unknown name is refused, listing the
+    known ones.
+    """
     try:
         return vm_classes()[name]
     except KeyError:

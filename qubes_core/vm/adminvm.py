@@ -22,6 +22,8 @@ def _only_zero(vm: Any, prop: Any, value: int) -> int:
 
 
 class AdminVM(BaseVM):
+    """dom0: always running, named dom0 with qid 0; it cannot be started or killed."""
+
     qid = Property("qid", type=int, default=0, write_once=True, clone=False, load_stage=0,
                    setter=_only_zero, doc="Always 0.")
     name = Property("name", type=str, default="dom0", write_once=True, clone=False,

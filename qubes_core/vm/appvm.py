@@ -18,6 +18,11 @@ def _template_changeable(vm: Any, prop: Any, value: Any) -> Any:
 
 
 class AppVM(QubesVM):
+    """A VM running on a snapshot of its template's root, with its own private volume.
+
+    With ``template_for_dispvms`` it is the base DispVMs are made from.
+    """
+
     template = VMProperty(
         "template", vmclass=TemplateVM, load_stage=4, setter=_template_changeable,
         default=lambda vm: vm.app.default_template,

@@ -33,6 +33,8 @@ def _validate_dispid(vm: Any, prop: Any, value: int) -> int:
 
 
 class DispVM(QubesVM):
+    """A disposable VM: root and private are snapshots of its AppVM's; named ``disp<dispid>``."""
+
     template = VMProperty(
         "template", vmclass=AppVM, load_stage=4, write_once=True,
         setter=_validate_dispvm_template,

@@ -126,6 +126,7 @@ def netvm_chain(vm: Any) -> list[Any]:
 
 
 def validate_netvm(vm: Any, prop: Any, value: Any) -> Any:
+    """Refuse a netvm that does not provide network or would make a loop; None means offline."""
     if value is None:
         return None
     if not getattr(value, "provides_network", False):

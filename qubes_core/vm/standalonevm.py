@@ -7,6 +7,8 @@ from qubes_core.vm.qubesvm import QubesVM
 
 
 class StandaloneVM(QubesVM):
+    """A VM with no template: it owns its root and private volumes, both kept at stop."""
+
     template_for_dispvms = Property(
         "template_for_dispvms", type=bool, default=False,
         doc="Whether DispVMs may be created from this VM.",

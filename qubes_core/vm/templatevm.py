@@ -7,6 +7,10 @@ from qubes_core.vm.qubesvm import QubesVM, validate_netvm
 
 
 class TemplateVM(QubesVM):
+    """A VM whose root volume AppVMs run on; it keeps root and private, and has no netvm
+    unless one is set.
+    """
+
     netvm = VMProperty(
         "netvm", allow_none=True, default=None, setter=validate_netvm,
         doc="Templates have no network by default: they update through a proxy.",

@@ -51,6 +51,7 @@ def vid_for(vm: Any, volume: str) -> str:
 
 
 def pool_for(vm: Any, volume: str) -> str | None:
+    """The pool for a new VM's volume: the app's ``default_pool_VOLUME``, else ``default_pool``."""
     app = vm.app
     specific = getattr(app, f"default_pool_{volume}", None)
     return specific or app.default_pool
