@@ -1,8 +1,9 @@
 """An in-memory QubesDB: the per-VM key/value tree that a VM's agents read.
 
-The runtimes give each running VM its own store; this one keeps the same
-interface (read, write, rm of a key or a ``/prefix/``, list, multiread) so that
-extensions can be written and tested without a VM.
+Every VM has one in qubesd (``vm.qdb``, reset when the VM starts): the services
+and firewall extensions write into it. A runtime that has a real QubesDB daemon
+per VM gives the VM a store with the same interface (read, write, rm of a key or
+a ``/prefix/``, list, multiread) instead.
 """
 
 from __future__ import annotations
