@@ -25,8 +25,9 @@ whole driver relies on):
   transactions commit atomically and in order (an fsync that logs the new
   name logs the new inode whole). A reflink copy is therefore not fsynced
   before its rename. That matters on btrfs, where fsyncing a file cloned in
-  the running transaction logs all its extents and checksums: about 2 ms per
-  GiB of data here, against 0.05 ms once the transaction has committed.
+  the running transaction logs all its extents and their checksums (measured
+  on a loop-mounted btrfs: 2 to 8 ms for an image holding 1 GiB in 256
+  extents, against 0.05 ms once the transaction has committed).
 - The directory fsync that makes a rename durable is only taken where the
   operation promises durability (a commit, a revert, a resize), once per
   operation, after all of its renames and links.
