@@ -1,5 +1,12 @@
 """100 000 malformed or hostile requests: qubesd stays up, answers each with an
-exception reply or a closed socket, and nothing changes on disk."""
+exception reply or a closed socket, and nothing changes on disk.
+
+A closed socket is only acceptable where the protocol says so: a request that
+cannot be framed, or one from a source other than dom0 (refused without a
+word). A framed request from dom0 that names an existing method must get a
+reply; a handler that crashes closes the socket instead, and fails the test,
+as does any unexpected-error line in qubesd's log.
+"""
 
 from __future__ import annotations
 
@@ -8,6 +15,7 @@ import os
 import random
 
 from qubes_core.api import protocol
+from qubes_core.api.registry import get_method
 from qubes_core.client import Qubes as ClientQubes
 from tests.functional.api.conftest import file_digest
 
@@ -185,11 +193,21 @@ async def send(path: str, data: bytes) -> bytes:
         writer.close()
 
 
+def must_be_answered(data: bytes) -> bool:
+    """Whether the protocol requires a reply: framed, from dom0, an existing method."""
+    try:
+        request = protocol.parse_request(data)
+    except protocol.FramingError:
+        return False
+    return request.src == "dom0" and get_method(request.method) is not None
+
+
 async def run_fuzz(path: str, total: int) -> dict[str, int]:
     rng = random.Random(SEED)
     source = hostile_requests(rng)
     counts = {"closed": 0, "exception": 0}
     bad: list[tuple[bytes, bytes]] = []
+    unanswered: list[bytes] = []
     lock = asyncio.Lock()
     sent = 0
 
@@ -202,7 +220,9 @@ async def run_fuzz(path: str, total: int) -> dict[str, int]:
                 sent += 1
                 data = next(source)
             reply = await send(path, data)
-            if not reply:
+            if not reply and must_be_answered(data):
+                unanswered.append(data)
+            elif not reply:
                 counts["closed"] += 1
             elif reply.startswith(protocol.EXCEPTION) and reply.endswith(b"\x00"):
                 counts["exception"] += 1
@@ -211,7 +231,15 @@ async def run_fuzz(path: str, total: int) -> dict[str, int]:
 
     await asyncio.gather(*(worker() for _ in range(CONCURRENCY)))
     assert not bad[:5], bad[:5]
+    assert not unanswered, f"{len(unanswered)} requests got no reply, e.g. {unanswered[:5]}"
     return counts
+
+
+def unexpected_errors(log_text: str) -> list[str]:
+    """Lines of qubesd's log that report a crash rather than a refused request."""
+    return [line for line in log_text.splitlines()
+            if line.startswith("Traceback") or "unexpected error" in line
+            or line.startswith("qubesd: ERROR qubes.api: error in ")]
 
 
 async def oversize(path: str) -> None:
@@ -223,6 +251,8 @@ async def oversize(path: str) -> None:
 def test_fuzz_hostile_requests(qubesd):
     base = qubesd.base_dir
     before = snapshot(base)
+    log_path = qubesd.paths.log_dir / "qubesd-embedded.log"
+    log_start = log_path.stat().st_size
     path = str(qubesd.paths.admin_socket)
     counts = asyncio.run(run_fuzz(path, TOTAL))
     asyncio.run(oversize(path))
@@ -233,6 +263,10 @@ def test_fuzz_hostile_requests(qubesd):
     assert counts["closed"] > 1000 and counts["exception"] > 1000
     assert sum(misc.values()) == 2000
     assert snapshot(base) == before
+    with open(log_path, errors="replace") as log_file:
+        log_file.seek(log_start)
+        crashes = unexpected_errors(log_file.read())
+    assert not crashes, crashes[:10]
     client = ClientQubes(base)
     assert client.domains["vm1"].memory == 400
     assert "vm1" in client.domains and len(client.domains) == 7
