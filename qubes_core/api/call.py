@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+import contextlib
+from collections.abc import AsyncIterator, Callable, Iterable
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from qubes_core import exc
@@ -37,6 +38,8 @@ class ApiCall:
         self.server = server
         # Callables returned by admin-permission handlers: they filter listings.
         self.filters: list[Callable[[Any], bool]] = []
+        # Number of the model change made under model_change(), for its save.
+        self.change: int | None = None
 
     def __repr__(self) -> str:
         return f"<ApiCall {self.method}+{self.arg} {self.src} -> {self.dest}>"
@@ -54,6 +57,16 @@ class ApiCall:
     def filter(self, items: Iterable[T]) -> list[T]:
         """Keep the items every permission filter lets through."""
         return [item for item in items if all(check(item) for check in self.filters)]
+
+    @contextlib.asynccontextmanager
+    async def model_change(self) -> AsyncIterator[None]:
+        """Hold the server's write lock while the body changes the model (methods
+        declared ``own_write_lock``); the reply waits for a save that covers it."""
+        if self.server is None:
+            yield
+            return
+        async with self.server.model_change(self):
+            yield
 
     def require_arg(self, what: str = "argument") -> str:
         if not self.arg:

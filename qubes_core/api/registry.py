@@ -51,6 +51,10 @@ class MethodSpec:
     argument_optional: bool = False
     # Longest payload accepted (the wire limit is 64 KiB for the whole request).
     max_payload: int = 65536
+    # A write whose handler does slow work (a volume copy) without the server's
+    # write lock and takes it only around its change of the model, with
+    # ``call.model_change()``; other writers are not held up by the slow part.
+    own_write_lock: bool = False
 
     @property
     def policy_group(self) -> str:
@@ -66,8 +70,8 @@ _imported = False
 def method(name: str, *, scope: str, read: bool = False, write: bool = False,
            execute: bool = False, argument: bool = False, payload: bool = False,
            dest: str = "vm", socket: str | None = None, vm_facing: bool = False,
-           argument_optional: bool = False, max_payload: int = 65536
-           ) -> Callable[[Handler], Handler]:
+           argument_optional: bool = False, max_payload: int = 65536,
+           own_write_lock: bool = False) -> Callable[[Handler], Handler]:
     """Declare ``name`` as served by the decorated ``async def handler(call)``.
 
     The decorator may be stacked to serve several names with one handler.
@@ -80,6 +84,8 @@ def method(name: str, *, scope: str, read: bool = False, write: bool = False,
         raise ValueError(f"{name}: dest must be one of {DESTS}, not {dest!r}")
     if not (read or write or execute):
         raise ValueError(f"{name}: declare at least one of read, write, execute")
+    if own_write_lock and not write:
+        raise ValueError(f"{name}: own_write_lock only applies to a write method")
     if socket is None:
         socket = "misc" if vm_facing else (
             "internal" if name.startswith("internal.") else "admin")
@@ -90,7 +96,8 @@ def method(name: str, *, scope: str, read: bool = False, write: bool = False,
         spec = MethodSpec(name=name, scope=scope, read=read, write=write, execute=execute,
                           argument=argument, payload=payload, dest=dest, socket=socket,
                           vm_facing=vm_facing, handler=func,
-                          argument_optional=argument_optional, max_payload=max_payload)
+                          argument_optional=argument_optional, max_payload=max_payload,
+                          own_write_lock=own_write_lock)
         register(spec)
         return func
 

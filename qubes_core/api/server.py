@@ -9,7 +9,9 @@ declared ``write`` run one at a time under :attr:`QubesdServer.write_lock`; the
 call then waits, without the lock, for a save that began after its change
 (:mod:`qubes_core.api.commit`): one save acknowledges every change made before it
 began, and a reply still means the change is on disk. Reads take no lock: they go
-on while qubes.xml is written and fsynced in a worker thread.
+on while qubes.xml is written and fsynced in a worker thread. A write declared
+``own_write_lock`` (a volume copy) does its slow part without the lock and takes
+it only around its change of the model (:meth:`QubesdServer.model_change`).
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ import os
 import select
 import socket
 import traceback
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -219,9 +222,12 @@ class QubesdServer:
         call = self.resolve(request, kind)
         call.connection = connection  # type: ignore[attr-defined]
         await self.check_permission(call)
-        if call.spec.write:
+        if call.spec.write and not call.spec.own_write_lock:
             return await self._write_call(call)
-        return await call.spec.handler(call)
+        result = await call.spec.handler(call)
+        if call.change is not None:
+            await self.commits.wait_saved(call.change)
+        return result
 
     async def check_permission(self, call: ApiCall) -> None:
         """Fire ``admin-permission:METHOD`` on the source; refuse unless granted."""
@@ -253,6 +259,24 @@ class QubesdServer:
                 await self.commits.save_locked()
         await self.commits.wait_saved(change)
         return result
+
+    @contextlib.asynccontextmanager
+    async def model_change(self, call: ApiCall) -> AsyncIterator[None]:
+        """The write lock around the model change of an ``own_write_lock`` call.
+
+        As for other writes, a change made in the body is numbered for the save
+        the call's reply waits for; a body that raises made no change to save.
+        """
+        async with self.write_lock:
+            task = asyncio.current_task()
+            self._writers.add(task)
+            try:
+                yield
+            finally:
+                self._writers.discard(task)
+            call.change = self.commits.changed()
+            if not self.group_commit:
+                await self.commits.save_locked()
 
     async def save(self) -> None:
         """Persist a change made outside an API call (runtime events, timers)."""

@@ -215,17 +215,29 @@ async def volume_clone_from(call: ApiCall) -> str:
 
 
 @method("admin.vm.volume.CloneTo", scope="local", write=True, argument=True, payload=True,
-        max_payload=128)
+        max_payload=128, own_write_lock=True)
 async def volume_clone_to(call: ApiCall) -> None:
+    """Replace a halted VM's volume with a copy of the token's volume.
+
+    The copy runs under the two volumes' own locks, not the server's write lock:
+    other writers go on meanwhile. The volume's start waits for it; a removal of
+    the VM removes the copy once it is done. Only the end (the volume's size in
+    qubes.xml) is a change of the model, saved before the reply.
+    """
     volume = _volume(call)
     token = call.payload_text("clone token", ascii_only=True).strip()
     if token not in _clone_tokens:
         raise exc.QubesValueError("invalid or already used clone token")
     _require_halted(call, "clone into")
     src_vm, src_name = _clone_tokens.pop(token)
-    if src_vm.name not in call.app.domains or src_name not in src_vm.volumes:
+    if call.app.domains.get(src_vm.qid) is not src_vm or src_name not in src_vm.volumes:
         raise exc.QubesValueError("the volume of this clone token is gone")
     await volume.import_volume(src_vm.volumes[src_name])
+    async with call.model_change():
+        if call.app.domains.get(call.dest.qid) is not call.dest:
+            raise exc.QubesVMNotFoundError(
+                call.dest.name, f"{call.dest} was removed while its volume {volume.name} "
+                                "was being cloned into")
 
 
 @method("admin.vm.volume.Import", scope="local", write=True, argument=True, payload=True)

@@ -96,6 +96,13 @@ def test_declaration_is_checked():
         method("test.x.C", scope="local")(handler)
     with pytest.raises(ValueError, match="invalid method name"):
         method("bad name", scope="local", read=True)(handler)
+    with pytest.raises(ValueError, match="own_write_lock only applies to a write"):
+        method("test.x.D", scope="local", read=True, own_write_lock=True)(handler)
+
+
+def test_only_clone_to_copies_without_the_write_lock():
+    assert [spec.name for spec in all_methods() if spec.own_write_lock] == [
+        "admin.vm.volume.CloneTo"]
 
 
 def test_second_different_declaration_is_refused():
