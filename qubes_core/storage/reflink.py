@@ -302,7 +302,9 @@ class FileReflinkVolume(Volume):
             fileops.remove(path, sync=False)
         for _number, path in self._revision_paths():
             fileops.remove(path, sync=False)
-        if os.path.isdir(os.path.dirname(self.path_clean)):
+        # The VM's other volumes, removed at the same time, may remove the directory
+        # (once it is empty) before this fsync: then there is nothing left to sync.
+        with contextlib.suppress(FileNotFoundError):
             self._sync_dir()
 
     # --- revisions ----------------------------------------------------------
