@@ -123,9 +123,19 @@ async def pool_add(call: ApiCall) -> None:
 
 @method("admin.pool.Remove", scope="global", write=True, argument=True, dest="adminvm")
 async def pool_remove(call: ApiCall) -> None:
+    """Checks first, then the pool's own teardown, and only then the model: a pool
+    whose teardown fails stays, as it was."""
     pool = _pool(call)
+    users = sorted({vm.name for vm in call.app.domains
+                    for volume in getattr(vm, "volume_config", {}).values()
+                    if volume.get("pool") == pool.name})
+    if users:
+        raise exc.QubesPoolInUseError(f"pool {pool.name!r} is used by: {', '.join(users)}")
+    try:
+        await asyncio.to_thread(pool.destroy)
+    except OSError as error:
+        raise exc.StoragePoolException(f"cannot remove pool {pool.name!r}: {error}") from None
     call.app.remove_pool(pool.name)
-    pool.destroy()
 
 
 @method("admin.pool.Set.revisions_to_keep", scope="global", write=True, argument=True,

@@ -15,7 +15,7 @@ from qubes_core import exc
 from qubes_core.api.call import ApiCall
 from qubes_core.api.registry import method
 from qubes_core.api.untrusted import parse_key_values
-from qubes_core.vm import vm_classes
+from qubes_core.vm import vm_classes, volumes
 
 log = logging.getLogger("qubes.api.vm")
 
@@ -42,6 +42,25 @@ def _forget(app: Any, vm: Any) -> None:
         del app.domains[vm]
     except exc.QubesException:
         log.exception("cannot take the half-created %s out of the model", vm)
+
+
+def _class_volumes(cls: type) -> set[str] | None:
+    """Names of the volumes a new VM of ``cls`` gets (None: not known before it exists)."""
+    for klass in cls.__mro__:
+        if klass.__name__ in volumes.CLASS_VOLUMES:
+            return set(volumes.CLASS_VOLUMES[klass.__name__])
+    return None
+
+
+def _check_pools(call: ApiCall, cls: type, pools: dict[str, str]) -> None:
+    """Refuse unknown pools and volumes before the VM joins the model."""
+    names = _class_volumes(cls)
+    for key, pool in pools.items():
+        if pool not in call.app.pools:
+            raise exc.QubesValueError(f"no such pool: {pool!r}")
+        volume = key[len("pool:"):] if key != "pool" else None
+        if volume is not None and names is not None and volume not in names:
+            raise exc.QubesValueError(f"{cls.__name__} has no volume {volume!r}")
 
 
 def _apply_pools(call: ApiCall, vm: Any, pools: dict[str, str]) -> None:
@@ -83,9 +102,11 @@ async def _create(call: ApiCall, in_pool: bool) -> None:
         raise exc.QubesValueError("a DispVM needs its AppVM: admin.vm.Create.DispVM+APPVM")
     if call.arg and "template" not in {p.__name__ for p in classes[vmclass].property_list()}:
         raise exc.QubesValueError(f"a {vmclass} has no template")
+    pools = {k: v for k, v in params.items() if k.startswith("pool")}
+    _check_pools(call, classes[vmclass], pools)
     vm = call.app.add_new_vm(vmclass, **kwargs)
     try:
-        _apply_pools(call, vm, {k: v for k, v in params.items() if k.startswith("pool")})
+        _apply_pools(call, vm, pools)
         await vm.create_on_disk()
     except BaseException:
         _forget(call.app, vm)
