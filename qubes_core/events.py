@@ -24,6 +24,10 @@ from typing import Any
 
 Handler = Callable[..., Any]
 
+# (class, event) -> its class-level handlers; cleared whenever a class handler is
+# added or removed, so extensions loaded later are seen.
+_resolved: dict[tuple[type, str], tuple[Handler, ...]] = {}
+
 
 def handler(*events: str) -> Callable[[Handler], Handler]:
     """Mark a method as the handler of the named events (``name`` or ``name:*``)."""
@@ -69,10 +73,12 @@ class Emitter:
     def add_class_handler(cls, event: str, func: Handler) -> None:
         """Register ``func(subject, event, **kwargs)`` for every instance of ``cls``."""
         cls._class_handlers[event].append(func)
+        _resolved.clear()
 
     @classmethod
     def remove_class_handler(cls, event: str, func: Handler) -> None:
         cls._class_handlers[event].remove(func)
+        _resolved.clear()
 
     def add_handler(self, event: str, func: Handler) -> None:
         """Register ``func(subject, event, **kwargs)`` for this object only."""
@@ -81,19 +87,27 @@ class Emitter:
     def remove_handler(self, event: str, func: Handler) -> None:
         self._instance_handlers[event].remove(func)
 
+    @classmethod
+    def _class_handlers_of(cls, event: str) -> tuple[Handler, ...]:
+        """The class-level handlers of ``event``, base classes first (resolved once)."""
+        found = _resolved.get((cls, event))
+        if found is None:
+            keys = event_keys(event)
+            collected: list[Handler] = []
+            for klass in reversed(cls.__mro__):
+                registry = klass.__dict__.get("_class_handlers")
+                if registry:
+                    for key in keys:
+                        collected.extend(registry.get(key, ()))
+            found = _resolved[(cls, event)] = tuple(collected)
+        return found
+
     def _handlers(self, event: str, pre_event: bool) -> list[Handler]:
-        keys = event_keys(event)
-        found: list[Handler] = []
         # Base classes first, so a subclass can build on what its base did.
-        for klass in reversed(type(self).__mro__):
-            registry = klass.__dict__.get("_class_handlers")
-            if not registry:
-                continue
-            for key in keys:
-                found.extend(registry.get(key, ()))
+        found = list(type(self)._class_handlers_of(event))
         instance = getattr(self, "_instance_handlers", None)
         if instance:
-            for key in keys:
+            for key in event_keys(event):
                 found.extend(instance.get(key, ()))
         if pre_event:
             # Pre-events run most specific first: an override can veto early.

@@ -109,3 +109,22 @@ def test_disabled_events_call_nothing():
     thing.events_enabled = False
     assert thing.fire_event("ping") == []
     assert thing.seen == []
+
+
+def test_class_handlers_added_after_an_event_was_resolved_are_seen():
+    thing = Thing()
+    calls = []
+    thing.fire_event("late")  # resolves (and remembers) the handlers of "late"
+
+    def late(subject, event, **kwargs):
+        calls.append(event)
+
+    SubThing.add_class_handler("late", late)
+    try:
+        SubThing().fire_event("late")
+        thing.fire_event("late")  # a Thing is not a SubThing
+        assert calls == ["late"]
+    finally:
+        SubThing.remove_class_handler("late", late)
+    SubThing().fire_event("late")
+    assert calls == ["late"]
