@@ -16,7 +16,7 @@ DEB_PACKAGES := xfsprogs btrfs-progs e2fsprogs util-linux libvirt-dev pkg-config
 
 all: test
 
-$(STAMP_APT):
+$(STAMP_APT): Makefile
 	@mkdir -p $(VENV)
 	@if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
 	  missing=$$(for p in $(DEB_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || echo $$p; done); \
