@@ -23,6 +23,9 @@ log = logging.getLogger("qubes.qubesd")
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    """qubesd's command line; ``--ready-fd`` (the embedded client waits on it) and
+    ``--save-each-write`` (the API benchmark's baseline) are hidden from ``--help``.
+    """
     from qubes_core.backend import RUNTIME_NAMES
 
     parser = argparse.ArgumentParser(prog="qubesd", description=__doc__.splitlines()[0])
@@ -80,6 +83,9 @@ async def remove_stale_dispvms(app: Any) -> list[str]:
 
 
 def open_app(paths: Any, runtime: Any, create: bool) -> Any:
+    """Load (and lock) the installation's qubes.xml; with ``create``, make an empty one first
+    if there is none.
+    """
     from qubes_core.app import Qubes
 
     if create and not paths.qubes_xml.exists():
@@ -90,6 +96,9 @@ def open_app(paths: Any, runtime: Any, create: bool) -> Any:
 
 
 async def serve(args: argparse.Namespace) -> int:
+    """Run qubesd until SIGTERM or SIGINT: load, clean up stale DispVMs, listen, tell the
+    ready fd, then on a signal stop serving and release the runtime and qubes.xml.
+    """
     from qubes_core.api.server import QubesdServer
     from qubes_core.backend import default_runtime_name, make_runtime
     from qubes_core.paths import resolve
@@ -125,6 +134,9 @@ async def serve(args: argparse.Namespace) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """The ``qubesd`` command; a Qubes error at start (say, qubes.xml locked) exits 1 with
+    its message.
+    """
     args = parse_args(argv)
     logging.basicConfig(level=logging.DEBUG if args.debug else logging.INFO,
                         format="qubesd: %(levelname)s %(name)s: %(message)s")

@@ -68,6 +68,7 @@ def _split_device(call: ApiCall) -> tuple[Any, str]:
 @method("admin.vm.device.pci.Available", scope="local", read=True, argument=True,
         argument_optional=True)
 async def pci_available(call: ApiCall) -> str:
+    """The PCI devices a backend offers: the host's for dom0, none for a VM."""
     devices = host_pci_devices() if call.dest.qid == 0 else []
     return "".join(f"{ident} {description}\n" for ident, description in devices
                    if not call.arg or call.arg == ident)
@@ -76,6 +77,7 @@ async def pci_available(call: ApiCall) -> str:
 @method("admin.vm.device.pci.Assigned", scope="local", read=True, argument=True,
         argument_optional=True)
 async def pci_assigned(call: ApiCall) -> str:
+    """The PCI devices assigned to the VM, with their options, as kept in qubes.xml."""
     lines = []
     for assignment in call.dest.devices["pci"]:
         name = f"{assignment.backend_domain}+{assignment.ident}"
@@ -89,6 +91,9 @@ async def pci_assigned(call: ApiCall) -> str:
 @method("admin.vm.device.pci.Assign", scope="local", write=True, argument=True,
         payload=True, max_payload=4096)
 async def pci_assign(call: ApiCall) -> None:
+    """Assign a backend's PCI device to the VM from its next start; only persistent
+    assignments exist, and dom0 takes none.
+    """
     call.require_not_dom0()
     backend, ident = _split_device(call)
     text = call.payload_text("device options", ascii_only=True)
@@ -104,5 +109,6 @@ async def pci_assign(call: ApiCall) -> None:
 
 @method("admin.vm.device.pci.Unassign", scope="local", write=True, argument=True)
 async def pci_unassign(call: ApiCall) -> None:
+    """Drop a PCI assignment; the VM goes without the device from its next start."""
     backend, ident = _split_device(call)
     call.dest.devices["pci"].unassign(backend.name, ident)

@@ -45,6 +45,10 @@ def _is_vm(value: Any) -> bool:
 
 
 class Subscriber:
+    """One ``admin.Events`` client: its bounded queue of records and what its policy
+    filters let it see of the VMs.
+    """
+
     def __init__(self, only: str | None, filters: list[Any]):
         self.only = only
         self.filters = filters
@@ -153,6 +157,7 @@ class EventBroadcaster:
 
 
 def broadcaster(server: Any) -> EventBroadcaster:
+    """The server's one broadcaster, made on the first ``admin.Events`` call."""
     found = getattr(server, "event_broadcaster", None)
     if found is None:
         found = server.event_broadcaster = EventBroadcaster(server.app)
@@ -161,6 +166,9 @@ def broadcaster(server: Any) -> EventBroadcaster:
 
 @method("admin.Events", scope="global", read=True, dest="any")
 async def events(call: ApiCall) -> bytes:
+    """Stream the model's events (all VMs for dom0, else one VM) until the client hangs up
+    or falls too far behind.
+    """
     connection = getattr(call, "connection", None)
     if connection is None or call.server is None:
         raise RuntimeError("admin.Events needs a connection to stream to")

@@ -43,12 +43,14 @@ def _firewall(call: ApiCall) -> Firewall:
 
 @method("admin.vm.firewall.Get", scope="local", read=True)
 async def firewall_get(call: ApiCall) -> str:
+    """The VM's outbound firewall rules in API text form, one a line."""
     with _wire_errors():
         return _firewall(call).api_text()
 
 
 @method("admin.vm.firewall.Set", scope="local", write=True, payload=True)
 async def firewall_set(call: ApiCall) -> None:
+    """Replace all of the VM's firewall rules; one bad rule refuses the whole list."""
     firewall = _firewall(call)
     try:
         text = call.payload.decode("ascii")
@@ -61,5 +63,6 @@ async def firewall_set(call: ApiCall) -> None:
 
 @method("admin.vm.firewall.Reload", scope="local", execute=True)
 async def firewall_reload(call: ApiCall) -> None:
+    """Read the VM's firewall.xml again and re-export it to the netvm."""
     with _wire_errors():
         _firewall(call).reload()

@@ -33,4 +33,5 @@ def system_info(app: Any) -> dict[str, Any]:
 
 @method("internal.GetSystemInfo", scope="global", read=True, dest="adminvm")
 async def get_system_info(call: ApiCall) -> str:
+    """Every domain's tags, type and DispVM settings as JSON, for the policy evaluator."""
     return json.dumps(system_info(call.app), sort_keys=True)

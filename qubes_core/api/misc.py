@@ -73,5 +73,6 @@ async def notify_updates(call: ApiCall) -> None:
 
 @method("qubes.GetDate", scope="local", read=True, dest="adminvm", vm_facing=True)
 async def get_date(call: ApiCall) -> str:
+    """dom0's time in UTC, to the second, for a VM to set its clock by."""
     now = datetime.datetime.now(datetime.UTC).replace(microsecond=0)
     return now.isoformat() + "\n"

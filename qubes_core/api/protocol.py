@@ -26,6 +26,8 @@ class FramingError(ValueError):
 
 @dataclass(frozen=True)
 class Request:
+    """One framed call: method and argument, the calling VM, and the destination VM."""
+
     method: str
     arg: str
     src: str
@@ -85,6 +87,7 @@ def encode_request(method: str, src: str, dest: str, arg: str = "", payload: byt
 
 
 def encode_exception(type_name: str, message: str, traceback: str = "") -> bytes:
+    """The reply to a refused call: the exception's class name lets a client raise the same."""
     return (EXCEPTION + type_name.encode("ascii") + b"\x00" + traceback.encode()
             + b"\x00" + message.encode("utf-8", "backslashreplace") + b"\x00")
 
@@ -95,6 +98,7 @@ def _event_field(text: str) -> bytes:
 
 
 def encode_event(subject: str, event: str, kwargs: dict[str, str]) -> bytes:
+    """One ``admin.Events`` record: the VM (empty for the app), event name, then key/value pairs."""
     fields = [subject, event]
     for key, value in kwargs.items():
         fields.extend((key, value))
@@ -103,6 +107,8 @@ def encode_event(subject: str, event: str, kwargs: dict[str, str]) -> bytes:
 
 @dataclass(frozen=True)
 class ExceptionReply:
+    """A refusal as a client reads it, before it is turned back into a Qubes exception."""
+
     type_name: str
     traceback: str
     message: str

@@ -132,5 +132,6 @@ def all_methods() -> list[MethodSpec]:
 
 
 def get_method(name: str) -> MethodSpec | None:
+    """The declaration the server dispatches ``name`` by; None for a method nobody serves."""
     import_api_modules()
     return _registry.get(name)

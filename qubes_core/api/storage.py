@@ -68,11 +68,13 @@ def _payload_int(call: ApiCall, what: str) -> int:
 
 @method("admin.pool.List", scope="global", read=True, dest="adminvm")
 async def pool_list(call: ApiCall) -> str:
+    """The names of the storage pools the caller may see."""
     return "".join(name + "\n" for name in call.filter(sorted(call.app.pools)))
 
 
 @method("admin.pool.ListDrivers", scope="global", read=True, dest="adminvm")
 async def pool_list_drivers(call: ApiCall) -> str:
+    """Each storage driver with the pool options it takes, so a client can build ``pool.Add``."""
     lines = []
     for name, cls in sorted(pool_drivers().items()):
         lines.append(" ".join([name, *sorted(getattr(cls, "known_options", {}))]) + "\n")
@@ -81,6 +83,7 @@ async def pool_list_drivers(call: ApiCall) -> str:
 
 @method("admin.pool.Info", scope="global", read=True, argument=True, dest="adminvm")
 async def pool_info(call: ApiCall) -> str:
+    """A pool's driver, options, size and usage, as ``key=value`` lines."""
     pool = _pool(call)
     info = await asyncio.to_thread(pool.info)  # size and usage ask the filesystem
     return _lines(info)
@@ -108,6 +111,7 @@ def parse_pool_options(raw: bytes) -> dict[str, str]:
 @method("admin.pool.Add", scope="global", write=True, argument=True, payload=True,
         dest="adminvm", max_payload=16384)
 async def pool_add(call: ApiCall) -> None:
+    """Add a pool of the driver named in the argument; the driver sets it up or refuses."""
     driver = call.require_arg("a storage driver")
     drivers = pool_drivers()
     if driver not in drivers:
@@ -141,6 +145,7 @@ async def pool_remove(call: ApiCall) -> None:
 @method("admin.pool.Set.revisions_to_keep", scope="global", write=True, argument=True,
         payload=True, dest="adminvm", max_payload=32)
 async def pool_set_revisions(call: ApiCall) -> None:
+    """How many old revisions the pool's volumes keep, unless a volume sets its own."""
     pool = _pool(call)
     pool.revisions_to_keep = _payload_int(call, "revisions_to_keep")
 
@@ -150,6 +155,7 @@ async def pool_set_revisions(call: ApiCall) -> None:
 
 @method("admin.vm.volume.List", scope="local", read=True)
 async def volume_list(call: ApiCall) -> str:
+    """The names of the VM's volumes (none for dom0)."""
     if call.dest.qid == 0:
         return ""
     return "".join(name + "\n" for name in sorted(call.dest.volumes))
@@ -157,6 +163,7 @@ async def volume_list(call: ApiCall) -> str:
 
 @method("admin.vm.volume.Info", scope="local", read=True, argument=True)
 async def volume_info(call: ApiCall) -> str:
+    """A volume's pool, size, usage, flags and source, as ``key=value`` lines."""
     volume = _volume(call)
     info = await asyncio.to_thread(volume.info)
     return _lines(info)
@@ -164,6 +171,7 @@ async def volume_info(call: ApiCall) -> str:
 
 @method("admin.vm.volume.ListSnapshots", scope="local", read=True, argument=True)
 async def volume_list_snapshots(call: ApiCall) -> str:
+    """The revisions a volume keeps: what ``Revert`` can go back to."""
     volume = _volume(call)
     return "".join(revision + "\n" for revision in volume.revisions)
 
@@ -171,6 +179,7 @@ async def volume_list_snapshots(call: ApiCall) -> str:
 @method("admin.vm.volume.Revert", scope="local", write=True, argument=True, payload=True,
         max_payload=64)
 async def volume_revert(call: ApiCall) -> None:
+    """Bring a halted VM's volume back to a kept revision (the newest one if none is named)."""
     volume = _volume(call)
     revision = call.payload_text("revision", ascii_only=True).strip()
     if revision and not REVISION_RE.match(revision):
@@ -185,6 +194,7 @@ async def volume_revert(call: ApiCall) -> None:
 @method("admin.vm.volume.Resize", scope="local", write=True, argument=True, payload=True,
         max_payload=32)
 async def volume_resize(call: ApiCall) -> None:
+    """Grow a volume to the size given in bytes, even while the VM runs; no driver shrinks one."""
     volume = _volume(call)
     await volume.resize(_payload_int(call, "size"))
 
@@ -192,6 +202,7 @@ async def volume_resize(call: ApiCall) -> None:
 @method("admin.vm.volume.Set.revisions_to_keep", scope="local", write=True, argument=True,
         payload=True, max_payload=32)
 async def volume_set_revisions(call: ApiCall) -> None:
+    """How many old revisions this volume keeps, overriding its pool's setting."""
     volume = _volume(call)
     volume.revisions_to_keep = _payload_int(call, "revisions_to_keep")
 
@@ -199,6 +210,7 @@ async def volume_set_revisions(call: ApiCall) -> None:
 @method("admin.vm.volume.Set.rw", scope="local", write=True, argument=True, payload=True,
         max_payload=16)
 async def volume_set_rw(call: ApiCall) -> None:
+    """Whether the VM may write to the volume; changed only while the VM is halted."""
     volume = _volume(call)
     text = call.payload_text("rw", ascii_only=True).strip()
     try:
@@ -293,6 +305,7 @@ async def volume_import_begin(call: ApiCall) -> str:
 @method("internal.vm.volume.ImportEnd", scope="local", write=True, argument=True,
         payload=True, max_payload=16)
 async def volume_import_end(call: ApiCall) -> None:
+    """Commit (``ok``) or discard (``fail``) what a dom0 tool wrote since ``ImportBegin``."""
     volume = _volume(call)
     result = call.payload_text("import result", ascii_only=True).strip()
     if result not in ("ok", "fail"):

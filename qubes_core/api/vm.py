@@ -21,16 +21,19 @@ log = logging.getLogger("qubes.api.vm")
 
 
 def vm_line(vm: Any) -> str:
+    """The VM's line in ``admin.vm.List`` (name, class, state, UUID), as clients parse it."""
     return f"{vm.name} class={vm.klass()} state={vm.get_power_state()} uuid={vm.uuid}\n"
 
 
 @method("admin.vmclass.List", scope="global", read=True, dest="adminvm")
 async def vmclass_list(call: ApiCall) -> str:
+    """The VM classes this installation knows, AdminVM included, one a line."""
     return "".join(name + "\n" for name in sorted(vm_classes()))
 
 
 @method("admin.vm.List", scope="global", read=True, dest="any")
 async def vm_list(call: ApiCall) -> str:
+    """Every VM the caller may see (dom0 as destination), or just the destination VM."""
     vms = sorted(call.app.domains, key=lambda vm: vm.name) if call.dest.qid == 0 else [
         call.dest]
     return "".join(vm_line(vm) for vm in call.filter(vms))

@@ -24,6 +24,7 @@ START_TIMEOUT = 60.0
 
 
 def find_socket(base_dir: str | Path | None = None) -> Path:
+    """Where the installation's admin socket is (or would be); nothing is probed."""
     from qubes_core.paths import resolve
 
     return resolve(base_dir).admin_socket

@@ -54,6 +54,7 @@ def parse_args(args):
 
 
 def request_header(src, method, dest, arg):
+    """The request line as ``protocol.encode_request`` builds it, kept here to stand alone."""
     target = "keyword adminvm" if dest in ("dom0", "@adminvm") else "name " + dest
     return (method + ("+" + arg if arg else "") + " " + src + " " + target).encode()
 
@@ -98,6 +99,9 @@ def copy_reply(recv, fail, out, err):
 
 
 def main(argv=None):
+    """One call, payload from stdin unless ``-e``; never starts a qubesd, so a script pays
+    only for the interpreter and the call.
+    """
     parsed = parse_args(sys.argv[1:] if argv is None else argv)
     if parsed is None:
         sys.stderr.write(USAGE)

@@ -21,6 +21,7 @@ EXIT_NO_REPLY = 2
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    """qubesd-query's command line, the reference tool's plus ``--base-dir`` and ``--no-start``."""
     parser = argparse.ArgumentParser(prog="qubesd-query",
                                      description="low-level qubesd call tool")
     parser.add_argument("--connect", "-c", metavar="PATH", dest="socket",
@@ -56,6 +57,11 @@ def run_call(sock_path: str, request: bytes, fail: bool, out: object, err: objec
 
 
 def copy_reply(sock: socket.socket, fail: bool, out: object, err: object) -> int:
+    """Copy the reply to ``out`` as it comes (events stream); the exit code.
+
+    With ``fail`` the ``0\\0`` of a success reply is left out and an exception reply
+    goes to ``err`` as ``TYPE: message`` (exit 1); no reply at all exits 2.
+    """
     write = out.write  # type: ignore[attr-defined]
     head = b""
     while len(head) < 2:
@@ -92,6 +98,7 @@ def _read_all(sock: socket.socket) -> bytes:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Send one call, starting a qubesd for it when none listens (unless ``--no-start``)."""
     args = parse_args(argv)
     payload = sys.stdin.buffer.read() if args.payload else b""
     request = protocol.encode_request(args.method, args.src, args.dest, args.arg, payload)
