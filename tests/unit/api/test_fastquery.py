@@ -72,8 +72,12 @@ def test_no_reply():
 
 
 def test_socket_path_follows_base_dir(monkeypatch, tmp_path):
+    from qubes_core import paths
+
     monkeypatch.setenv("QUBES_BASE_DIR", str(tmp_path))
+    # The fast client may not import the project: it must agree with paths.py anyway.
+    assert fastquery.socket_path(None) == str(paths.resolve().admin_socket)
     assert fastquery.socket_path(None) == str(tmp_path / "run" / "qubesd.sock")
     assert fastquery.socket_path("/explicit") == "/explicit"
     monkeypatch.delenv("QUBES_BASE_DIR")
-    assert fastquery.socket_path(None) == "/var/run/qubesd.sock"
+    assert fastquery.socket_path(None) == str(paths.resolve().admin_socket)
