@@ -37,7 +37,7 @@ WRITE_CLIENTS = (1, 8, 32)
 
 
 def build(base: Path, count: int) -> None:
-    app = Qubes.create_empty_store(base / "qubes.xml")
+    app = Qubes.create_empty_store(base / "qubes.xml", setup_check="auto")
     try:
         template = app.add_new_vm("TemplateVM", name="debian-12", label="black")
         app.default_template = template

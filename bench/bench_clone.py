@@ -58,7 +58,7 @@ async def _measure(base: Path) -> dict[str, Any]:
     from qubes_core.app import Qubes
     from qubes_core.paths import resolve
 
-    app = Qubes.create_empty_store(base / "qubes.xml")
+    app = Qubes.create_empty_store(base / "qubes.xml", setup_check="auto")
     server = QubesdServer(app, resolve(base))
     try:
         for name in ("src", "dst", "other"):

@@ -56,7 +56,7 @@ def rules_text(count: int) -> str:
 
 
 def make_app(base: Path, vms: int) -> Qubes:
-    app = Qubes.create_empty_store(base / "qubes.xml", runtime=EverythingRuns())
+    app = Qubes.create_empty_store(base / "qubes.xml", runtime=EverythingRuns(), setup_check="auto")
     template = app.add_new_vm("TemplateVM", name="debian-12", label="black")
     app.default_template = template
     net = app.add_new_vm("AppVM", name="sys-net", label="red", provides_network=True,

@@ -33,7 +33,7 @@ def clear(conn: Any) -> None:
 
 
 def make_app(base: Path, runtime: Any, volumes: bool) -> Qubes:
-    app = Qubes.create_empty_store(base / "qubes.xml", runtime=runtime)
+    app = Qubes.create_empty_store(base / "qubes.xml", runtime=runtime, setup_check="auto")
     template = app.add_new_vm("TemplateVM", name="debian-12", label="black", netvm=None)
     app.default_template = template
     for i in range(N_VMS):

@@ -260,7 +260,15 @@ class Qubes(PropertyHolder):
                            pool_driver: str = "file-reflink", runtime: Runtime | None = None,
                            **pool_options: Any) -> Qubes:
         """A new qubes.xml with dom0, the default labels, the default pool for volumes
-        and the ``linux-kernel`` pool of dom0's VM kernels (``BASE/vm-kernels``)."""
+        and the ``linux-kernel`` pool of dom0's VM kernels (``BASE/vm-kernels``).
+
+        ``pool_options`` go to the default pool as given: a ``file-reflink`` pool on
+        a filesystem that cannot reflink is refused (the error names
+        ``setup_check=no``) unless the caller passes ``setup_check="no"``, or
+        ``setup_check="auto"`` (reflink where the filesystem can, else sparse copies
+        with a warning; qubes.xml records the outcome). A refused store writes no
+        qubes.xml.
+        """
         path = Path(store)
         if path.exists():
             raise exc.QubesStoreError(f"{path} already exists; refusing to overwrite it")

@@ -91,7 +91,7 @@ def open_app(paths: Any, runtime: Any, create: bool) -> Any:
     if create and not paths.qubes_xml.exists():
         paths.base_dir.mkdir(parents=True, exist_ok=True)
         log.info("creating %s", paths.qubes_xml)
-        return Qubes.create_empty_store(paths.qubes_xml, runtime=runtime)
+        return Qubes.create_empty_store(paths.qubes_xml, runtime=runtime, setup_check="auto")
     return Qubes(paths.qubes_xml, runtime=runtime)
 
 

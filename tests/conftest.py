@@ -23,8 +23,9 @@ def pytest_configure(config: pytest.Config) -> None:
 
 @pytest.fixture
 def app(tmp_path: Path):
-    """A new, empty installation (dom0, labels, one pool) in a temporary directory."""
-    instance = Qubes.create_empty_store(tmp_path / "qubes.xml")
+    """A new, empty installation (dom0, labels, one pool) in a temporary directory
+    (its pool reflinks if the filesystem can, else makes sparse copies)."""
+    instance = Qubes.create_empty_store(tmp_path / "qubes.xml", setup_check="auto")
     yield instance
     instance.close()
 

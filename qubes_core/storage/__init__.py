@@ -8,7 +8,13 @@ reads and updates in place, so qubes.xml always holds its current settings.
 
 Volume operations are coroutines: each takes the volume's own lock and runs
 the driver's blocking file work in a worker thread, so that the event loop of
-qubesd stays responsive while an image is copied.
+qubesd stays responsive while an image is copied. An ``OSError`` of that work
+reaches the caller as a :class:`StoragePoolException` that names the volume and
+the operation (the Admin API replies with it; the model is left as it was).
+
+Each driver declares the options it takes (``known_options``). Adding a pool
+refuses any other option; loading qubes.xml keeps them (an option of a newer
+version survives a load and save), with a warning.
 """
 
 from __future__ import annotations
@@ -27,11 +33,13 @@ from qubes_core.exc import StoragePoolException
 log = logging.getLogger("qubes.storage")
 
 __all__ = ["Pool", "UnavailablePool", "Volume", "StoragePoolException", "pool_drivers",
-           "make_pool", "Storage"]
+           "make_pool", "Storage", "MAX_VOLUME_SIZE"]
 
 VID_RE = re.compile(r"^[A-Za-z0-9_.+-]+(/[A-Za-z0-9_.+-]+)*$")
 TRUE_OPTIONS = ("1", "true", "yes", "on")
 FALSE_OPTIONS = ("0", "false", "no", "off")
+# The largest size a file can have at all (off_t); a filesystem may allow less.
+MAX_VOLUME_SIZE = 2**63 - 1
 
 
 def parse_bool_option(pool: str, key: str, value: Any) -> bool:
@@ -43,7 +51,7 @@ def parse_bool_option(pool: str, key: str, value: Any) -> bool:
     raise exc.QubesValueError(f"pool {pool!r}: option {key}={value!r} is not yes or no")
 
 
-def parse_int(what: str, value: Any, minimum: int = 0) -> int:
+def parse_int(what: str, value: Any, minimum: int = 0, maximum: int | None = None) -> int:
     if isinstance(value, bool):
         raise exc.QubesValueError(f"{what}: {value!r} is not an integer")
     try:
@@ -52,7 +60,15 @@ def parse_int(what: str, value: Any, minimum: int = 0) -> int:
         raise exc.QubesValueError(f"{what}: {value!r} is not an integer") from None
     if number < minimum:
         raise exc.QubesValueError(f"{what}: {number} is less than {minimum}")
+    if maximum is not None and number > maximum:
+        raise exc.QubesValueError(
+            f"{what} {number} is more than the largest possible ({maximum} bytes)")
     return number
+
+
+def parse_size(volume: Volume, value: Any) -> int:
+    """A volume size in bytes: a non-negative integer no file could exceed."""
+    return parse_int(f"volume {volume.vid}: size", value, maximum=MAX_VOLUME_SIZE)
 
 
 def check_vid(vid: str) -> str:
@@ -68,7 +84,8 @@ class Pool:
 
     driver = "unknown"
     usable = True
-    # Options a driver knows, with their defaults (others are kept, not used).
+    # The options the driver takes, with their defaults: adding a pool refuses any
+    # other; one found in qubes.xml (a newer version's) is kept but not used.
     known_options: dict[str, str] = {}
 
     def __init__(self, name: str, **config: Any):
@@ -96,10 +113,29 @@ class Pool:
         number = parse_int(f"pool {self.name}: revisions_to_keep", value)
         self.config["revisions_to_keep"] = str(number)
 
+    def unknown_options(self) -> list[str]:
+        """Options in this pool's config that its driver does not declare."""
+        return sorted(set(self.config) - set(self.known_options))
+
+    def describe_known_options(self) -> str:
+        return f"known options: {', '.join(sorted(self.known_options)) or 'none'}"
+
+    def check_options(self) -> None:
+        """Refuse options the driver does not declare (a typo must not be saved silently)."""
+        unknown = self.unknown_options()
+        if unknown:
+            plural = "s" if len(unknown) > 1 else ""
+            raise exc.QubesValueError(
+                f"pool {self.name!r}: unknown option{plural} {', '.join(unknown)} for driver "
+                f"{self.driver} ({self.describe_known_options()})")
+
     # --- lifecycle of the pool itself --------------------------------------
 
-    def setup(self, *, creating_store: bool = False) -> None:
-        """Prepare the pool when it is added (not when qubes.xml is loaded)."""
+    def setup(self) -> None:
+        """Prepare the pool when it is added (not when qubes.xml is loaded).
+
+        A setup that fails removes what it created, and only that.
+        """
 
     def destroy(self) -> None:
         """Forget the pool (its volumes must be gone; data is left on disk)."""
@@ -146,6 +182,10 @@ class UnavailablePool(Pool):
     def __init__(self, name: str, driver: str, **config: Any):
         super().__init__(name, **config)
         self.driver = driver
+
+    def unknown_options(self) -> list[str]:
+        """Nothing is known of a driver that is not installed: every option is kept."""
+        return []
 
     def init_volume(self, vm: Any, config: dict[str, Any],
                     source: Volume | None = None) -> Volume:
@@ -268,59 +308,71 @@ class Volume:
 
     # --- operations -------------------------------------------------------
 
-    async def _run(self, func: Callable[..., Any], *args: Any) -> Any:
+    async def _run(self, what: str, func: Callable[..., Any], *args: Any) -> Any:
+        """Run the blocking ``func`` in a thread under the volume's lock.
+
+        An OSError of the filesystem becomes a StoragePoolException naming the
+        volume and the operation: a Qubes exception, so the Admin API caller gets
+        a reply saying what failed instead of a closed connection.
+        """
         async with self.lock:
-            return await asyncio.to_thread(func, *args)
+            try:
+                return await asyncio.to_thread(func, *args)
+            except OSError as err:
+                message = f"volume {self.vid}: {what} failed: {err}"
+                log.error("%s", message)
+                raise StoragePoolException(message) from err
 
     async def create(self) -> Volume:
-        await self._run(self.do_create)
+        await self._run("create", self.do_create)
         return self
 
     async def remove(self) -> None:
-        await self._run(self.do_remove)
+        await self._run("remove", self.do_remove)
 
     async def start(self) -> Volume:
-        await self._run(self.do_start)
+        await self._run("start", self.do_start)
         return self
 
     async def stop(self) -> Volume:
-        await self._run(self.do_stop)
+        await self._run("stop", self.do_stop)
         return self
 
     async def abort_start(self) -> None:
         """Undo a start whose VM never ran (another volume failed): nothing to commit."""
-        await self._run(self.do_abort_start)
+        await self._run("abort start", self.do_abort_start)
 
     async def verify(self) -> bool:
-        return bool(await self._run(self.do_verify))
+        return bool(await self._run("verify", self.do_verify))
 
     async def export(self) -> str:
         """Path of an image to read the volume's committed data from."""
-        return str(await self._run(self.do_export))
+        return str(await self._run("export", self.do_export))
 
     async def import_data(self, size: int) -> str:
         """Path of an image of ``size`` bytes to write new contents into."""
-        size = parse_int(f"volume {self.vid}: import size", size)
-        return str(await self._run(self.do_import_data, size))
+        size = parse_size(self, size)
+        return str(await self._run("import", self.do_import_data, size))
 
     async def import_data_end(self, success: bool) -> None:
         """Commit (``success``) or discard the data written since ``import_data``."""
-        await self._run(self.do_import_data_end, bool(success))
+        await self._run("import", self.do_import_data_end, bool(success))
 
     async def import_volume(self, src: Volume) -> Volume:
         """Replace the contents with a copy of ``src``'s committed data."""
         if src is self:
             raise StoragePoolException(f"volume {self.vid}: cannot import a volume into itself")
         path = await src.export()
-        await self._run(self.do_import_volume, src, path)
+        await self._run(f"import from {src.vid}", self.do_import_volume, src, path)
         return self
 
     async def resize(self, size: int) -> None:
-        size = parse_int(f"volume {self.vid}: size", size)
-        await self._run(self.do_resize, size)
+        """Grow the volume to ``size`` bytes; the config changes only once that worked."""
+        size = parse_size(self, size)
+        await self._run("resize", self.do_resize, size)
 
     async def revert(self, revision: str | None = None) -> Volume:
-        await self._run(self.do_revert, revision)
+        await self._run("revert", self.do_revert, revision)
         return self
 
     # --- driver hooks (blocking, called with the lock held, in a thread) ---
@@ -394,15 +446,26 @@ def _register_app_handlers() -> None:
     from qubes_core.app import Qubes
 
     Qubes.add_class_handler("pool-pre-add", _on_pool_pre_add)
+    Qubes.add_class_handler("app-loaded", _on_app_loaded)
 
 
 def _on_pool_pre_add(app: Any, event: str, pool: Pool) -> None:
-    """Set the pool up before it joins the app; raising here vetoes the add.
+    """Check the options, then set the pool up, before it joins the app; raising here
+    vetoes the add (a failed setup has removed what it created)."""
+    pool.check_options()
+    try:
+        pool.setup()
+    except OSError as err:
+        raise StoragePoolException(f"pool {pool.name!r}: setup failed: {err}") from err
 
-    A pool added while the app has no VM yet is the first pool of a new store
-    (``Qubes.create_empty_store``); see :meth:`Pool.setup` for what that changes.
-    """
-    pool.setup(creating_store=len(app.domains) == 0)
+
+def _on_app_loaded(app: Any, event: str) -> None:
+    """Warn of pool options in qubes.xml that the driver does not know (kept, not used)."""
+    for pool in app.pools.values():
+        for option in pool.unknown_options():
+            log.warning("pool %s: option %s is not known to driver %s (%s); it is kept in "
+                        "qubes.xml but not used", pool.name, option, pool.driver,
+                        pool.describe_known_options())
 
 
 def __getattr__(name: str) -> Any:

@@ -45,8 +45,10 @@ class FilePool(FileReflinkPool):
     driver = "file"
     reflink = False
     volume_class = FileVolume
+    known_options = {"dir_path": "", "revisions_to_keep": "1"}
 
-    def setup(self, *, creating_store: bool = False) -> None:
+    def setup(self) -> None:
         """Create the directory; any filesystem will do (no reflink check)."""
+        dir_path = self.dir_path
         self.revisions_to_keep = self.config.get("revisions_to_keep", "1")
-        fileops.make_dirs(self.dir_path)
+        fileops.make_dirs(dir_path)

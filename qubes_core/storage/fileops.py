@@ -144,17 +144,60 @@ def fsync_dir_shared(path: PathLike) -> None:
     shared.sync(key)
 
 
-def make_dirs(path: PathLike) -> None:
-    """Create ``path`` and its parents, fsyncing each parent that got a new entry."""
+def make_dirs(path: PathLike) -> list[Path]:
+    """Create ``path`` and its parents, fsyncing each parent that got a new entry.
+
+    Returns the directories this call created, outermost first. If it fails
+    half-way, it removes those before raising.
+    """
     path = Path(path)
     missing = []
     while not path.exists():
         missing.append(path)
         path = path.parent
-    for directory in reversed(missing):
-        with contextlib.suppress(FileExistsError):
-            os.mkdir(directory)
-        fsync_dir(directory.parent)
+    created: list[Path] = []
+    try:
+        for directory in reversed(missing):
+            try:
+                os.mkdir(directory)
+            except FileExistsError:  # made by someone else meanwhile: not ours to remove
+                continue
+            created.append(directory)
+            fsync_dir(directory.parent)
+    except BaseException:
+        remove_new_dirs(created)
+        raise
+    for directory in created:
+        log.info("Created directory: %s", directory)
+    return created
+
+
+def remove_new_dirs(created: list[Path]) -> None:
+    """Remove directories a failed operation created (innermost first), if still empty.
+
+    Only ever given what :func:`make_dirs` returned: a directory that existed
+    before, or that holds anything now, is never removed.
+    """
+    for directory in reversed(created):
+        try:
+            os.rmdir(directory)
+        except OSError as err:
+            log.warning("Keeping directory %s: %s", directory, err)
+            return  # its parents are not empty either
+        with contextlib.suppress(OSError):
+            fsync_dir(directory.parent)
+        log.info("Removed directory: %s", directory)
+
+
+@contextlib.contextmanager
+def new_dirs(path: PathLike) -> Iterator[list[Path]]:
+    """``make_dirs(path)``, undone if the block raises: for a setup that may be refused."""
+    created = make_dirs(path)
+    try:
+        yield created
+    except BaseException:
+        remove_new_dirs(created)
+        raise
 
 
 def reflink_fd(src_fd: int, dst_fd: int) -> None:
@@ -366,6 +409,29 @@ def reflink_supported(directory: PathLike) -> tuple[bool, str]:
         for name in (clone, probe):
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(name)
+
+
+def file_size_possible(directory: PathLike, size: int) -> bool:
+    """Whether the filesystem of ``directory`` can hold a file of ``size`` bytes.
+
+    Asked of the filesystem itself: a sparse probe file is grown to ``size``
+    (no block is allocated) and removed. ``pathconf`` cannot tell (ext4 says 64
+    bits, yet stops at 16 TiB with 4 KiB blocks).
+    """
+    probe = temp_name(Path(directory) / ".size-probe")
+    fd = os.open(probe, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    try:
+        os.ftruncate(fd, size)
+        return True
+    except OSError as err:
+        if err.errno in (errno.EFBIG, errno.EINVAL):
+            return False
+        raise
+    except OverflowError:
+        return False
+    finally:
+        os.close(fd)
+        os.unlink(probe)
 
 
 def allocated_bytes(path: PathLike) -> int:

@@ -83,7 +83,17 @@ class LinuxKernelPool(Pool):
     def dir_path(self) -> str:
         return self.config.get("dir_path", DEFAULT_DIR)
 
-    def setup(self, *, creating_store: bool = False) -> None:
+    @property
+    def revisions_to_keep(self) -> int:
+        """Kernels are read-only: there is never an old revision to keep."""
+        return 0
+
+    @revisions_to_keep.setter
+    def revisions_to_keep(self, value: object) -> None:
+        raise StoragePoolException(
+            f"pool {self.name}: kernels are read-only and have no revisions to keep")
+
+    def setup(self) -> None:
         """Create the kernels' directory (empty until dom0 installs a kernel)."""
         if not os.path.isabs(self.dir_path):
             raise StoragePoolException(

@@ -15,8 +15,22 @@ had. That is what makes a revision or a snapshot start cost one link, and what
 makes every operation crash-safe: an interrupted one leaves the old clean image,
 plus ``~`` leftovers that the next use of the volume removes (and logs).
 
-On a filesystem without reflink support (ext4), every copy is a sparse copy;
-the pool refuses to be set up there unless given ``setup_check=no``.
+On a filesystem without reflink support (ext4), every copy is a sparse copy.
+The option ``setup_check`` says what adding a pool does about that:
+
+``yes`` (the default)
+    probe the pool's own directory with a real FICLONE and refuse the pool
+    where it fails; the error names the two ways out below.
+``no``
+    no probe: accept sparse copies (slow, and every snapshot uses disk space).
+``auto``
+    probe, and take whichever works: the outcome is what qubes.xml records
+    (``yes``, or ``no`` with a warning). For installations made on any
+    filesystem (tests, ``qubesd --create``, ``make demo``).
+
+A failed setup removes the directories it created, never one that existed.
+Sizes are checked against what the filesystem can hold in one file before
+any image is touched (ext4 stops at 16 TiB with 4 KiB blocks).
 """
 
 from __future__ import annotations
@@ -29,13 +43,15 @@ import logging
 import os
 from typing import Any
 
+from qubes_core import exc
 from qubes_core.storage import (
+    FALSE_OPTIONS,
+    TRUE_OPTIONS,
     Pool,
     StoragePoolException,
     Volume,
     check_vid,
     fileops,
-    parse_bool_option,
 )
 
 log = logging.getLogger("qubes.storage.reflink")
@@ -83,40 +99,61 @@ class FileReflinkPool(Pool):
         return os.path.normpath(path)
 
     @property
-    def setup_check(self) -> bool:
-        return parse_bool_option(self.name, "setup_check", self.config.get("setup_check", "yes"))
+    def setup_check(self) -> str:
+        """``yes``, ``no`` or ``auto`` (see the module docstring)."""
+        value = str(self.config.get("setup_check", "yes")).strip().lower()
+        if value in TRUE_OPTIONS:
+            return "yes"
+        if value in FALSE_OPTIONS:
+            return "no"
+        if value == "auto":
+            return "auto"
+        raise exc.QubesValueError(
+            f"pool {self.name!r}: option setup_check={value!r} is not yes, no or auto")
 
-    def setup(self, *, creating_store: bool = False) -> None:
+    def setup(self) -> None:
         """Create the directory and check that its filesystem can reflink.
 
         The check is a real FICLONE of a probe file in the pool's own directory.
         On a filesystem without reflink support the pool is refused unless
-        ``setup_check=no`` accepts slow full copies. The one exception is the
-        first pool of a new store (``Qubes.create_empty_store``) when the caller
-        did not choose: a new installation must work on any filesystem, so that
-        pool gets ``setup_check=no`` recorded in qubes.xml, with a warning.
+        ``setup_check=no`` accepts slow full copies; ``setup_check=auto`` takes
+        what the filesystem offers and records the outcome. A refused pool
+        leaves no directory it created behind.
         """
         dir_path = self.dir_path
         self.revisions_to_keep = self.config.get("revisions_to_keep", "1")
         setup_check = self.setup_check
-        fileops.make_dirs(dir_path)
-        if not self.reflink or not setup_check:
-            return
+        with fileops.new_dirs(dir_path):
+            if self.reflink and setup_check != "no":
+                self._check_reflink(dir_path, setup_check)
+
+    def _check_reflink(self, dir_path: str, setup_check: str) -> None:
         supported, reason = fileops.reflink_supported(dir_path)
+        if setup_check == "auto":
+            self.config["setup_check"] = "yes" if supported else "no"
         if supported:
             return
         fstype = filesystem_type(dir_path)
-        if creating_store and "setup_check" not in self.config:
+        if setup_check == "auto":
             log.warning("pool %s: the %s filesystem of %s cannot reflink (%s); snapshots "
                         "will be full sparse copies (setup_check=no recorded)",
                         self.name, fstype, dir_path, reason)
-            self.config["setup_check"] = "no"
             return
         raise StoragePoolException(
             f"pool {self.name!r}: the {fstype} filesystem of {dir_path} cannot reflink "
             f"({reason}); use XFS (reflink=1) or btrfs, or pass setup_check=no to accept "
-            "slow full copies that use more disk space"
+            "slow full copies that use more disk space (setup_check=auto: reflink where "
+            "the filesystem can, else such copies)"
         )
+
+    def check_file_size(self, vid: str, what: str, size: int) -> None:
+        """Refuse ``size`` if the pool's filesystem cannot hold a file that large."""
+        if fileops.file_size_possible(self.dir_path, size):
+            return
+        raise StoragePoolException(
+            f"cannot {what} volume {vid}: {size} bytes is more than the "
+            f"{filesystem_type(self.dir_path)} filesystem of pool {self.name} "
+            f"({self.dir_path}) can hold in one file")
 
     def _statvfs(self) -> os.statvfs_result | None:
         try:
@@ -348,9 +385,12 @@ class FileReflinkVolume(Volume):
     # --- operations ---------------------------------------------------------
 
     def do_create(self) -> None:
+        makes_image = self.save_on_stop and not self.snap_on_start
+        if makes_image:
+            self.pool.check_file_size(self.vid, "create", self.size)
         self._remove_all()
         fileops.make_dirs(os.path.dirname(self.path_clean))
-        if self.save_on_stop and not self.snap_on_start:
+        if makes_image:
             fileops.create_sparse_file(self.path_clean, self.size)
 
     def do_remove(self) -> None:
@@ -467,6 +507,7 @@ class FileReflinkVolume(Volume):
                 "is not supported")
         if size == current:
             return
+        self.pool.check_file_size(self.vid, "resize", size)
         if os.path.exists(self.path_dirty):
             os.truncate(self.path_dirty, size)  # the running VM's own image
             log.info("Grew file in place: %s to %d bytes", self.path_dirty, size)
@@ -479,6 +520,7 @@ class FileReflinkVolume(Volume):
     def do_import_data(self, size: int) -> str:
         self._refuse_snapshot("import into")
         self._refuse_in_use("import into")
+        self.pool.check_file_size(self.vid, "import into", size)
         fileops.remove_temp_files(self.path_import)
         fileops.remove(self.path_import, sync=False)
         fileops.make_dirs(os.path.dirname(self.path_import))

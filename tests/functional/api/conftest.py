@@ -50,7 +50,7 @@ def file_digest(path: Path) -> str:
 
 def build_installation(base_dir: Path, appvms: int = 3) -> None:
     """qubes.xml with a template, sys-net, sys-firewall and AppVMs vm1..vmN."""
-    app = Qubes.create_empty_store(base_dir / "qubes.xml")
+    app = Qubes.create_empty_store(base_dir / "qubes.xml", setup_check="auto")
     try:
         template = app.add_new_vm("TemplateVM", name="debian-12", label="black")
         app.default_template = template

@@ -66,7 +66,7 @@ async def wait_for_file(directory: Path, pattern: str, task: asyncio.Task) -> No
 
 
 async def test_feature_set_completes_during_a_slow_clone(tmp_path: Path, tmpfs: Path) -> None:
-    app = Qubes.create_empty_store(tmp_path / "qubes.xml")
+    app = Qubes.create_empty_store(tmp_path / "qubes.xml", setup_check="auto")
     api = Harness(app, tmp_path)
     try:
         await api.call("admin.pool.Add", "dom0", "file-reflink",

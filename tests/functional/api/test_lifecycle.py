@@ -18,7 +18,7 @@ async def live_api(tmp_path):
         runtime = make_runtime("test")
     except ImportError as err:
         require(False, f"needs libvirt-python: {err}")
-    app = Qubes.create_empty_store(tmp_path / "qubes.xml", runtime=runtime)
+    app = Qubes.create_empty_store(tmp_path / "qubes.xml", runtime=runtime, setup_check="auto")
     runtime.bind(app)
     harness = Harness(app, tmp_path)
     await harness.call("admin.vm.Create.TemplateVM", "dom0", "", "name=debian-12 label=black")

@@ -51,7 +51,7 @@ class Qubesd:
 def qubesd(tmp_path: Path) -> Iterator[Qubesd]:
     base = tmp_path / "qubes"
     base.mkdir()
-    with Qubes.create_empty_store(base / "qubes.xml") as app:
+    with Qubes.create_empty_store(base / "qubes.xml", setup_check="auto") as app:
         template = app.add_new_vm("TemplateVM", name="debian-12", label="black")
         app.default_template = template
         net = app.add_new_vm("AppVM", name="sys-net", label="red", provides_network=True,

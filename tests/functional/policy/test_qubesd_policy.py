@@ -55,7 +55,7 @@ class Daemon:
 def daemon(tmp_path: Path) -> Iterator[Daemon]:
     base = tmp_path / "inst"
     base.mkdir()
-    app = Qubes.create_empty_store(base / "qubes.xml")
+    app = Qubes.create_empty_store(base / "qubes.xml", setup_check="auto")
     try:
         app.default_template = app.add_new_vm("TemplateVM", name="debian-12", label="black")
         for name in ("mgmt", "work", "vault"):

@@ -25,7 +25,7 @@ async def kernel_app(tmp_path):
         runtime = make_runtime("test")
     except ImportError as err:
         require(False, f"needs libvirt-python: {err}")
-    app = Qubes.create_empty_store(tmp_path / "qubes.xml", runtime=runtime)
+    app = Qubes.create_empty_store(tmp_path / "qubes.xml", runtime=runtime, setup_check="auto")
     runtime.bind(app)
     template = app.add_new_vm("TemplateVM", name="tpl", label="black")
     app.default_template = template
@@ -52,7 +52,7 @@ def install_kernel(app: Qubes, version: str) -> str:
 
 
 def test_new_store_has_the_kernel_pool_of_the_reference_layout(tmp_path):
-    app = Qubes.create_empty_store(tmp_path / "qubes.xml")
+    app = Qubes.create_empty_store(tmp_path / "qubes.xml", setup_check="auto")
     try:
         pool = app.pools["linux-kernel"]
         assert pool.driver == "linux-kernel"

@@ -60,20 +60,6 @@ def test_add_pool_refuses_bad_options_and_changes_nothing(app, filesystems):
     assert app.pools == before
 
 
-@pytest.mark.parametrize("fstype", ["ext4", "xfs"])
-def test_new_store_works_on_any_filesystem(fstype, filesystems):
-    base = fs_dir(filesystems, fstype, "store")
-    app = Qubes.create_empty_store(base / "qubes.xml", pool_dir=base)
-    try:
-        pool = app.pools["varlibqubes"]
-        expected = "no" if fstype == "ext4" else None
-        assert pool.config.get("setup_check") == expected
-        app.save()
-        assert ("setup_check=\"no\"" in (base / "qubes.xml").read_text()) == (fstype == "ext4")
-    finally:
-        app.close()
-
-
 def test_new_store_with_explicit_setup_check_refuses_ext4(filesystems):
     base = fs_dir(filesystems, "ext4", "store")
     with pytest.raises(StoragePoolException, match="setup_check=no"):

@@ -54,7 +54,7 @@ def clock() -> ManualClock:
 def net_app(tmp_path, clock: ManualClock):
     """dom0, a template, sys-net -> sys-firewall -> work, personal; clock injected."""
     switch = PowerSwitch()
-    app = Qubes.create_empty_store(tmp_path / "qubes.xml", runtime=switch)
+    app = Qubes.create_empty_store(tmp_path / "qubes.xml", runtime=switch, setup_check="auto")
     set_clock(app, clock)
     add_basic_vms(app)
     app.add_new_vm("AppVM", name="personal", label="yellow")
