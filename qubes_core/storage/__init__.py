@@ -291,7 +291,13 @@ class Volume:
             f"volume {self.vid}: pool {self.pool.name} ({self.pool.driver}) cannot export")
 
     def info(self) -> dict[str, str]:
-        """What ``admin.vm.volume.Info`` shows."""
+        """What ``admin.vm.volume.Info`` shows (it asks the filesystem for the usage)."""
+        try:
+            return self._info()
+        except OSError as err:
+            raise StoragePoolException(f"volume {self.vid}: info failed: {err}") from err
+
+    def _info(self) -> dict[str, str]:
         def text(value: Any) -> str:
             return "True" if value is True else "False" if value is False else str(value)
 

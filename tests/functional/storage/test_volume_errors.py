@@ -135,6 +135,9 @@ async def test_os_error_of_a_volume_operation_is_a_storage_error(api, caplog):
             await api.call("admin.vm.volume.Import", "work", "private", b"x" * 512)
         assert private.config == before
         assert "import failed" in caplog.text
+        with pytest.raises(exc.StoragePoolException,
+                           match=r"volume appvms/work/private: info failed: .*Not a directory"):
+            await api.call("admin.vm.volume.Info", "work", "private")
     finally:
         os.unlink(directory)
         os.rename(directory + ".moved", directory)

@@ -159,3 +159,71 @@ async def test_kernel_pool(tmp_path):
     missing = pool.init_volume(None, {"name": "kernel", "vid": "5.0"})
     with pytest.raises(StoragePoolException, match="not installed"):
         await missing.start()
+
+
+def test_make_dirs_reports_only_what_it_created(tmp_path):
+    (tmp_path / "old").mkdir()
+    created = fileops.make_dirs(tmp_path / "old" / "a" / "b")
+    assert created == [tmp_path / "old" / "a", tmp_path / "old" / "a" / "b"]
+    assert fileops.make_dirs(tmp_path / "old" / "a" / "b") == []
+
+
+def test_new_dirs_are_removed_when_the_block_fails_but_never_older_ones(tmp_path):
+    (tmp_path / "old").mkdir()
+    (tmp_path / "old" / "keep").write_text("kept")
+    with pytest.raises(RuntimeError), fileops.new_dirs(tmp_path / "old" / "a" / "b"):
+        raise RuntimeError("refused")
+    assert sorted(os.listdir(tmp_path / "old")) == ["keep"]
+    # A created directory that got a file meanwhile is kept, and so are its parents.
+    with pytest.raises(RuntimeError), fileops.new_dirs(tmp_path / "new" / "x") as made:
+        (made[-1] / "someone's file").write_text("data")
+        raise RuntimeError("refused")
+    assert (tmp_path / "new" / "x" / "someone's file").read_text() == "data"
+    with fileops.new_dirs(tmp_path / "fine" / "y"):
+        pass
+    assert (tmp_path / "fine" / "y").is_dir()
+
+
+def test_file_size_possible_asks_the_filesystem(tmp_path):
+    assert fileops.file_size_possible(tmp_path, 64 * MiB)
+    assert not fileops.file_size_possible(tmp_path, 2**64), "beyond off_t"
+    assert os.listdir(tmp_path) == [], "the probe is removed"
+
+
+@pytest.mark.parametrize("driver, known", [
+    ("file-reflink", ["dir_path", "revisions_to_keep", "setup_check"]),
+    ("file", ["dir_path", "revisions_to_keep"]),
+    ("linux-kernel", ["dir_path"]),
+])
+def test_drivers_declare_their_options(driver, known):
+    pool = make_pool("p", driver, dir_path="/nowhere", bogus="1", **{"x-y": "2"})
+    assert sorted(pool.known_options) == known
+    assert pool.unknown_options() == ["bogus", "x-y"]
+    with pytest.raises(exc.QubesValueError, match=rf"unknown options bogus, x-y for driver "
+                                                  rf"{driver} \(known options: "
+                                                  rf"{', '.join(known)}\)"):
+        pool.check_options()
+    assert make_pool("lvm", "lvm_thin", thin_pool="p").unknown_options() == [], \
+        "nothing is known of a driver that is not installed: all its options are kept"
+
+
+async def test_volume_size_bounds_before_the_driver_runs(tmp_path):
+    pool = FilePool(name="f", dir_path=str(tmp_path / "pool"))
+    pool.setup()
+    vol = pool.init_volume(None, {"name": "private", "vid": "appvms/x/private",
+                                  "size": MiB, "save_on_stop": True})
+    await vol.create()
+    for size in (2**63, 99999999999999999999):
+        with pytest.raises(exc.QubesValueError, match="more than the largest possible"):
+            await vol.resize(size)
+        with pytest.raises(exc.QubesValueError, match="more than the largest possible"):
+            await vol.import_data(size)
+    assert vol.config["size"] == MiB and os.stat(vol.path_clean).st_size == MiB
+
+
+def test_kernel_pool_keeps_no_revisions(tmp_path):
+    pool = LinuxKernelPool(name="linux-kernel", dir_path=str(tmp_path))
+    assert pool.revisions_to_keep == 0
+    with pytest.raises(StoragePoolException, match="no revisions"):
+        pool.revisions_to_keep = 2
+    assert pool.config == {"dir_path": str(tmp_path)}
