@@ -21,13 +21,15 @@ whole driver relies on):
 - A reflink writes no data: FICLONE first writes back the source's dirty
   pages, then shares extents through metadata updates. On XFS those are log
   transactions, and the log is replayed in order, so a durable rename implies
-  the clone before it; on btrfs they join the running transaction, and
-  transactions commit atomically and in order (an fsync that logs the new
-  name logs the new inode whole). A reflink copy is therefore not fsynced
-  before its rename. That matters on btrfs, where fsyncing a file cloned in
-  the running transaction logs all its extents and their checksums (measured
-  on a loop-mounted btrfs: 2 to 8 ms for an image holding 1 GiB in 256
-  extents, against 0.05 ms once the transaction has committed).
+  the clone before it. Not on btrfs: a directory fsync that logs the new name
+  of a file cloned in the running transaction logs that inode only as
+  "existing" (size 0, no extents); after a power loss the name is back, the
+  file empty (seen on a loop-mounted btrfs, Linux 6.18, every time). So a
+  copy that promises durability (``sync``) is fdatasynced before its rename
+  also when it is a reflink (on btrfs 2 to 8 ms for an image holding 1 GiB in
+  256 extents, against 0.05 ms once the transaction has committed). A reflink
+  published without a sync (a precache) is only a cache: see the driver's
+  start for what it does with an image a crash emptied that way.
 - The directory fsync that makes a rename durable is only taken where the
   operation promises durability (a commit, a revert, a resize), once per
   operation, after all of its renames and links.
@@ -282,8 +284,8 @@ def copy_file(src: PathLike, dst: PathLike, *, reflink: bool = True,
               size: int | None = None, sync: bool = True) -> str:
     """Atomically make ``dst`` a copy of ``src`` (grown to ``size`` if larger).
 
-    With ``sync`` the copy is crash-safe and durable: copied bytes are
-    fdatasynced before the rename (a reflink needs no sync, see the module
+    With ``sync`` the copy is crash-safe and durable: the copy is fdatasynced
+    before the rename (a reflink too: btrfs needs it, see the module
     docstring) and the directory is fsynced after it. Without ``sync`` nothing
     is synced: for images a crash makes worthless anyway (a snapshot or a
     volatile image, remade at every start) or that a later commit syncs.
@@ -296,7 +298,7 @@ def copy_file(src: PathLike, dst: PathLike, *, reflink: bool = True,
             how = clone_fd(src_fd, dst_fd, reflink=reflink)
             if size is not None and size > os.fstat(dst_fd).st_size:
                 os.ftruncate(dst_fd, size)
-            if sync and how != "reflink":
+            if sync:
                 os.fdatasync(dst_fd)
         except BaseException:
             os.close(dst_fd)

@@ -298,9 +298,17 @@ class FileReflinkVolume(Volume):
             fileops.remove(self.path_precache, sync=False)
 
     def _precache_valid(self) -> bool:
+        """Whether the precache is a whole reflink of the current clean image.
+
+        The xattr names the clean image it was made of. Its size is checked too:
+        btrfs can bring a precache back from a power loss with its xattr but
+        empty, when another fsync logged its name before its data (see fileops).
+        """
         try:
             recorded = os.getxattr(self.path_precache, PRECACHE_XATTR).decode()
-            return recorded == identity(self.path_clean)
+            return (recorded == identity(self.path_clean)
+                    and os.stat(self.path_precache).st_size
+                    == os.stat(self.path_clean).st_size)
         except OSError:
             return False
 
@@ -416,7 +424,7 @@ class FileReflinkVolume(Volume):
     def do_start(self) -> None:
         self._remove_leftovers()
         fileops.make_dirs(os.path.dirname(self.path_clean))
-        self.resumed = self.is_dirty()
+        self.resumed = self.is_dirty() and not self._dirty_lost()
         if self.resumed:
             log.info("Starting %s on its uncommitted image %s (not cleanly stopped)",
                      self.vid, self.path_dirty)
@@ -435,6 +443,25 @@ class FileReflinkVolume(Volume):
                 self._copy(self.path_clean, self.path_dirty, size=self.size)
         else:
             fileops.create_sparse_file(self.path_dirty, self.size, sync=False)
+
+    def _dirty_lost(self) -> bool:
+        """Whether a crash emptied the dirty image before its VM flushed anything.
+
+        The dirty image is made at least as large as the volume (and a resize of a
+        running VM grows it durably before the size is recorded), and a VM's
+        flush makes its size durable. btrfs can bring a reflinked file back
+        with its new name but size 0 (see fileops) when another fsync logged the
+        name first: resuming on that (and committing it at the stop) would lose
+        the volume. Nothing in it was ever flushed, so it is dropped instead.
+        """
+        size = os.stat(self.path_dirty).st_size
+        if size >= self.size:
+            return False
+        log.warning("Removing %s: %d bytes, less than the volume's %d: a crash lost it "
+                    "before its VM flushed anything; starting from the clean image",
+                    self.path_dirty, size, self.size)
+        fileops.remove(self.path_dirty, sync=False)
+        return True
 
     def _link_source(self) -> None:
         """Make ``P.img`` the source's clean image: a hard link, or a copy across mounts."""
@@ -509,7 +536,10 @@ class FileReflinkVolume(Volume):
             return
         self.pool.check_file_size(self.vid, "resize", size)
         if os.path.exists(self.path_dirty):
-            os.truncate(self.path_dirty, size)  # the running VM's own image
+            # The running VM's own image, grown durably before the size is recorded
+            # (a start takes a dirty image smaller than the volume for a lost one).
+            os.truncate(self.path_dirty, size)
+            fileops.fdatasync_path(self.path_dirty)
             log.info("Grew file in place: %s to %d bytes", self.path_dirty, size)
         elif self.save_on_stop and not self.snap_on_start and os.path.exists(self.path_clean):
             self._remove_leftovers()

@@ -88,8 +88,14 @@ def victim(pool_dir: Path, journal: Path, seed: int, setup_check: str, mutation:
         child.stderr.close()
 
 
-def check_after_crash(volume, journal: Path, allowed: set[int | None]) -> list[str]:
-    """What is wrong with the volume's files after a crash (empty if nothing)."""
+def check_after_crash(volume, journal: Path, allowed: set[int | None],
+                      power: bool = False) -> list[str]:
+    """What is wrong with the volume's files after a crash (empty if nothing).
+
+    After a kill every precache is whole. After a power loss, btrfs may bring one
+    back empty (see fileops): it must then be seen as stale (and the next use
+    drops it, which ``use_after_crash`` checks).
+    """
     problems = []
     found = crash_child.generation_of(volume.path_clean)
     if found not in allowed:
@@ -97,9 +103,15 @@ def check_after_crash(volume, journal: Path, allowed: set[int | None]) -> list[s
                         f"journal tail: {journal.read_text().splitlines()[-3:]}")
     if os.path.exists(volume.path_precache):
         if not volume._precache_valid():
-            problems.append("a stale precache was kept")
+            if not power:
+                problems.append("a stale precache was kept")
         elif crash_child.generation_of(volume.path_precache) != found:
-            problems.append("the precache does not hold the clean image's data")
+            problems.append(
+                f"the precache does not hold the clean image's data (it holds generation "
+                f"{crash_child.generation_of(volume.path_precache)} in "
+                f"{os.stat(volume.path_precache).st_size} bytes, the clean image {found} in "
+                f"{os.stat(volume.path_clean).st_size}; journal tail: "
+                f"{journal.read_text().splitlines()[-3:]})")
     for revision, stamp in volume.revisions.items():
         if crash_child.generation_of(volume.path_revision(revision, stamp)) is None:
             problems.append(f"revision {revision} is torn")
@@ -111,13 +123,21 @@ def use_after_crash(volume, pool_dir: Path, caplog, generation: int) -> None:
     left by a crash is a running VM's disk: the start resumes on it, and the "VM"
     writes a whole new generation before it stops."""
     left = [p for p in leftovers(pool_dir) if "journal" not in p.name]
+    stale = os.path.exists(volume.path_precache) and not volume._precache_valid()
+    resumes = os.path.exists(volume.path_dirty)
+    clean = crash_child.generation_of(volume.path_clean)
     caplog.clear()
     with caplog.at_level(logging.INFO, logger="qubes.storage.reflink"):
         asyncio.run(volume.start())
+        if not resumes:
+            assert crash_child.generation_of(volume.path_dirty) == clean, \
+                "the start gave the VM the clean image's data"
         crash_child.write_generation(volume.path_dirty, generation)
         asyncio.run(volume.stop())
     assert crash_child.generation_of(volume.path_clean) == generation
     messages = "\n".join(r.getMessage() for r in caplog.records)
+    if stale:
+        assert "Removing stale precache" in messages
     for path in left:
         if path.name.startswith("private"):
             assert not path.exists(), f"leftover {path} was not removed"
@@ -252,7 +272,7 @@ def power_loop(disk: LoopDisk, journals: Path, cuts: int, caplog,
             child.send_signal(signal.SIGSTOP)  # the journal cannot move on any more
             allowed = expected_generations(journal)
             disk.power_cut(lambda: (child.kill(), child.wait(timeout=10)))
-        problems = check_after_crash(volume, journal, allowed)
+        problems = check_after_crash(volume, journal, allowed, power=True)
         if problems:
             return [f"power cut {cut}: {p}" for p in problems]
         use_after_crash(volume, pool_dir, caplog, 900000 + cut)
@@ -272,3 +292,80 @@ def test_power_loss_test_catches_a_rename_before_the_data(fstype, power_disks, t
     disk = power_disks(fstype)
     problems = power_loop(disk, tmp_path, MUTANT_TRIES, caplog, mutation="unordered")
     assert problems, "a commit that renames before its data is durable went unnoticed"
+
+
+# --- power loss right after an operation returned ------------------------------------
+
+
+def _durable_volume(disk: LoopDisk, generation: int):
+    """A committed volume of ``generation``, everything on the disk (``sync``) by now."""
+    pool_dir = disk.mount_point / "now"
+    pool_dir.mkdir()
+    _pool, volume, other = crash_child.make_volumes(str(pool_dir), "yes")
+    asyncio.run(volume.create())
+    asyncio.run(volume.start())
+    crash_child.write_generation(volume.path_dirty, generation)
+    asyncio.run(volume.stop())
+    os.sync()
+    return volume, other
+
+
+@pytest.mark.parametrize("fstype", ["xfs", "btrfs"])
+def test_power_loss_right_after_a_resize_keeps_the_grown_image(fstype, power_disks):
+    """A resize replaces the clean image by a grown reflink: durable once it returns."""
+    disk = power_disks(fstype)
+    volume, _other = _durable_volume(disk, 7)
+    asyncio.run(volume.resize(volume.size + MiB))
+    disk.power_cut(lambda: None)
+    assert crash_child.generation_of(volume.path_clean) == 7
+    assert os.stat(volume.path_clean).st_size == crash_child.SIZE + MiB
+
+
+@pytest.mark.parametrize("fstype", ["xfs", "btrfs"])
+def test_power_loss_right_after_a_start_without_precache(fstype, power_disks):
+    """The dirty image a start copies (durably) holds the clean image's data after a crash."""
+    disk = power_disks(fstype)
+    volume, _other = _durable_volume(disk, 8)
+    fileops.remove(volume.path_precache)
+    asyncio.run(volume.start())
+    disk.power_cut(lambda: None)
+    assert crash_child.generation_of(volume.path_dirty) == 8
+
+
+@pytest.mark.parametrize("fstype", ["xfs", "btrfs"])
+def test_power_loss_after_a_start_on_the_precache_loses_nothing(fstype, power_disks, caplog):
+    """A start takes the precache (a reflink, not synced) as the dirty image; another
+    volume's commit in the same directory then makes the new name durable before the
+    "VM" flushed anything. On btrfs that name comes back as an empty file: the next
+    start must not resume on it (and then commit it), but start from the clean image."""
+    disk = power_disks(fstype)
+    volume, other = _durable_volume(disk, 8)
+    asyncio.run(volume.start())
+    crash_child.write_generation(volume.path_dirty, 9)
+    asyncio.run(volume.stop())  # durable; its new precache is not (no sync since)
+    assert os.path.exists(volume.path_precache)
+    asyncio.run(volume.start())
+    asyncio.run(other.create())  # fsyncs the directory
+    disk.power_cut(lambda: None)
+    with caplog.at_level(logging.WARNING, logger="qubes.storage.reflink"):
+        asyncio.run(volume.start())
+    assert crash_child.generation_of(volume.path_dirty) == 9
+    asyncio.run(volume.stop())
+    assert crash_child.generation_of(volume.path_clean) == 9
+
+
+@pytest.mark.parametrize("fstype", ["xfs", "btrfs"])
+def test_power_loss_after_a_stop_leaves_no_empty_precache_to_start_on(fstype, power_disks):
+    """A stop leaves a precache (a reflink, not synced); another volume's commit in the same
+    directory then makes its name durable. On btrfs it comes back empty but with its xattr:
+    the next start must see that it is not the clean image and copy that instead."""
+    disk = power_disks(fstype)
+    volume, other = _durable_volume(disk, 10)
+    asyncio.run(volume.start())
+    crash_child.write_generation(volume.path_dirty, 11)
+    asyncio.run(volume.stop())
+    asyncio.run(other.create())  # fsyncs the directory
+    disk.power_cut(lambda: None)
+    assert crash_child.generation_of(volume.path_clean) == 11
+    asyncio.run(volume.start())
+    assert crash_child.generation_of(volume.path_dirty) == 11
