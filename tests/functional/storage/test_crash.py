@@ -41,6 +41,10 @@ from tests.functional.storage.conftest import MKFS, fs_dir, loop_filesystem, req
 KILLS = 25
 POWER_LOSSES = 16
 MUTANT_TRIES = 30
+# A power-cut mutant is found only when the cut lands between the rename and the
+# writeback, which depends on timing; stop at the first find, try long enough that
+# a loaded machine still finds it (about 0.1-0.3 s a try).
+MUTANT_POWER_TRIES = 150
 REPO = Path(__file__).resolve().parents[3]
 MiB = 1024**2
 
@@ -290,7 +294,7 @@ def test_power_loss_at_random_points_keeps_every_returned_operation(fstype, powe
 def test_power_loss_test_catches_a_rename_before_the_data(fstype, power_disks, tmp_path,
                                                           caplog):
     disk = power_disks(fstype)
-    problems = power_loop(disk, tmp_path, MUTANT_TRIES, caplog, mutation="unordered")
+    problems = power_loop(disk, tmp_path, MUTANT_POWER_TRIES, caplog, mutation="unordered")
     assert problems, "a commit that renames before its data is durable went unnoticed"
 
 
