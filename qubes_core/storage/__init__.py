@@ -426,6 +426,7 @@ class Volume:
 
 @functools.cache
 def pool_drivers() -> dict[str, type[Pool]]:
+    """Installed storage drivers by name (the ``qubes_core.storage`` entry points)."""
     drivers: dict[str, type[Pool]] = {}
     for entry in importlib.metadata.entry_points(group="qubes_core.storage"):
         try:

@@ -51,6 +51,8 @@ import threading
 from collections.abc import Iterator
 from pathlib import Path
 
+from qubes_core.fsutil import fsync_dir
+
 log = logging.getLogger("qubes.storage.reflink")
 
 FICLONE = 0x40049409  # _IOW(0x94, 9, int), x86_64 and most others
@@ -69,15 +71,8 @@ def temp_name(path: PathLike) -> str:
     return f"{os.fspath(path)}{TEMP_SEPARATOR}{secrets.token_hex(6)}"
 
 
-def fsync_dir(path: PathLike) -> None:
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
 def fsync_path(path: PathLike) -> None:
+    """Make the data and metadata of ``path`` durable."""
     fd = os.open(path, os.O_RDONLY)
     try:
         os.fsync(fd)

@@ -16,6 +16,8 @@ DEFAULT_DIR = "/var/lib/qubes/vm-kernels"
 
 
 class LinuxKernelVolume(Volume):
+    """A VM's kernel: read-only files of one installed kernel version, never copied."""
+
     pool: LinuxKernelPool
 
     @property
@@ -76,6 +78,8 @@ class LinuxKernelVolume(Volume):
 
 
 class LinuxKernelPool(Pool):
+    """dom0's installed kernels, one directory per version (``vmlinuz``, ``modules.img``)."""
+
     driver = "linux-kernel"
     known_options = {"dir_path": DEFAULT_DIR}
 

@@ -60,11 +60,13 @@ class MigrationReport:
 
 
 def pool_users(app: Any, pool_name: str) -> list[Any]:
+    """VMs with at least one volume in the pool."""
     return [vm for vm in app.domains
             if any(c.get("pool") == pool_name for c in vm.volume_config.values())]
 
 
 def cow_files(dir_path: str) -> list[str]:
+    """The old driver's ``*-cow.img`` files under the pool directory (to remove)."""
     return sorted(glob.glob(os.path.join(glob.escape(dir_path), "**", "*-cow.img"),
                             recursive=True))
 
@@ -87,6 +89,7 @@ def check_pool_idle(app: Any, pool: Any) -> None:
 
 
 def check_reflink(pool: Any, setup_check: bool) -> None:
+    """Refuse a migration to a filesystem that cannot reflink, unless told to accept it."""
     dir_path = pool.config.get("dir_path", "")
     if not os.path.isdir(dir_path):
         raise exc.StoragePoolException(f"pool {pool.name}: {dir_path!r} is not a directory")
@@ -151,6 +154,7 @@ def migrate(app: Any, pool_names: list[str] | None = None, *, setup_check: bool 
 
 
 def main(argv: list[str] | None = None) -> int:
+    """``qubes-pool-migrate``: move file pools to the file-reflink driver."""
     parser = argparse.ArgumentParser(
         prog="qubes-pool-migrate",
         description="Move file pools to the file-reflink driver (qubesd must be stopped).")
