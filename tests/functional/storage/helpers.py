@@ -24,6 +24,18 @@ def volume(pool: FileReflinkPool, vid: str, *, source: Volume | None = None,
     return pool.init_volume(None, config, source)
 
 
+def add_small_vms(app: Any, size: int) -> tuple[Any, Any]:
+    """A template ``tpl`` (the default) and an AppVM ``work`` whose volumes are ``size`` bytes."""
+    template = app.add_new_vm("TemplateVM", name="tpl", label="black")
+    app.default_template = template
+    work = app.add_new_vm("AppVM", name="work", label="blue")
+    for vm in (template, work):
+        for config in vm.volume_config.values():
+            if "size" in config:
+                config["size"] = size
+    return template, work
+
+
 def write_at(path: str, offset: int, data: bytes) -> None:
     fd = os.open(path, os.O_WRONLY)
     try:

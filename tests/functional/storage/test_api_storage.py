@@ -11,20 +11,14 @@ from qubes_core.app import Qubes
 from tests.functional.api.conftest import Harness
 from tests.functional.storage.conftest import fs_dir
 from tests.functional.storage.extents import shared_bytes
-from tests.functional.storage.helpers import MiB, digest, fill, read_at
+from tests.functional.storage.helpers import MiB, add_small_vms, digest, fill, read_at
 
 
 @pytest.fixture
 async def api(filesystems):
     base = fs_dir(filesystems, "xfs", "api")
     app = Qubes.create_empty_store(base / "qubes.xml", pool_dir=base)
-    template = app.add_new_vm("TemplateVM", name="tpl", label="black")
-    app.default_template = template
-    work = app.add_new_vm("AppVM", name="work", label="blue")
-    for vm in (template, work):
-        for config in vm.volume_config.values():
-            if "size" in config:
-                config["size"] = 16 * MiB
+    template, work = add_small_vms(app, 16 * MiB)
     await template.storage.create()
     await work.storage.create()
     app.save()

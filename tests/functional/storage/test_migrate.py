@@ -14,7 +14,7 @@ from qubes_core.app import Qubes
 from qubes_core.storage.migrate import migrate
 from tests.functional.storage.conftest import fs_dir
 from tests.functional.storage.extents import shared_bytes
-from tests.functional.storage.helpers import MiB, fill, write_at
+from tests.functional.storage.helpers import MiB, add_small_vms, fill, write_at
 
 MIGRATE = [sys.executable, "-m", "qubes_core.storage.migrate"]
 
@@ -25,13 +25,7 @@ def file_store(base: Path) -> list[str]:
 
     app = Qubes.create_empty_store(base / "qubes.xml", pool_dir=base, pool_driver="file")
     try:
-        template = app.add_new_vm("TemplateVM", name="tpl", label="black")
-        app.default_template = template
-        work = app.add_new_vm("AppVM", name="work", label="blue")
-        for vm in (template, work):
-            for config in vm.volume_config.values():
-                if "size" in config:
-                    config["size"] = 32 * MiB
+        template, work = add_small_vms(app, 32 * MiB)
 
         async def create() -> None:
             await template.storage.create()

@@ -18,7 +18,7 @@ from qubes_core.app import Qubes
 from qubes_core.storage import MAX_VOLUME_SIZE
 from tests.functional.api.conftest import Harness
 from tests.functional.storage.conftest import fs_dir
-from tests.functional.storage.helpers import MiB, digest, fill
+from tests.functional.storage.helpers import MiB, add_small_vms, digest, fill
 
 TiB = 1024**4
 
@@ -26,13 +26,7 @@ TiB = 1024**4
 def store_on(filesystems, fstype: str) -> Harness:
     base = fs_dir(filesystems, fstype, "errors")
     app = Qubes.create_empty_store(base / "qubes.xml", pool_dir=base, setup_check="auto")
-    template = app.add_new_vm("TemplateVM", name="tpl", label="black")
-    app.default_template = template
-    work = app.add_new_vm("AppVM", name="work", label="blue")
-    for vm in (template, work):
-        for config in vm.volume_config.values():
-            if "size" in config:
-                config["size"] = 16 * MiB
+    add_small_vms(app, 16 * MiB)
     return Harness(app, base)
 
 
