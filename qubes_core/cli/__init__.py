@@ -1,0 +1,1 @@
+"""Command-line tools: thin fronts on ``qubes_core.client``, one module per tool."""
