@@ -50,6 +50,7 @@ EXTENSIONS = [
     "core_features = qubes_core.ext.core_features:CoreFeaturesExtension",
     "admin_policy = qubes_core.ext.admin_policy:AdminPolicyExtension",
     "firewall = qubes_core.ext.firewall:FirewallExtension",
+    "templates = qubes_core.ext.templates:TemplatesExtension",
 ]
 
 STORAGE_DRIVERS = [

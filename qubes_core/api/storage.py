@@ -310,4 +310,6 @@ async def volume_import_end(call: ApiCall) -> None:
     result = call.payload_text("import result", ascii_only=True).strip()
     if result not in ("ok", "fail"):
         raise exc.QubesValueError(f"import result must be ok or fail, not {result[:20]!r}")
+    if result == "ok":
+        _require_halted(call, "commit an import into")
     await volume.import_data_end(result == "ok")

@@ -271,6 +271,14 @@ class Volume:
         """Whether a snapshot volume's source changed since the volume was started."""
         return False
 
+    def in_use(self) -> bool:
+        """Whether a VM runs on the volume (it was started and not yet stopped)."""
+        return self.is_dirty()
+
+    def importing(self) -> bool:
+        """Whether an import was begun (``import_data``) and not yet ended."""
+        return False
+
     @property
     def revisions(self) -> dict[str, str]:
         """Kept revisions: id -> timestamp, oldest first."""
@@ -337,8 +345,17 @@ class Volume:
         await self._run("remove", self.do_remove)
 
     async def start(self) -> Volume:
-        await self._run("start", self.do_start)
+        """Start the volume for its VM; refused while an import into it is unfinished
+        (the VM would run on the old data, and its stop commit over the import)."""
+        await self._run("start", self._start_unless_importing)
         return self
+
+    def _start_unless_importing(self) -> None:
+        if self.importing():
+            raise StoragePoolException(
+                f"volume {self.vid}: an import into it is in progress; end it first "
+                "(internal.vm.volume.ImportEnd with ok or fail)")
+        self.do_start()
 
     async def stop(self) -> Volume:
         await self._run("stop", self.do_stop)
@@ -361,16 +378,33 @@ class Volume:
         return str(await self._run("import", self.do_import_data, size))
 
     async def import_data_end(self, success: bool) -> None:
-        """Commit (``success``) or discard the data written since ``import_data``."""
-        await self._run("import", self.do_import_data_end, bool(success))
+        """Commit (``success``) or discard the data written since ``import_data``.
+
+        A commit is refused while a VM runs on the volume (its stop would commit
+        over it); a discard is always possible.
+        """
+        await self._run("import", self._end_import, bool(success))
+
+    def _end_import(self, success: bool) -> None:
+        if success and self.in_use():
+            raise StoragePoolException(
+                f"volume {self.vid} is in use by its running VM: cannot commit an import "
+                "into it (end the import with fail, or stop the VM and import again)")
+        self.do_import_data_end(success)
 
     async def import_volume(self, src: Volume) -> Volume:
         """Replace the contents with a copy of ``src``'s committed data."""
         if src is self:
             raise StoragePoolException(f"volume {self.vid}: cannot import a volume into itself")
         path = await src.export()
-        await self._run(f"import from {src.vid}", self.do_import_volume, src, path)
+        await self._run(f"import from {src.vid}", self._import_volume, src, path)
         return self
+
+    def _import_volume(self, src: Volume, path: str) -> None:
+        if self.importing():
+            raise StoragePoolException(
+                f"volume {self.vid}: an import into it is in progress; end it first")
+        self.do_import_volume(src, path)
 
     async def resize(self, size: int) -> None:
         """Grow the volume to ``size`` bytes; the config changes only once that worked."""

@@ -238,6 +238,9 @@ class FileReflinkVolume(Volume):
     def in_use(self) -> bool:
         return os.path.exists(self.path_dirty)
 
+    def importing(self) -> bool:
+        return os.path.exists(self.path_import)
+
     def is_outdated(self) -> bool:
         if not self.snap_on_start or self.source is None:
             return False

@@ -45,7 +45,7 @@ class Storage:
 
     def __init__(self, vm: Any):
         self.vm = vm
-        self._volumes: dict[str, tuple[dict[str, Any], str, str, Volume]] = {}
+        self._volumes: dict[str, tuple[dict[str, Any], tuple[str, str, str], Volume]] = {}
 
     def __repr__(self) -> str:
         return f"<Storage of {self.vm}>"
@@ -56,8 +56,9 @@ class Storage:
     def volumes(self) -> dict[str, Volume]:
         """Volumes by name, kept in step with ``vm.volume_config``.
 
-        A volume object lives as long as its config entry keeps its pool and
-        vid, so that its lock serialises every operation on its files.
+        A volume object lives as long as its config entry keeps its pool, vid
+        and source, so that its lock serialises every operation on its files
+        (and a snapshot re-based on another template snapshots the new source).
         """
         current: dict[str, Volume] = {}
         known = self._volumes
@@ -67,12 +68,13 @@ class Storage:
             if self._skipped(config):
                 continue
             cached = known.get(name)
-            key = (str(config.get("pool")), str(config.get("vid")))
-            if cached is not None and cached[0] is config and cached[1:3] == key:
-                current[name] = cached[3]
+            key = (str(config.get("pool")), str(config.get("vid")),
+                   str(config.get("source", "")))
+            if cached is not None and cached[0] is config and cached[1] == key:
+                current[name] = cached[2]
                 continue
             volume = self._init_volume(name, config)
-            known[name] = (config, key[0], key[1], volume)
+            known[name] = (config, key, volume)
             current[name] = volume
         for name in set(known) - set(current):
             del known[name]

@@ -11,12 +11,6 @@ from qubes_core.vm.qubesvm import QubesVM
 from qubes_core.vm.templatevm import TemplateVM
 
 
-def _template_changeable(vm: Any, prop: Any, value: Any) -> Any:
-    if "template" in vm._property_values and not vm.is_halted():
-        raise exc.QubesVMNotHaltedError(vm, f"cannot change the template of {vm} while it runs")
-    return value
-
-
 class AppVM(QubesVM):
     """A VM running on a snapshot of its template's root, with its own private volume.
 
@@ -24,9 +18,11 @@ class AppVM(QubesVM):
     """
 
     template = VMProperty(
-        "template", vmclass=TemplateVM, load_stage=4, setter=_template_changeable,
+        "template", vmclass=TemplateVM, load_stage=4,
         default=lambda vm: vm.app.default_template,
-        doc="Template whose root volume this VM runs on.",
+        doc="Template whose root volume this VM runs on; changed only while the VM (and "
+            "its DispVMs) are halted, and its root then snapshots the new template's "
+            "(qubes_core.ext.templates).",
     )
     template_for_dispvms = Property(
         "template_for_dispvms", type=bool, default=False,

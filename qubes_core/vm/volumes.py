@@ -57,6 +57,42 @@ def pool_for(vm: Any, volume: str) -> str | None:
     return specific or app.default_pool
 
 
+def snapshot_source(template: Any, name: str, pool: str | None) -> dict[str, Any]:
+    """``source`` and ``pool`` of a snapshot of ``template``'s volume ``name``.
+
+    A snapshot of a snapshot (a DispVM's root, whose AppVM's root snapshots a
+    template) snapshots the original; the snapshot lives in its source's pool.
+    """
+    config = template.volume_config.get(name, {})
+    if config.get("snap_on_start") and config.get("source"):
+        source = config["source"]
+    else:
+        source = config.get("vid") or vid_for(template, name)
+    return {"source": source, "pool": config.get("pool") or pool}
+
+
+def rebase_snapshots(vm: Any) -> list[str]:
+    """Point every snapshot volume of ``vm`` at its current template; the names changed.
+
+    Only volumes whose source is the template's (those with a ``source``) move;
+    the caller has made sure that none of them is in use.
+    """
+    template = getattr(vm, "template", None)
+    if template is None:
+        return []
+    changed = []
+    for name, config in sorted(vm.volume_config.items()):
+        if not (config.get("snap_on_start") and config.get("source")):
+            continue
+        if name not in template.volume_config:
+            continue
+        new = snapshot_source(template, name, config.get("pool"))
+        if any(config.get(key) != value for key, value in new.items()):
+            config.update(new)
+            changed.append(name)
+    return changed
+
+
 def default_config(vm: Any) -> dict[str, dict[str, Any]]:
     """The volume config a new VM of ``vm``'s class starts with."""
     layout = CLASS_VOLUMES.get(type(vm).__name__)
@@ -81,15 +117,10 @@ def default_config(vm: Any) -> dict[str, dict[str, Any]]:
             entry["pool"] = getattr(vm.app, "default_pool_kernel", None) or "linux-kernel"
             entry["vid"] = vm.kernel or ""
         elif from_template and template is not None:
-            source = template.volume_config.get(name, {})
-            # A snapshot of a snapshot (a DispVM's root) snapshots the original.
-            if source.get("snap_on_start") and source.get("source"):
-                entry["source"] = source["source"]
-            else:
-                entry["source"] = source.get("vid") or vid_for(template, name)
-            entry["pool"] = source.get("pool") or entry["pool"]
+            entry.update(snapshot_source(template, name, entry["pool"]))
             entry["vid"] = vid_for(vm, name)
-            entry["size"] = source.get("size", DEFAULT_SIZES.get(name))
+            entry["size"] = template.volume_config.get(name, {}).get(
+                "size", DEFAULT_SIZES.get(name))
         else:
             entry["vid"] = vid_for(vm, name)
             entry["size"] = DEFAULT_SIZES[name]
