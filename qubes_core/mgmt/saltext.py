@@ -1,0 +1,70 @@
+"""What the Salt loader modules share: errors and argument conventions.
+
+Qubes' own ``qvm`` module takes options as ``key=value``, switches as
+``flags=[...]``, names with dashes or underscores, and lists either as YAML
+lists or as positional words; these helpers read all of those forms so that
+existing formulas and command lines work unchanged. Every library error leaves
+here as one of Salt's two exceptions, with one line of text: the caller's
+mistakes as ``SaltInvocationError``, failures as ``CommandExecutionError``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator, Mapping
+from typing import Any
+
+from salt.exceptions import CommandExecutionError, SaltInvocationError
+
+from qubes_core import exc
+from qubes_core.mgmt.errors import CALLER_ERRORS, one_line
+
+
+@contextlib.contextmanager
+def salt_errors(what: str = "") -> Iterator[None]:
+    """Turn library and qubesd errors into Salt's, prefixed with ``what`` if given."""
+    prefix = f"{what}: " if what else ""
+    try:
+        yield
+    except CALLER_ERRORS as error:
+        raise SaltInvocationError(prefix + one_line(error)) from None
+    except (exc.QubesException, OSError, ConnectionError) as error:
+        raise CommandExecutionError(prefix + one_line(error)) from None
+
+
+def clean(kwargs: Mapping[str, Any]) -> dict[str, Any]:
+    """The caller's keyword arguments without Salt's own (``__pub_*``, ``__env__``)."""
+    return {key: value for key, value in kwargs.items() if not str(key).startswith("__")}
+
+
+def pop_test(kwargs: dict[str, Any], opts: Mapping[str, Any]) -> bool:
+    """Whether this call is a dry run (``test=True`` given or set for the run)."""
+    given = kwargs.pop("test", None)
+    if given is not None:
+        from qubes_core.mgmt.values import parse_bool
+
+        return parse_bool(given, "test")
+    return bool(opts.get("test", False))
+
+
+def pop_flags(kwargs: dict[str, Any]) -> set[str]:
+    """``flags=[proxy, net]`` (or a comma-separated string) as a set of dash-names."""
+    from qubes_core.mgmt.values import as_list
+
+    return {flag.replace("_", "-") for flag in as_list(kwargs.pop("flags", None), "flags")}
+
+
+def merged_mappings(value: Any, what: str) -> dict[str, Any]:
+    """A mapping, or a list of mappings (YAML's ``- key: value`` lines), as one dict."""
+    if value is None:
+        return {}
+    if isinstance(value, Mapping):
+        return dict(value)
+    if isinstance(value, list | tuple):
+        merged: dict[str, Any] = {}
+        for item in value:
+            if not isinstance(item, Mapping):
+                raise SaltInvocationError(f"{what}: expected key: value items, got {item!r}")
+            merged.update(item)
+        return merged
+    raise SaltInvocationError(f"{what}: expected a mapping, got {value!r}")
