@@ -12,7 +12,7 @@ from qubes_core.policy.register import register_argument
 
 
 @method("policy.RegisterArgument", scope="local", write=True, argument=True, payload=True,
-        dest="vm", vm_facing=True, max_payload=64)
+        dest="vm", vm_facing=True, max_payload=64, default_action="deny")
 async def register(call: ApiCall) -> None:
     """The source (backend) lets the destination (frontend) call ``ARG+PAYLOAD`` in it."""
     service = call.require_arg("the service whose argument is registered")

@@ -121,7 +121,8 @@ def _declare(kind: str, scope: str, dest: str) -> None:
 
     method(prefix + "List", scope=scope, read=True, dest=dest)(list_)
     method(prefix + "Get", scope=scope, read=True, argument=True, dest=dest)(get)
-    method(prefix + "GetAll", scope=scope, read=True, dest=dest)(get_all)
+    # VMs allowed some properties try GetAll first: deny it quietly.
+    method(prefix + "GetAll", scope=scope, read=True, dest=dest, quiet_deny=True)(get_all)
     method(prefix + "GetDefault", scope=scope, read=True, argument=True, dest=dest)(get_default)
     method(prefix + "Help", scope=scope, read=True, argument=True, dest=dest)(help_)
     method(prefix + "Set", scope=scope, write=True, argument=True, payload=True,

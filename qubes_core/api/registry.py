@@ -3,7 +3,9 @@
 A method is declared with :func:`method` on its handler. The declaration says
 what the request may carry (an argument, a payload), which destination it
 accepts, on which socket it is served, and how the policy classifies it
-(``scope`` local|global and the ``read``/``write``/``execute`` flags). The server
+(``scope`` local|global and the ``read``/``write``/``execute`` flags), and what
+the default policy does with it (``default_action`` for a method VMs call,
+``quiet_deny`` for a listing VMs are expected to try). The server
 enforces the request shape from it, and the qrexec policy and the rpc install
 lists are generated from :func:`all_methods` alone, so they cannot drift from
 what the server serves.
@@ -20,6 +22,7 @@ from typing import Any
 SCOPES = ("local", "global")
 DESTS = ("vm", "adminvm", "any")
 SOCKETS = ("admin", "internal", "misc")
+DEFAULT_ACTIONS = ("allow", "deny")
 METHOD_NAME_RE = re.compile(r"^[a-zA-Z][a-zA-Z0-9_.-]{0,127}$")
 
 Handler = Callable[[Any], Awaitable[str | bytes | None]]
@@ -55,6 +58,11 @@ class MethodSpec:
     # write lock and takes it only around its change of the model, with
     # ``call.model_change()``; other writers are not held up by the slow part.
     own_write_lock: bool = False
+    # What the default policy does with a call from a VM (methods VMs call only):
+    # "deny" keeps it denied until the admin allows it.
+    default_action: str = "allow"
+    # A denied call is expected (a listing tried for every item): deny without notice.
+    quiet_deny: bool = False
 
     @property
     def policy_group(self) -> str:
@@ -71,7 +79,8 @@ def method(name: str, *, scope: str, read: bool = False, write: bool = False,
            execute: bool = False, argument: bool = False, payload: bool = False,
            dest: str = "vm", socket: str | None = None, vm_facing: bool = False,
            argument_optional: bool = False, max_payload: int = 65536,
-           own_write_lock: bool = False) -> Callable[[Handler], Handler]:
+           own_write_lock: bool = False, default_action: str = "allow",
+           quiet_deny: bool = False) -> Callable[[Handler], Handler]:
     """Declare ``name`` as served by the decorated ``async def handler(call)``.
 
     The decorator may be stacked to serve several names with one handler.
@@ -86,6 +95,11 @@ def method(name: str, *, scope: str, read: bool = False, write: bool = False,
         raise ValueError(f"{name}: declare at least one of read, write, execute")
     if own_write_lock and not write:
         raise ValueError(f"{name}: own_write_lock only applies to a write method")
+    if default_action not in DEFAULT_ACTIONS:
+        raise ValueError(f"{name}: default_action must be one of {DEFAULT_ACTIONS}, "
+                         f"not {default_action!r}")
+    if default_action != "allow" and not vm_facing:
+        raise ValueError(f"{name}: default_action only applies to a method VMs call")
     if socket is None:
         socket = "misc" if vm_facing else (
             "internal" if name.startswith("internal.") else "admin")
@@ -97,7 +111,8 @@ def method(name: str, *, scope: str, read: bool = False, write: bool = False,
                           argument=argument, payload=payload, dest=dest, socket=socket,
                           vm_facing=vm_facing, handler=func,
                           argument_optional=argument_optional, max_payload=max_payload,
-                          own_write_lock=own_write_lock)
+                          own_write_lock=own_write_lock, default_action=default_action,
+                          quiet_deny=quiet_deny)
         register(spec)
         return func
 

@@ -2,7 +2,8 @@
 
 Nothing here lists methods by hand: every line comes from a
 :class:`~qubes_core.api.registry.MethodSpec` (its scope, read/write/execute
-flags, socket and whether VMs call it), so the install lists cannot drift
+flags, socket, whether VMs call it, its default action and quiet deny), so
+the install lists cannot drift
 from what qubesd serves.
 
 - ``90-admin-default.policy``: one ``!include-service METHOD * include/GROUP``
@@ -45,10 +46,6 @@ GROUP_TEXT = {
     "admin-global-ro": "read the configuration of the whole system",
     "admin-global-rwx": "change the whole system (this includes every other include)",
 }
-# VM-facing services that stay denied until the admin allows them.
-DENIED_BY_DEFAULT = ("policy.RegisterArgument",)
-# Listings a VM is expected to try when only some items are allowed: deny quietly.
-QUIET_DENY = ("admin.vm.property.GetAll", "admin.property.GetAll")
 
 ADMIN_DEFAULT = "90-admin-default.policy"
 VM_FACING_DEFAULT = "90-vm-facing-default.policy"
@@ -71,14 +68,6 @@ def exposed(spec: Any) -> bool:
     return spec.socket in ("admin", "misc")
 
 
-def policy_group(spec: Any) -> str:
-    """The include a method's rules come from: ``admin-SCOPE-rwx`` if it writes or executes, else
-    ``admin-SCOPE-ro``.
-    """
-    rights = "rwx" if (spec.write or spec.execute) else "ro"
-    return f"admin-{spec.scope}-{rights}"
-
-
 def _admin_methods(methods: Iterable[Any]) -> list[Any]:
     return sorted((m for m in methods if m.socket == "admin"), key=lambda m: m.name)
 
@@ -94,7 +83,7 @@ def admin_default_policy(methods: Iterable[Any]) -> str:
     specs = _admin_methods(methods)
     width = max((len(spec.name) for spec in specs), default=0)
     for spec in specs:
-        lines.append(f"!include-service {spec.name:<{width}} * include/{policy_group(spec)}")
+        lines.append(f"!include-service {spec.name:<{width}} * include/{spec.policy_group}")
     return "\n".join(lines) + "\n"
 
 
@@ -104,8 +93,7 @@ def vm_facing_policy(methods: Iterable[Any]) -> str:
     """
     lines = [MARKER, DO_NOT_EDIT, "## Services VMs call in dom0.", ""]
     for spec in _vm_facing(methods):
-        action = "deny" if spec.name in DENIED_BY_DEFAULT else "allow"
-        lines.append(f"{spec.name} * @anyvm @adminvm {action}")
+        lines.append(f"{spec.name} * @anyvm @adminvm {spec.default_action}")
     return "\n".join(lines) + "\n"
 
 
@@ -114,13 +102,11 @@ def default_deny_policy(methods: Iterable[Any]) -> str:
 
     Not a catch-all: what no rule allows is denied anyway; this only silences the notice.
     """
-    names = {m.name for m in methods}
     lines = [MARKER, DO_NOT_EDIT,
              "## Whatever no rule allowed is denied; these say so without a notification.", ""]
-    for name in QUIET_DENY:
-        if name in names:
-            lines.append(f"{name} * @anyvm @anyvm   deny notify=no")
-            lines.append(f"{name} * @anyvm @adminvm deny notify=no")
+    for spec in sorted((m for m in methods if m.quiet_deny), key=lambda m: m.name):
+        lines.append(f"{spec.name} * @anyvm @anyvm   deny notify=no")
+        lines.append(f"{spec.name} * @anyvm @adminvm deny notify=no")
     return "\n".join(lines) + "\n"
 
 
@@ -192,7 +178,7 @@ def legacy_entries(methods: Iterable[Any], policy: Path, rpc: Path) -> list[Entr
                              include_file(group, "$include:include/{}"), replace=False))
     for spec in _admin_methods(methods):
         entries.append(Entry(legacy / spec.name, "file",
-                             f"{MARKER}\n$include:include/{policy_group(spec)}\n"))
+                             f"{MARKER}\n$include:include/{spec.policy_group}\n"))
     return entries
 
 

@@ -26,7 +26,6 @@ from qubes_core.policy.generate import (
     Entry,
     exposed,
     generate,
-    policy_group,
 )
 from qubes_core.policy.parser import parse_policy
 from qubes_core.policy.rules import PolicySyntaxError
@@ -120,9 +119,9 @@ def check(methods: Iterable[Any], paths: Any) -> list[str]:
         if spec is None or spec.socket != "admin":
             problems.append(f"{ADMIN_DEFAULT}: policy line for {words[1]}, "
                             "which is not an Admin API method")
-        elif words[3] != f"include/{policy_group(spec)}":
+        elif words[3] != f"include/{spec.policy_group}":
             problems.append(f"{ADMIN_DEFAULT}: {words[1]} includes {words[3]}, "
-                            f"expected include/{policy_group(spec)}")
+                            f"expected include/{spec.policy_group}")
     facing = Counter(words[0] for words in _policy_lines(policy_dir / VM_FACING_DEFAULT,
                                                          problems))
     for name in facing:

@@ -11,7 +11,7 @@ import pytest
 from qubes_core.api.registry import all_methods
 from qubes_core.paths import Paths
 from qubes_core.policy import DomainInfo, FixedSystem, Policy, Request
-from qubes_core.policy.generate import GROUPS, policy_group
+from qubes_core.policy.generate import GROUPS
 from qubes_core.policy.install import check, install
 from qubes_core.policy.install import main as install_main
 
@@ -36,7 +36,7 @@ def test_registry_install_is_complete(paths: Paths) -> None:
         entry = paths.rpc_dir / spec.name
         if spec.socket == "admin":
             assert text.count(f" {spec.name} ") == 1
-            assert f"include/{policy_group(spec)}" in text.split(f" {spec.name} ")[1] \
+            assert f"include/{spec.policy_group}" in text.split(f" {spec.name} ")[1] \
                 .splitlines()[0]
             assert os.readlink(entry) == str(paths.admin_socket)
         elif spec.socket == "misc":
@@ -96,7 +96,7 @@ def test_check_finds_drift(paths: Paths) -> None:
     lines.append(dup)
     lines.append("!include-service admin.vm.DoesNotExist * include/admin-local-ro")
     wrong = next(i for i, line in enumerate(lines) if f" {admin[2].name} " in line)
-    other = "admin-global-rwx" if policy_group(admin[2]) != "admin-global-rwx" \
+    other = "admin-global-rwx" if admin[2].policy_group != "admin-global-rwx" \
         else "admin-local-ro"
     lines[wrong] = f"!include-service {admin[2].name} * include/{other}"
     policy_file.write_text("\n".join(lines) + "\n")
@@ -127,7 +127,7 @@ def test_generated_policy_grants_by_classification(paths: Paths) -> None:
         if spec.socket != "admin":
             continue
         decision = decide(spec, "work")
-        expected = policy_group(spec) == "admin-local-ro"
+        expected = spec.policy_group == "admin-local-ro"
         assert decision.allowed == expected, spec.name
         if expected:
             assert decision.target == "dom0"
@@ -159,7 +159,7 @@ def test_legacy_form_with_include_lines(paths: Paths) -> None:
     for spec in admin:
         body = [line for line in (legacy / spec.name).read_text().splitlines()
                 if not line.startswith("#")]
-        assert body == [f"$include:include/{policy_group(spec)}"]
+        assert body == [f"$include:include/{spec.policy_group}"]
     (legacy / "include" / "admin-global-rwx").write_text(
         "mgmt $anyvm allow,target=dom0\nmgmt $adminvm allow,target=dom0\n")
     policy = Policy.load(paths.policy_dir, legacy)
@@ -216,3 +216,34 @@ def test_spec_changes_show_in_the_generated_lines(paths: Paths) -> None:
     assert line.endswith(f"include/admin-{spec.scope}-rwx")
     assert check([*others, changed], paths) == []
     assert check(methods, paths) != []
+
+
+def test_default_action_and_quiet_deny_come_from_the_declaration(paths: Paths) -> None:
+    """A VM-facing method declared deny is denied, and a quiet-deny declaration silences
+    the notice for exactly that method (no list of names outside the registry)."""
+    methods = all_methods()
+    facing = next(m for m in methods if m.socket == "misc" and m.default_action == "allow")
+    listing = next(m for m in methods if m.socket == "admin" and not m.quiet_deny)
+    changed = [dataclasses.replace(facing, default_action="deny"),
+               dataclasses.replace(listing, quiet_deny=True)]
+    others = [m for m in methods if m not in (facing, listing)]
+    install([*others, *changed], paths)
+    policy = Policy.load(paths.policy_dir, paths.rpc_dir / "policy")
+    assert not policy.evaluate(Request(facing.name, "", "work", "dom0"), SYSTEM).allowed
+    quiet = policy.evaluate(Request(listing.name, "", "work", "dom0"), SYSTEM)
+    assert not quiet.allowed and not quiet.notify
+    quiet_names = {m.name for m in methods if m.quiet_deny}
+    assert quiet_names >= {"admin.vm.property.GetAll", "admin.property.GetAll"}
+    text = (paths.policy_dir / "91-admin-default-deny.policy").read_text()
+    assert {line.split()[0] for line in text.splitlines()
+            if line and not line.startswith("#")} == quiet_names | {listing.name}
+
+
+def test_registry_refuses_a_default_action_it_cannot_apply() -> None:
+    from qubes_core.api.registry import method
+
+    with pytest.raises(ValueError, match="default_action must be one of"):
+        method("qubes.TestNothing", scope="local", read=True, vm_facing=True,
+               default_action="ask")
+    with pytest.raises(ValueError, match="only applies to a method VMs call"):
+        method("admin.test.Nothing", scope="local", read=True, default_action="deny")
