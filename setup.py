@@ -1,6 +1,7 @@
 """Packaging for qubes_core: the library, its console scripts and its plugin groups."""
 import importlib
 import os
+import runpy
 import sys
 from pathlib import Path
 
@@ -37,27 +38,9 @@ class BuildFastScripts(build_scripts):
         return outfiles, updated
 
 
-VM_CLASSES = [
-    "AdminVM = qubes_core.vm.adminvm:AdminVM",
-    "AppVM = qubes_core.vm.appvm:AppVM",
-    "TemplateVM = qubes_core.vm.templatevm:TemplateVM",
-    "StandaloneVM = qubes_core.vm.standalonevm:StandaloneVM",
-    "DispVM = qubes_core.vm.dispvm:DispVM",
-]
-
-EXTENSIONS = [
-    "services = qubes_core.ext.services:ServicesExtension",
-    "core_features = qubes_core.ext.core_features:CoreFeaturesExtension",
-    "admin_policy = qubes_core.ext.admin_policy:AdminPolicyExtension",
-    "firewall = qubes_core.ext.firewall:FirewallExtension",
-    "templates = qubes_core.ext.templates:TemplatesExtension",
-]
-
-STORAGE_DRIVERS = [
-    "file-reflink = qubes_core.storage.reflink:FileReflinkPool",
-    "file = qubes_core.storage.file:FilePool",
-    "linux-kernel = qubes_core.storage.kernel:LinuxKernelPool",
-]
+# The built-in plugins are listed once, in qubes_core/plugins.py (run on its own:
+# importing the package here would need its dependencies).
+PLUGINS = runpy.run_path("qubes_core/plugins.py")["entry_points_table"]()
 
 setup(
     name="qubes_core",
@@ -95,8 +78,6 @@ setup(
             "qrexec-policy-explain = qubes_core.policy.explain:main",
             "qubes-policy-install = qubes_core.policy.install:main",
         ],
-        "qubes_core.vm": VM_CLASSES,
-        "qubes_core.ext": EXTENSIONS,
-        "qubes_core.storage": STORAGE_DRIVERS,
+        **PLUGINS,
     },
 )

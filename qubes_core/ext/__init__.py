@@ -7,21 +7,10 @@ An extension's methods are marked with :func:`vm_handler` (events of VMs) or
 
 from __future__ import annotations
 
-import importlib
-import importlib.metadata
-import logging
 from collections.abc import Callable
 from typing import Any
 
-log = logging.getLogger("qubes.ext")
-
-BUILTIN_EXTENSIONS = {
-    "services": "qubes_core.ext.services:ServicesExtension",
-    "core_features": "qubes_core.ext.core_features:CoreFeaturesExtension",
-    "admin_policy": "qubes_core.ext.admin_policy:AdminPolicyExtension",
-    "firewall": "qubes_core.ext.firewall:FirewallExtension",
-    "templates": "qubes_core.ext.templates:TemplatesExtension",
-}
+from qubes_core.plugins import EXTENSION_GROUP, load_plugin, plugin_specs
 
 _loaded: dict[str, Extension] = {}
 
@@ -68,24 +57,12 @@ class Extension:
             target.remove_class_handler(event, bound)
 
 
-def _load(name: str, spec: str) -> type[Extension] | None:
-    module, _, attr = spec.partition(":")
-    try:
-        return getattr(importlib.import_module(module), attr)
-    except Exception:
-        log.exception("cannot load extension %s from %s", name, spec)
-        return None
-
-
 def load_extensions() -> dict[str, Extension]:
     """Register every extension (built-in and installed) not registered yet; return all."""
-    specs = dict(BUILTIN_EXTENSIONS)
-    for entry in importlib.metadata.entry_points(group="qubes_core.ext"):
-        specs.setdefault(entry.name, entry.value)
-    for name, spec in specs.items():
+    for name, spec in plugin_specs(EXTENSION_GROUP).items():
         if name in _loaded:
             continue
-        cls = _load(name, spec)
+        cls = load_plugin(EXTENSION_GROUP, name, spec)
         if cls is None:
             continue
         ext = cls()

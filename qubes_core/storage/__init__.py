@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import asyncio
 import functools
-import importlib.metadata
 import logging
 import re
 from collections.abc import Callable
@@ -29,6 +28,7 @@ from typing import Any
 
 from qubes_core import exc
 from qubes_core.exc import StoragePoolException
+from qubes_core.plugins import STORAGE_GROUP, load_plugins
 
 log = logging.getLogger("qubes.storage")
 
@@ -460,14 +460,8 @@ class Volume:
 
 @functools.cache
 def pool_drivers() -> dict[str, type[Pool]]:
-    """Installed storage drivers by name (the ``qubes_core.storage`` entry points)."""
-    drivers: dict[str, type[Pool]] = {}
-    for entry in importlib.metadata.entry_points(group="qubes_core.storage"):
-        try:
-            drivers[entry.name] = entry.load()
-        except Exception:
-            log.exception("cannot load storage driver %s from %s", entry.name, entry.value)
-    return drivers
+    """Storage drivers by name: the built-in ones, then those of installed plugins."""
+    return load_plugins(STORAGE_GROUP)
 
 
 def make_pool(name: str, driver: str, **config: Any) -> Pool:

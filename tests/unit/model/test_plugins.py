@@ -8,7 +8,7 @@ import textwrap
 
 import pytest
 
-from qubes_core import ext, vm
+from qubes_core import ext, plugins, vm
 
 PLUGIN = '''
 from qubes_core.ext import Extension, vm_handler
@@ -53,11 +53,29 @@ def installed_plugin(tmp_path, monkeypatch):
     sys.modules.pop("audit_plugin", None)
 
 
-def test_own_classes_and_extensions_are_declared_as_entry_points():
-    names = {e.name for e in importlib.metadata.entry_points(group="qubes_core.vm")}
-    assert {"AdminVM", "AppVM", "TemplateVM", "StandaloneVM", "DispVM"} <= names
-    extensions = {e.name for e in importlib.metadata.entry_points(group="qubes_core.ext")}
-    assert {"services", "core_features"} <= extensions
+def test_own_plugins_are_declared_as_entry_points_from_the_one_table():
+    assert {"AdminVM", "AppVM", "TemplateVM", "StandaloneVM", "DispVM"} \
+        <= set(plugins.BUILTIN[plugins.VM_GROUP])
+    for group, builtin in plugins.BUILTIN.items():
+        declared = {e.name: e.value for e in importlib.metadata.entry_points(group=group)}
+        assert {name: declared.get(name) for name in builtin} == builtin, group
+
+
+def test_every_builtin_plugin_loads():
+    assert set(vm.vm_classes()) >= set(plugins.BUILTIN[plugins.VM_GROUP])
+    for group, builtin in plugins.BUILTIN.items():
+        assert set(plugins.load_plugins(group)) >= set(builtin), group
+
+
+def test_a_plugin_cannot_replace_a_builtin_one(tmp_path, monkeypatch):
+    (tmp_path / "impostor.py").write_text("class AppVM:\n    pass\n")
+    dist = tmp_path / "impostor-1.0.dist-info"
+    dist.mkdir()
+    (dist / "METADATA").write_text("Metadata-Version: 2.1\nName: impostor\nVersion: 1.0\n")
+    (dist / "entry_points.txt").write_text("[qubes_core.vm]\nAppVM = impostor:AppVM\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    importlib.invalidate_caches()
+    assert plugins.plugin_specs(plugins.VM_GROUP)["AppVM"] == "qubes_core.vm.appvm:AppVM"
 
 
 def test_third_party_class_and_extension_are_loaded(installed_plugin, app):
