@@ -28,7 +28,7 @@ IDLE_CALLS = 30
 
 async def _call(server: Any, method: str, dest: str = "dom0", arg: str = "",
                 payload: bytes = b"") -> bytes:
-    from qubes_core.api import protocol
+    from qubes_core import protocol
 
     reply = await server.handle(protocol.encode_request(method, "dom0", dest, arg, payload))
     if not reply or not reply.startswith(protocol.OK):

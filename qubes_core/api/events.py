@@ -22,7 +22,7 @@ import contextlib
 import logging
 from typing import Any
 
-from qubes_core.api import protocol
+from qubes_core import protocol
 from qubes_core.api.call import NO_REPLY, ApiCall
 from qubes_core.api.registry import method
 

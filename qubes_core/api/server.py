@@ -29,8 +29,7 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
-from qubes_core import exc
-from qubes_core.api import protocol
+from qubes_core import exc, protocol
 from qubes_core.api.call import NO_REPLY, ApiCall
 from qubes_core.api.commit import GroupCommit
 from qubes_core.api.registry import MethodSpec, get_method, import_api_modules

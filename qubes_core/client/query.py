@@ -15,7 +15,7 @@ import argparse
 import socket
 import sys
 
-from qubes_core.api import protocol
+from qubes_core import protocol
 
 EXIT_NO_REPLY = 2
 

@@ -12,8 +12,7 @@ import socket
 from collections.abc import Iterator
 from pathlib import Path
 
-from qubes_core import exc
-from qubes_core.api import protocol
+from qubes_core import exc, protocol
 
 RECV_SIZE = 65536
 

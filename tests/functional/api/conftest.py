@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from qubes_core.api import protocol
+from qubes_core import protocol
 from qubes_core.api.server import QubesdServer
 from qubes_core.app import Qubes
 from qubes_core.client.embedded import EmbeddedQubesd

@@ -6,7 +6,7 @@ import asyncio
 
 import pytest
 
-from qubes_core.api import protocol
+from qubes_core import protocol
 from qubes_core.api.events import broadcaster
 
 

@@ -14,7 +14,7 @@ import asyncio
 import os
 import random
 
-from qubes_core.api import protocol
+from qubes_core import protocol
 from qubes_core.api.registry import get_method
 from qubes_core.client import Qubes as ClientQubes
 from tests.functional.api.conftest import file_digest

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from qubes_core.api import protocol
+from qubes_core import protocol
 from qubes_core.app import Qubes
 from qubes_core.client import Qubes as ClientQubes
 from qubes_core.client.embedded import EmbeddedQubesd, listening

@@ -13,7 +13,7 @@ import asyncio
 
 import pytest
 
-from qubes_core.api import protocol
+from qubes_core import protocol
 from qubes_core.client.embedded import EmbeddedQubesd
 from qubes_core.paths import resolve
 from tests.requirements import require

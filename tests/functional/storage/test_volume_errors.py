@@ -12,8 +12,7 @@ import os
 
 import pytest
 
-from qubes_core import exc
-from qubes_core.api import protocol
+from qubes_core import exc, protocol
 from qubes_core.app import Qubes
 from qubes_core.storage import MAX_VOLUME_SIZE
 from tests.functional.api.conftest import Harness

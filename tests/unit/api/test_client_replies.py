@@ -4,8 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from qubes_core import exc
-from qubes_core.api import protocol
+from qubes_core import exc, protocol
 from qubes_core.client.app import PropertyValues, parse_vm_line
 from qubes_core.client.transport import QubesDaemonNoResponseError, parse_reply
 

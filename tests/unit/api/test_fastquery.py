@@ -6,7 +6,7 @@ import io
 
 import pytest
 
-from qubes_core.api import protocol
+from qubes_core import protocol
 from qubes_core.client import fastquery
 
 

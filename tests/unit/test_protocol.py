@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from qubes_core.api import protocol
-from qubes_core.api.protocol import FramingError, parse_request
+from qubes_core import protocol
+from qubes_core.protocol import FramingError, parse_request
 
 
 def test_parse_request_with_argument_and_payload():
@@ -79,3 +79,17 @@ def test_event_record_bytes_and_split():
 def test_event_fields_never_carry_nul():
     record = protocol.encode_event("work", "x", {"k": "a\x00b"})
     assert protocol.split_events(bytearray(record)) == [("work", "x", {"k": "a\\0b"})]
+
+
+def test_clients_load_the_protocol_without_the_server() -> None:
+    """The wire protocol is neutral ground: the client tools never import the server."""
+    import subprocess
+    import sys
+
+    code = ("import sys, qubes_core.client.app, qubes_core.client.query, "
+            "qubes_core.client.transport;"
+            "print(sorted(m for m in sys.modules if m.startswith('qubes_core.')))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         check=True).stdout
+    assert "'qubes_core.protocol'" in out
+    assert "qubes_core.api" not in out

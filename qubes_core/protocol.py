@@ -1,4 +1,4 @@
-"""The qubesd wire protocol, byte for byte (shared by the server and the clients).
+"""The qubesd wire protocol, byte for byte: the one definition the server and the clients share.
 
 Request: ``METHOD[+ARG] SOURCE DEST-TYPE DEST\\0PAYLOAD`` then EOF, at most 64 KiB;
 DEST-TYPE is ``name`` or ``keyword`` (only ``keyword adminvm``, which is dom0).
@@ -6,7 +6,9 @@ Replies: ``0\\0`` + body; ``2\\0`` + ``TYPE\\0TRACEBACK\\0MESSAGE\\0``; for each
 event of ``admin.Events`` ``1\\0`` + ``SUBJECT\\0EVENT\\0K\\0V\\0...\\0\\0``.
 Anything that cannot be framed gets no reply: the connection is closed.
 
-This module imports nothing heavy: the fast client uses it.
+It belongs to neither end: the server (:mod:`qubes_core.api`) and the clients
+(:mod:`qubes_core.client`) both import it, and a client never loads the server's
+package. It imports nothing of the project.
 """
 
 from __future__ import annotations
