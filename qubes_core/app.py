@@ -115,8 +115,10 @@ class VMCollection:
                 return qid
         raise LookupError("no free qid left")
 
-    def get_new_unused_dispid(self) -> int:
-        """A free DispVM number whose default name ``disp<N>`` is free too."""
+    def get_new_unused_dispid(self, rng: random.Random | None = None) -> int:
+        """A free DispVM number whose default name ``disp<N>`` is free too (drawn from
+        ``rng``, by default the process's generator)."""
+        draw: Any = rng if rng is not None else random
         used = {getattr(vm, "dispid", None) for vm in self}
         used.update(int(name[4:]) for name in self._by_name
                     if name.startswith("disp") and name[4:].isdigit())
@@ -124,9 +126,9 @@ class VMCollection:
             free = [i for i in range(1, MAX_DISPID + 1) if i not in used]
             if not free:
                 raise LookupError("no free dispid left")
-            return random.choice(free)
+            return draw.choice(free)
         while True:
-            dispid = random.randint(1, MAX_DISPID)
+            dispid = draw.randint(1, MAX_DISPID)
             if dispid not in used:
                 return dispid
 

@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import contextlib
+import enum
 from collections.abc import AsyncIterator, Callable, Iterable
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import TYPE_CHECKING, Any, Final, TypeVar
 
 from qubes_core import exc
 from qubes_core.api.untrusted import decode_text
@@ -14,8 +15,16 @@ if TYPE_CHECKING:
 
 T = TypeVar("T")
 
-# Returned by a handler that has sent everything itself (admin.Events): no reply.
-NO_REPLY = b"\x00no-reply"
+
+
+class NoReply(enum.Enum):
+    """What a handler returns when it has sent everything itself (``admin.Events``)."""
+
+    NO_REPLY = "no-reply"
+
+
+#: The server sends no reply of its own for this call.
+NO_REPLY: Final = NoReply.NO_REPLY
 
 
 class ApiCall:

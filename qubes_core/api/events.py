@@ -23,7 +23,7 @@ import logging
 from typing import Any
 
 from qubes_core import protocol
-from qubes_core.api.call import NO_REPLY, ApiCall
+from qubes_core.api.call import NO_REPLY, ApiCall, NoReply
 from qubes_core.api.registry import method
 
 log = logging.getLogger("qubes.api.events")
@@ -165,7 +165,7 @@ def broadcaster(server: Any) -> EventBroadcaster:
 
 
 @method("admin.Events", scope="global", read=True, dest="any")
-async def events(call: ApiCall) -> bytes:
+async def events(call: ApiCall) -> NoReply:
     """Stream the model's events (all VMs for dom0, else one VM) until the client hangs up
     or falls too far behind.
     """

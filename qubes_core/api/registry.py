@@ -19,13 +19,15 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
+from qubes_core.api.call import NoReply
+
 SCOPES = ("local", "global")
 DESTS = ("vm", "adminvm", "any")
 SOCKETS = ("admin", "internal", "misc")
 DEFAULT_ACTIONS = ("allow", "deny")
 METHOD_NAME_RE = re.compile(r"^[a-zA-Z][a-zA-Z0-9_.-]{0,127}$")
 
-Handler = Callable[[Any], Awaitable[str | bytes | None]]
+Handler = Callable[[Any], Awaitable[str | bytes | None | NoReply]]
 
 
 @dataclass(frozen=True)

@@ -30,7 +30,7 @@ from pathlib import Path
 from typing import Any
 
 from qubes_core import exc, protocol
-from qubes_core.api.call import NO_REPLY, ApiCall
+from qubes_core.api.call import NO_REPLY, ApiCall, NoReply
 from qubes_core.api.commit import GroupCommit
 from qubes_core.api.registry import MethodSpec, get_method, import_api_modules
 
@@ -39,8 +39,6 @@ log = logging.getLogger("qubes.api")
 SOCKET_GROUP = "qubes"  # its members (and the owner) may call; nobody else
 # A client that sends nothing for this long is dropped (it holds a connection).
 REQUEST_TIMEOUT = 60.0
-# How often a streaming call (admin.Events) checks that its client is still there.
-HANGUP_POLL = 0.5
 
 
 class CallRefused(Exception):
@@ -61,15 +59,26 @@ class Connection:
         return self.writer.is_closing()
 
     async def wait_hangup(self) -> None:
-        """Return when the client has closed its end."""
+        """Return when the client has closed its end (or the connection is gone).
+
+        The request was read up to the client's EOF, so reading tells nothing more;
+        the socket reports a hangup (EPOLLHUP) once the client closed it entirely. An
+        epoll set that holds only this socket, with no event asked for (hangup and
+        error are always reported), becomes readable then, and the loop waits on it.
+        """
         sock = self.writer.get_extra_info("socket")
-        poller = select.poll()
-        if sock is not None:
-            poller.register(sock.fileno(), select.POLLHUP | select.POLLERR)
-        while not self.writer.is_closing():
-            if sock is not None and sock.fileno() >= 0 and poller.poll(0):
-                return
-            await asyncio.sleep(HANGUP_POLL)
+        if sock is None or sock.fileno() < 0 or self.writer.is_closing():
+            return
+        loop = asyncio.get_running_loop()
+        hung_up: asyncio.Future[None] = loop.create_future()
+        with select.epoll() as watch:
+            watch.register(sock.fileno(), 0)
+            loop.add_reader(watch.fileno(),
+                            lambda: hung_up.done() or hung_up.set_result(None))
+            try:
+                await hung_up
+            finally:
+                loop.remove_reader(watch.fileno())
 
 
 class QubesdServer:
@@ -217,7 +226,7 @@ class QubesdServer:
         return ApiCall(self.app, spec, src, dest, request.arg, request.payload, server=self)
 
     async def call(self, request: protocol.Request, kind: str = "admin",
-                   connection: Connection | None = None) -> str | bytes | None:
+                   connection: Connection | None = None) -> str | bytes | None | NoReply:
         call = self.resolve(request, kind)
         call.connection = connection  # type: ignore[attr-defined]
         await self.check_permission(call)

@@ -18,6 +18,7 @@ import pytest
 from qubes_core.app import Qubes
 from tests.functional.api.conftest import Harness
 from tests.requirements import require_root, require_tool
+from tests.support import wait_until_async
 
 MiB = 1024**2
 DATA = 512 * MiB
@@ -58,11 +59,8 @@ def read_at(path: str, offset: int, length: int) -> bytes:
 
 
 async def wait_for_file(directory: Path, pattern: str, task: asyncio.Task) -> None:
-    for _ in range(2000):
-        if any(directory.glob(pattern)) or task.done():
-            return
-        await asyncio.sleep(0.005)
-    raise AssertionError(f"no {pattern} in {directory}")
+    await wait_until_async(lambda: any(directory.glob(pattern)) or task.done(),
+                           what=f"{pattern} in {directory}")
 
 
 async def test_feature_set_completes_during_a_slow_clone(tmp_path: Path, tmpfs: Path) -> None:

@@ -5,7 +5,6 @@ from __future__ import annotations
 import os
 import signal
 import threading
-import time
 
 import pytest
 from lxml import etree
@@ -14,6 +13,7 @@ from qubes_core.app import Qubes
 from qubes_core.client import Qubes as ClientQubes
 from qubes_core.client.embedded import EmbeddedQubesd
 from tests.functional.api.conftest import RunningQubesd, build_installation
+from tests.support import wait_until
 
 CLIENTS = 32
 ROUNDS = 15
@@ -102,9 +102,7 @@ def test_sigkill_keeps_every_acknowledged_write(tmp_path):
     threads = [threading.Thread(target=writer, args=(i,)) for i in range(8)]
     for thread in threads:
         thread.start()
-    deadline = time.monotonic() + 20
-    while len(acked) < 200 and time.monotonic() < deadline:
-        time.sleep(0.05)
+    wait_until(lambda: len(acked) >= 200, what="200 acknowledged writes")
     os.kill(daemon.process.pid, signal.SIGKILL)
     daemon.process.wait()
     stop.set()

@@ -8,6 +8,7 @@ import pytest
 
 from qubes_core import protocol
 from qubes_core.api.events import broadcaster
+from tests.support import wait_until_async
 
 
 @pytest.fixture
@@ -78,11 +79,7 @@ async def test_hangup_unsubscribes(served):
     hub = broadcaster(served.server)
     assert len(hub.subscribers) == 1
     writer.close()
-    for _ in range(50):
-        if not hub.subscribers:
-            break
-        await asyncio.sleep(0.1)
-    assert not hub.subscribers
+    await wait_until_async(lambda: not hub.subscribers, what="the subscriber leaving")
     # With nobody listening the handlers are gone from the model again.
     assert not served.app._instance_handlers.get("*")
 

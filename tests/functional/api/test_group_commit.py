@@ -25,6 +25,7 @@ from qubes_core.client.embedded import EmbeddedQubesd
 from qubes_core.paths import resolve
 from tests.functional.api.conftest import build_installation
 from tests.requirements import require_root, require_tool
+from tests.support import wait_until_async
 
 CLIENTS = 24
 ROUNDS = 6
@@ -46,14 +47,6 @@ _THREADS = concurrent.futures.ThreadPoolExecutor(max_workers=CLIENTS + 2)
 def in_thread(func, *args) -> asyncio.Future:
     """Run a blocking client call in its own thread (enough threads for every client)."""
     return asyncio.get_running_loop().run_in_executor(_THREADS, func, *args)
-
-
-async def wait_until(condition, timeout: float = 20.0) -> None:
-    for _ in range(int(timeout / 0.02)):
-        if condition():
-            return
-        await asyncio.sleep(0.02)
-    raise AssertionError("condition not reached in time")
 
 
 class SaveRecorder:
@@ -133,7 +126,7 @@ async def test_one_save_covers_the_writes_made_while_another_was_on_disk(served)
     assert await in_thread(recorder.holding.wait, 10)
     later = [in_thread(client.call, "admin.vm.feature.Set", f"vm{i}", "later", str(i))
              for i in range(2, 9)]
-    await wait_until(lambda: server.commits.waiting == 8)  # applied, waiting for a save
+    await wait_until_async(lambda: server.commits.waiting == 8)  # applied, waiting for a save
     assert not any(task.done() for task in later)
     recorder.gate.set()
     await asyncio.wait_for(asyncio.gather(first, *later), 30)
@@ -169,7 +162,7 @@ async def test_a_failed_save_fails_the_calls_it_covered_only(served):
     assert await in_thread(recorder.holding.wait, 10)
     later = [in_thread(client.call, "admin.vm.feature.Set", f"vm{i}", "later", "1")
              for i in (2, 3)]
-    await wait_until(lambda: server.commits.waiting == 3)
+    await wait_until_async(lambda: server.commits.waiting == 3)
     recorder.gate.set()
     results = await asyncio.wait_for(
         asyncio.gather(*covered, *later, return_exceptions=True), 30)

@@ -6,7 +6,6 @@ from __future__ import annotations
 import os
 import re
 import subprocess
-import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -21,16 +20,7 @@ from qubes_core.paths import Paths, resolve
 from qubes_core.policy import ModelSystem, Policy, Request
 from qubes_core.policy.install import check
 from tests.requirements import require_tool
-
-
-def _wait_for(condition: Callable[[], bool], timeout: float = 3.0) -> bool:
-    """Poll ``condition`` until it holds (the watcher reloads within a second)."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if condition():
-            return True
-        time.sleep(0.05)
-    return condition()
+from tests.support import wait_until
 
 
 class Daemon:
@@ -86,7 +76,8 @@ def test_admin_call_from_vm_by_generated_local_ro_include(daemon: Daemon) -> Non
     assert _refused(lambda: _label(daemon, "work", "work"))  # nothing granted yet
 
     daemon.grant("admin-local-ro", "work work allow target=dom0")
-    assert _wait_for(lambda: not _refused(lambda: _label(daemon, "work", "work")))
+    wait_until(lambda: not _refused(lambda: _label(daemon, "work", "work")),
+               what="the grant in force")
     assert _label(daemon, "work", "work").endswith("blue")
     all_props = daemon.admin("work").call_text("admin.vm.property.GetAll", "work")
     assert "label" in all_props
@@ -103,8 +94,8 @@ def test_admin_call_from_vm_by_generated_local_ro_include(daemon: Daemon) -> Non
 def test_listing_is_filtered_to_what_the_policy_allows(daemon: Daemon) -> None:
     daemon.grant("admin-global-ro", "mgmt @adminvm allow target=dom0")
     daemon.grant("admin-global-ro", "mgmt work allow target=dom0")
-    assert _wait_for(lambda: not _refused(
-        lambda: daemon.admin("mgmt").call("admin.vm.List", "dom0")))
+    wait_until(lambda: not _refused(lambda: daemon.admin("mgmt").call("admin.vm.List", "dom0")),
+               what="the grant in force")
     names = {line.split()[0] for line in
              daemon.admin("mgmt").call_text("admin.vm.List", "dom0").splitlines()}
     assert names == {"dom0", "work"}
@@ -115,12 +106,15 @@ def test_listing_is_filtered_to_what_the_policy_allows(daemon: Daemon) -> None:
 
 def test_broken_edit_denies_until_fixed(daemon: Daemon) -> None:
     daemon.grant("admin-local-ro", "work work allow target=dom0")
-    assert _wait_for(lambda: not _refused(lambda: _label(daemon, "work", "work")))
+    wait_until(lambda: not _refused(lambda: _label(daemon, "work", "work")),
+               what="the grant in force")
     user = daemon.paths.policy_dir / "30-user.policy"
     user.write_text("admin.vm.List * work @adminvm allow target=dom0 oops\n")
-    assert _wait_for(lambda: _refused(lambda: _label(daemon, "work", "work")))
+    wait_until(lambda: _refused(lambda: _label(daemon, "work", "work")),
+               what="the broken policy in force")
     user.write_text("# fixed\n")
-    assert _wait_for(lambda: not _refused(lambda: _label(daemon, "work", "work")))
+    wait_until(lambda: not _refused(lambda: _label(daemon, "work", "work")),
+               what="the grant in force")
 
 
 def test_getdate_follows_clockvm(daemon: Daemon) -> None:
@@ -158,7 +152,7 @@ def test_register_argument(daemon: Daemon) -> None:
 
     (daemon.paths.policy_dir / "30-user.policy").write_text(
         "policy.RegisterArgument +qubes.Gpg vault @anyvm allow target=dom0\n")
-    assert _wait_for(lambda: not _refused(lambda: register(b"key1")))
+    wait_until(lambda: not _refused(lambda: register(b"key1")), what="the grant in force")
     assert (legacy / "qubes.Gpg+key1").read_text().splitlines()[-1] == "work vault allow"
     with Qubes(daemon.paths.qubes_xml, lock=False) as app:
         policy = Policy.load(daemon.paths.policy_dir, legacy)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 from typing import Any
 
 import libvirt
@@ -11,6 +10,7 @@ import pytest
 from qubes_core import exc
 from qubes_core.backend import make_runtime
 from qubes_core.backend.domain_xml import render_domain_xml
+from tests.support import fired, until
 from tests.unit.runtime.support import TEST_DRIVER_DOMAIN, EventLog
 
 
@@ -19,21 +19,11 @@ def outside_connection() -> libvirt.virConnect:
     return libvirt.open("test:///default")
 
 
-async def until(event: asyncio.Event) -> None:
-    await asyncio.wait_for(event.wait(), 10)
-
-
-def notify_on(vm: Any, name: str) -> asyncio.Event:
-    fired = asyncio.Event()
-    vm.add_handler(name, lambda subject, event, **kwargs: fired.set())
-    return fired
-
-
 async def test_destroy_from_outside_is_reported_as_a_stop(lifecycle_app: Any) -> None:
     work = lifecycle_app.domains["work"]
     await work.start()
     log = EventLog([work], "domain-shutdown")
-    stopped = notify_on(work, "domain-shutdown")
+    stopped = fired(work, "domain-shutdown")
     conn = outside_connection()
     try:
         conn.lookupByName("work").destroy()
@@ -48,8 +38,8 @@ async def test_destroy_from_outside_is_reported_as_a_stop(lifecycle_app: Any) ->
 async def test_pause_from_outside_is_seen_at_once_and_reported(lifecycle_app: Any) -> None:
     work = lifecycle_app.domains["work"]
     await work.start()
-    paused = notify_on(work, "domain-paused")
-    unpaused = notify_on(work, "domain-unpaused")
+    paused = fired(work, "domain-paused")
+    unpaused = fired(work, "domain-unpaused")
     conn = outside_connection()
     try:
         domain = conn.lookupByUUIDString(str(work.uuid))
@@ -169,8 +159,8 @@ async def test_a_bound_app_hears_of_vms_started_elsewhere(lifecycle_app: Any) ->
     runtime = lifecycle_app.runtime
     runtime.bind(lifecycle_app)
     work = lifecycle_app.domains["work"]
-    started = notify_on(work, "domain-start")
-    stopped = notify_on(work, "domain-shutdown")
+    started = fired(work, "domain-start")
+    stopped = fired(work, "domain-shutdown")
     conn = outside_connection()
     try:
         domain = conn.defineXML(render_domain_xml(work, "test"))

@@ -13,6 +13,7 @@ from lxml import etree
 
 from qubes_core import exc
 from qubes_core.app import Qubes
+from tests.support import wait_until_async
 from tests.unit.runtime.support import EventLog
 
 LIFECYCLE_EVENTS = ("domain-pre-start", "domain-start", "domain-qdb-create", "domain-stopped",
@@ -111,7 +112,7 @@ async def test_start_time_is_read_from_the_runtime(lifecycle_app: Any) -> None:
     first = work.start_time
     await work.kill()
     assert work.start_time is None
-    await asyncio.sleep(0.01)
+    await wait_until_async(lambda: time.time() > first, what="the clock passing the first start")
     await work.start()
     assert work.start_time > first
     with pytest.raises(exc.QubesPropertyValueError, match="read-only"):

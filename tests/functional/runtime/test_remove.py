@@ -13,18 +13,7 @@ from typing import Any
 import pytest
 
 from qubes_core import exc
-
-
-def gate(vm: Any, event: str) -> tuple[asyncio.Event, asyncio.Event]:
-    """Hold ``event`` of ``vm`` open: returns (entered, release)."""
-    entered, release = asyncio.Event(), asyncio.Event()
-
-    async def hold(subject: Any, name: str, **kwargs: Any) -> None:
-        entered.set()
-        await release.wait()
-
-    vm.add_handler(event, hold)
-    return entered, release
+from tests.support import gate_call, gate_event, loop_turns, spy_call, until
 
 
 def defined_domains(app: Any) -> set[str]:
@@ -34,27 +23,32 @@ def defined_domains(app: Any) -> set[str]:
 async def test_remove_is_refused_while_the_vm_starts(lifecycle_app: Any) -> None:
     work = lifecycle_app.domains["work"]
     work.netvm = None
-    entered, release = gate(work, "domain-pre-start")
+    gate = gate_event(work, "domain-pre-start")
     start = asyncio.create_task(work.start())
-    await asyncio.wait_for(entered.wait(), 10)
+    await gate.reached()
     with pytest.raises(exc.QubesVMNotHaltedError, match="it is starting"):
         await work.remove()
-    release.set()
+    gate.release()
     await asyncio.wait_for(start, 30)
     assert work.get_power_state() == "Running" and "work" in lifecycle_app.domains
     assert work.volumes["private"].is_dirty()
     await work.kill()
 
 
-async def test_start_waiting_behind_a_removal_is_refused(lifecycle_app: Any) -> None:
+async def test_start_waiting_behind_a_removal_is_refused(
+        lifecycle_app: Any, monkeypatch: pytest.MonkeyPatch) -> None:
     work = lifecycle_app.domains["work"]
     work.netvm = None
     vm_dir = work.volumes["private"].block_device().rsplit("/", 1)[0]
+    files = gate_call(monkeypatch, work, "remove_from_disk")
     removal = asyncio.create_task(work.remove())
-    await asyncio.sleep(0)  # the removal holds the startup lock, files going
+    await files.reached()  # the removal holds the startup lock, files going
     assert work.startup_lock.locked() and "work" not in lifecycle_app.domains
+    start = asyncio.create_task(work.start())
+    await loop_turns()
+    files.release()
     with pytest.raises(exc.QubesVMNotFoundError, match="it was removed"):
-        await work.start()
+        await start
     await removal
     assert "work" not in defined_domains(lifecycle_app)
     assert not os.path.exists(vm_dir)
@@ -70,22 +64,25 @@ async def test_a_removed_vm_object_does_not_start(lifecycle_app: Any) -> None:
     assert not work.volumes_in_use
 
 
-async def test_remove_is_refused_while_the_stop_is_handled(lifecycle_app: Any) -> None:
+async def test_remove_is_refused_while_the_stop_is_handled(
+        lifecycle_app: Any, monkeypatch: pytest.MonkeyPatch) -> None:
     """Halted in libvirt, its volumes not yet committed: not removable, and a start
     waits until the stop was handled."""
     work = lifecycle_app.domains["work"]
     work.netvm = None
     await work.start()
-    entered, release = gate(work, "domain-shutdown")
+    gate = gate_event(work, "domain-shutdown")
     kill = asyncio.create_task(work.kill())
-    await asyncio.wait_for(entered.wait(), 10)
+    await gate.reached()
     assert work.get_power_state() == "Halted" and work.volumes_in_use
     with pytest.raises(exc.QubesVMNotHaltedError, match="volumes are in use"):
         await work.remove()
+    waiting = spy_call(monkeypatch, lifecycle_app.runtime, "wait_stopped")
     restart = asyncio.create_task(work.start())
-    await asyncio.sleep(0.05)
+    await until(waiting)
+    await loop_turns()
     assert not restart.done()  # waits for the stop's handling
-    release.set()
+    gate.release()
     await asyncio.wait_for(kill, 30)
     await asyncio.wait_for(restart, 30)
     assert work.get_power_state() == "Running"

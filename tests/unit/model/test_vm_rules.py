@@ -1,5 +1,7 @@
 """The model's rules (FACTS: qubes.xml and the model)."""
 
+import re
+
 import pytest
 
 from qubes_core import exc
@@ -8,9 +10,12 @@ from qubes_core.devices import DeviceAssignment
 
 def test_names_are_validated(app):
     app.add_new_vm("TemplateVM", name="tpl", label="red")
-    for bad in ("", "1abc", "a b", "x" * 32, "default", "none", "dom0", "foo-dm", "a/b",
-                "é"):
-        with pytest.raises(exc.QubesException):
+    invalid = "is invalid: it must start with a letter"
+    for bad, why in (("", invalid), ("1abc", invalid), ("a b", invalid),
+                     ("x" * 32, "is longer than 31 characters"), ("default", "is reserved"),
+                     ("none", "is reserved"), ("dom0", "a VM named 'dom0' already exists"),
+                     ("foo-dm", "may not end in '-dm'"), ("a/b", invalid), ("é", invalid)):
+        with pytest.raises(exc.QubesException, match=re.escape(why)):
             app.add_new_vm("AppVM", name=bad, label="red", template="tpl")
     assert sorted(app.domains.keys()) == ["dom0", "tpl"]
 
@@ -219,13 +224,19 @@ def test_xen_name_of_dom0_is_reserved(app):
             app.add_new_vm("AppVM", name=name, label="red", template="tpl")
 
 
-def test_dispids_avoid_names_taken_by_other_vms(basic_app, monkeypatch):
+def test_dispids_avoid_names_taken_by_other_vms(basic_app):
     import random
 
+    class Scripted(random.Random):
+        """Draws 7, 7, then 8."""
+
+        picks = iter([7, 7, 8])
+
+        def randint(self, a, b):
+            return next(self.picks)
+
     basic_app.add_new_vm("AppVM", name="disp7", label="red")
-    picks = iter([7, 7, 8])
-    monkeypatch.setattr(random, "randint", lambda a, b: next(picks))
-    assert basic_app.domains.get_new_unused_dispid() == 8
+    assert basic_app.domains.get_new_unused_dispid(Scripted()) == 8
 
 
 def test_backup_timestamp_is_an_int_property():
