@@ -208,7 +208,10 @@ class LoopDisk:
     def _attach(self) -> None:
         self.device = subprocess.run(["losetup", "--find", "--show", str(self.image)],
                                      check=True, capture_output=True, text=True).stdout.strip()
-        subprocess.run(["mount", self.device, str(self.mount_point)], check=True,
+        # A power-cut copy has the UUID of the image it replaces, which XFS refuses while
+        # that one is not yet gone (a lazy unmount on a busy machine): skip that check.
+        options = ["-o", "nouuid"] if self.fstype == "xfs" else []
+        subprocess.run(["mount", *options, self.device, str(self.mount_point)], check=True,
                        capture_output=True)
 
     def _detach(self) -> None:
