@@ -56,6 +56,7 @@ setup(
         "lxml>=5",
         "jinja2>=3",
         "libvirt-python>=9",
+        "asyncinotify>=4.0",
     ],
     extras_require={
         "test": [
