@@ -2,9 +2,9 @@
 
 Power state and start time are read from libvirt on every call. The start time
 is kept in the running domain's live metadata, which libvirt drops when the
-domain stops. Lifecycle events come from libvirt's event loop thread
-(:mod:`qubes_core.backend.libvirt_events`) and are delivered, in order, by one
-task on the asyncio loop that last used this runtime. Domains whose UUID is not
+domain stops. Lifecycle events come through libvirt's callbacks on the asyncio
+loop (:mod:`qubes_core.backend.libvirt_events`) and are delivered, in order, by
+one task on the loop that last used this runtime. Domains whose UUID is not
 one of a bound app's VMs (libvirt's own ``test`` domain, say) are ignored.
 
 All connections to ``test:///default`` in one process share one state.
@@ -34,7 +34,7 @@ from qubes_core.backend.libvirt_events import (
     STARTED,
     STOPPED,
     UNPAUSED,
-    ensure_event_loop,
+    bind_event_loop,
     lifecycle_kind,
 )
 
@@ -75,6 +75,13 @@ def _message(error: libvirt.libvirtError) -> str:
     return error.get_error_message() or str(error)
 
 
+def _running_loop() -> asyncio.AbstractEventLoop | None:
+    try:
+        return asyncio.get_running_loop()
+    except RuntimeError:
+        return None
+
+
 def _is_missing(error: libvirt.libvirtError) -> bool:
     return error.get_error_code() == libvirt.VIR_ERR_NO_DOMAIN
 
@@ -109,10 +116,21 @@ class LibvirtRuntime(Runtime):
     # --- connection -----------------------------------------------------------
 
     def connection(self) -> libvirt.virConnect:
-        """The libvirt connection, opened (with its event callback) on first use."""
+        """The libvirt connection, opened on first use. Opened in a running loop, it has
+        the lifecycle callback; one opened outside (a synchronous caller) is opened
+        again with it when first used in a loop, since libvirt delivers events only to
+        connections opened after its event implementation was registered."""
+        loop = _running_loop()
+        stale = None
+        with self._conn_lock:
+            if self._conn is not None and loop is not None and self._callback_id is None:
+                stale, self._conn = self._conn, None
+        if stale is not None:
+            self._close_connection(stale, None)
+        if loop is not None:
+            bind_event_loop(loop)
         with self._conn_lock:
             if self._conn is None:
-                ensure_event_loop()
                 try:
                     conn = libvirt.open(self.uri)
                 except libvirt.libvirtError as error:
@@ -120,13 +138,24 @@ class LibvirtRuntime(Runtime):
                         f"cannot connect to libvirt at {self.uri}: {_message(error)} (on a "
                         "machine without Xen use the test runtime)"
                     ) from None
-                self._callback_id = conn.domainEventRegisterAny(
-                    None, libvirt.VIR_DOMAIN_EVENT_ID_LIFECYCLE, self._on_lifecycle, None)
-                # In-process drivers (test:///) have no connection to lose.
-                with contextlib.suppress(libvirt.libvirtError):
-                    conn.registerCloseCallback(self._on_connection_closed, None)
+                if loop is not None:
+                    self._callback_id = conn.domainEventRegisterAny(
+                        None, libvirt.VIR_DOMAIN_EVENT_ID_LIFECYCLE, self._on_lifecycle, None)
+                    # In-process drivers (test:///) have no connection to lose.
+                    with contextlib.suppress(libvirt.libvirtError):
+                        conn.registerCloseCallback(self._on_connection_closed, None)
                 self._conn = conn
             return self._conn
+
+    def _close_connection(self, conn: libvirt.virConnect, callback_id: int | None) -> None:
+        try:
+            if callback_id is not None:
+                conn.domainEventDeregisterAny(callback_id)
+            with contextlib.suppress(libvirt.libvirtError):
+                conn.unregisterCloseCallback()
+            conn.close()
+        except libvirt.libvirtError as error:
+            log.warning("closing libvirt connection %s: %s", self.uri, _message(error))
 
     def _on_connection_closed(self, conn: Any, reason: int, opaque: Any) -> None:
         """libvirtd went away (restart, upgrade): reconnect on the next call."""
@@ -142,14 +171,7 @@ class LibvirtRuntime(Runtime):
             conn, self._conn = self._conn, None
             callback_id, self._callback_id = self._callback_id, None
         if conn is not None:
-            try:
-                if callback_id is not None:
-                    conn.domainEventDeregisterAny(callback_id)
-                with contextlib.suppress(libvirt.libvirtError):
-                    conn.unregisterCloseCallback()
-                conn.close()
-            except libvirt.libvirtError as error:
-                log.warning("closing libvirt connection %s: %s", self.uri, _message(error))
+            self._close_connection(conn, callback_id)
         for app in self._bound_apps():
             app.remove_handler("domain-delete", self._on_domain_delete)
         self._apps.clear()
@@ -395,7 +417,8 @@ class LibvirtRuntime(Runtime):
 
     def _on_lifecycle(self, conn: Any, domain: Any, event: int, detail: int,
                       opaque: Any) -> None:
-        """libvirt's callback, in its event thread: hand the event to the asyncio loop."""
+        """libvirt's callback, on the loop libvirt's events run on: queue the event for
+        the delivering task (of this loop, unless the runtime moved to another since)."""
         kind = lifecycle_kind(event, detail)
         delivery = self._delivery
         if kind is None or delivery is None:

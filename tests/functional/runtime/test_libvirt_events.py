@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import threading
 from typing import Any
 
 import libvirt
@@ -10,6 +12,7 @@ import pytest
 from qubes_core import exc
 from qubes_core.backend import make_runtime
 from qubes_core.backend.domain_xml import render_domain_xml
+from qubes_core.backend.libvirt_events import event_loop
 from tests.support import fired, until
 from tests.unit.runtime.support import TEST_DRIVER_DOMAIN, EventLog
 
@@ -33,6 +36,22 @@ async def test_destroy_from_outside_is_reported_as_a_stop(lifecycle_app: Any) ->
     assert log.records == [("work", "domain-shutdown", {"reason": "destroyed"})]
     assert work.get_power_state() == "Halted"
     assert not work.volumes["private"].is_dirty()
+
+
+async def test_events_come_through_the_running_loop_not_a_thread(lifecycle_app: Any) -> None:
+    """libvirt's callbacks run on the asyncio loop (libvirtaio), and each test's new loop
+    gets them: no thread of ours waits for libvirt."""
+    work = lifecycle_app.domains["work"]
+    await work.start()
+    assert event_loop() is asyncio.get_running_loop()
+    stopped = fired(work, "domain-shutdown")
+    conn = outside_connection()
+    try:
+        conn.lookupByName("work").destroy()
+        await until(stopped)
+    finally:
+        conn.close()
+    assert not [thread for thread in threading.enumerate() if "libvirt" in thread.name]
 
 
 async def test_pause_from_outside_is_seen_at_once_and_reported(lifecycle_app: Any) -> None:
