@@ -4,8 +4,16 @@ The stream starts with ``connection-established`` (subject empty). Then every
 event of the app (subject empty) and of the VMs (subject: the VM's name) is
 sent, except the ``admin-permission:*`` events; with a VM as destination only
 that VM's events are sent. Keyword arguments go as text: a VM by its name,
-None as the empty string. A client that falls too far behind is dropped rather
-than let the server's memory grow.
+None as the empty string.
+
+Memory: what waits for a client is bounded, in events (:data:`MAX_QUEUED`) and
+in bytes (:data:`MAX_QUEUED_BYTES`: one record may carry a 64 KiB feature
+value). A client that falls further behind (it stopped reading, or reads more
+slowly than events come) is dropped rather than let the server's memory grow:
+its queue is freed at once, it gets a last record ``connection-dropped`` (subject
+empty, ``reason=...``) so that it knows to reconnect and read the state again,
+and its connection is closed; one that does not take that record within
+:data:`DROP_GRACE` seconds is cut off.
 
 A caller whose listings the policy filters (the callables its
 ``admin-permission`` handlers returned) gets only the events of VMs those
@@ -18,7 +26,7 @@ model no longer finds it.
 from __future__ import annotations
 
 import asyncio
-import contextlib
+import collections
 import logging
 from typing import Any
 
@@ -29,6 +37,9 @@ from qubes_core.api.registry import method
 log = logging.getLogger("qubes.api.events")
 
 MAX_QUEUED = 10000
+MAX_QUEUED_BYTES = 16 * 1024 * 1024
+DROP_GRACE = 10.0
+DROPPED_EVENT = "connection-dropped"
 
 
 def _text(value: Any) -> str:
@@ -52,10 +63,45 @@ class Subscriber:
     def __init__(self, only: str | None, filters: list[Any]):
         self.only = only
         self.filters = filters
-        self.queue: asyncio.Queue[bytes | None] = asyncio.Queue(MAX_QUEUED)
-        self.overflowed = False
+        self.queue: collections.deque[bytes] = collections.deque()
+        self.queued_bytes = 0
+        self.ready = asyncio.Event()  # something is queued, or the client is dropped
+        self.dropped = asyncio.Event()
+        self.drop_reason = ""
         # id(vm) -> whether this caller saw the VM just before it left the model.
         self.leaving: dict[int, bool] = {}
+
+    def push(self, record: bytes) -> None:
+        """Queue ``record``, or drop the client if that would pass either bound."""
+        if self.dropped.is_set():
+            return
+        if len(self.queue) >= MAX_QUEUED:
+            self.drop(f"more than {MAX_QUEUED} events waiting")
+        elif self.queued_bytes + len(record) > MAX_QUEUED_BYTES:
+            self.drop(f"more than {MAX_QUEUED_BYTES} bytes of events waiting")
+        else:
+            self.queue.append(record)
+            self.queued_bytes += len(record)
+            self.ready.set()
+
+    def drop(self, reason: str) -> None:
+        """Free the queue; the stream ends with the drop record."""
+        self.queue.clear()
+        self.queued_bytes = 0
+        self.drop_reason = reason
+        self.dropped.set()
+        self.ready.set()
+
+    async def next(self) -> bytes | None:
+        """The next record to send; None once the client is dropped."""
+        while not self.queue and not self.dropped.is_set():
+            self.ready.clear()
+            await self.ready.wait()
+        if self.dropped.is_set():
+            return None
+        record = self.queue.popleft()
+        self.queued_bytes -= len(record)
+        return record
 
     def sees(self, vm: Any) -> bool:
         """Whether every filter lets ``vm`` through (a failing filter hides it)."""
@@ -144,13 +190,7 @@ class EventBroadcaster:
                 record = protocol.encode_event(
                     name, event, {k: _text(v) for k, v in kwargs.items()
                                   if not k.startswith("_")})
-            try:
-                subscriber.queue.put_nowait(record)
-            except asyncio.QueueFull:
-                subscriber.overflowed = True
-                with contextlib.suppress(asyncio.QueueFull):
-                    subscriber.queue.get_nowait()
-                    subscriber.queue.put_nowait(None)
+            subscriber.push(record)
         if leaving is not None:
             for subscriber in self.subscribers:
                 subscriber.leaving.pop(id(leaving), None)
@@ -176,24 +216,33 @@ async def events(call: ApiCall) -> NoReply:
     only = None if call.dest.qid == 0 else call.dest.name
     subscriber = hub.subscribe(only, call.filters)
     hangup = asyncio.ensure_future(connection.wait_hangup())
+    dropped = asyncio.ensure_future(subscriber.dropped.wait())
     try:
-        await connection.send(protocol.encode_event("", "connection-established", {}))
-        while True:
-            getter = asyncio.ensure_future(subscriber.queue.get())
-            done, _ = await asyncio.wait({getter, hangup},
-                                         return_when=asyncio.FIRST_COMPLETED)
-            if hangup in done:
+        record: bytes | None = protocol.encode_event("", "connection-established", {})
+        while record is not None:
+            # A send waits while the client does not read: a drop ends the wait.
+            sending = asyncio.ensure_future(connection.send(record))
+            await asyncio.wait({sending, hangup, dropped}, return_when=asyncio.FIRST_COMPLETED)
+            if not sending.done():
+                sending.cancel()
+                break
+            sending.result()
+            getter = asyncio.ensure_future(subscriber.next())
+            await asyncio.wait({getter, hangup}, return_when=asyncio.FIRST_COMPLETED)
+            if not getter.done():
                 getter.cancel()
                 break
             record = getter.result()
-            if record is None:
-                log.warning("dropping an events client that fell %d events behind",
-                            MAX_QUEUED)
-                break
-            await connection.send(record)
+        if subscriber.dropped.is_set() and not hangup.done():
+            log.warning("dropping an events client that fell behind: %s",
+                        subscriber.drop_reason)
+            await connection.finish(
+                protocol.encode_event("", DROPPED_EVENT, {"reason": subscriber.drop_reason}),
+                DROP_GRACE)
     except (ConnectionError, BrokenPipeError):
         pass
     finally:
         hangup.cancel()
+        dropped.cancel()
         hub.unsubscribe(subscriber)
     return NO_REPLY

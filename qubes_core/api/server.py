@@ -12,6 +12,16 @@ began, and a reply still means the change is on disk. Reads take no lock: they g
 on while qubes.xml is written and fsynced in a worker thread. A write declared
 ``own_write_lock`` (a volume copy) does its slow part without the lock and takes
 it only around its change of the model (:meth:`QubesdServer.model_change`).
+
+Limits: a connection holds a file descriptor, and qubesd has a fixed number
+(``RLIMIT_NOFILE``). Each socket serves at most its share of them at once (the
+VM-facing misc socket the smallest, the admin socket the largest, together less
+than half), so that no crowd of clients on one socket, idle or not, can take the
+descriptors the admin socket, qubes.xml saves and the policy reloader need: a
+connection beyond its socket's share is closed at once, unanswered. A request
+that does not arrive in full within its socket's timeout is dropped. What
+clients do wrong is logged at a bounded rate (:class:`RateLimitedLog`), so a
+flood cannot fill the disk with the log.
 """
 
 from __future__ import annotations
@@ -22,10 +32,13 @@ import contextlib
 import grp
 import logging
 import os
+import resource
 import select
 import socket
+import time
 import traceback
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -37,8 +50,64 @@ from qubes_core.api.registry import MethodSpec, get_method, import_api_modules
 log = logging.getLogger("qubes.api")
 
 SOCKET_GROUP = "qubes"  # its members (and the owner) may call; nobody else
-# A client that sends nothing for this long is dropped (it holds a connection).
-REQUEST_TIMEOUT = 60.0
+
+
+@dataclass(frozen=True)
+class SocketLimits:
+    """How much one socket may take: ``1/share`` of the descriptor limit in connections
+    (at least ``floor``, at most ``cap``), and seconds for a whole request to arrive."""
+
+    share: int
+    floor: int
+    cap: int
+    request_timeout: float
+
+    def connections(self, descriptors: int) -> int:
+        return max(self.floor, min(self.cap, descriptors // self.share))
+
+
+# VM-facing calls (qubes.* from any VM) get the smallest share and the shortest wait.
+SOCKET_LIMITS = {
+    "admin": SocketLimits(share=4, floor=16, cap=1024, request_timeout=30.0),
+    "internal": SocketLimits(share=8, floor=8, cap=256, request_timeout=30.0),
+    "misc": SocketLimits(share=16, floor=4, cap=128, request_timeout=10.0),
+}
+# Descriptors assumed when the limit is unlimited.
+UNLIMITED_DESCRIPTORS = 65536
+
+
+def descriptor_limit() -> int:
+    """The process's soft limit of open file descriptors."""
+    soft, _hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    return UNLIMITED_DESCRIPTORS if soft == resource.RLIM_INFINITY else soft
+
+
+class RateLimitedLog:
+    """Warnings about misbehaving clients, at most ``burst`` per ``interval`` seconds for
+    each kind of trouble; the next one logged says how many were left out."""
+
+    def __init__(self, logger: logging.Logger, burst: int = 10, interval: float = 60.0,
+                 clock: Callable[[], float] = time.monotonic):
+        self.logger = logger
+        self.burst = burst
+        self.interval = interval
+        self.clock = clock
+        # kind of trouble -> [start of the window, logged in it, left out]
+        self._windows: dict[str, list[float]] = {}
+
+    def warning(self, key: str, message: str, *args: Any) -> None:
+        now = self.clock()
+        window = self._windows.get(key)
+        if window is None or now - window[0] >= self.interval:
+            if window is not None and window[2]:
+                self.logger.warning("%d more warnings like this were not logged in %.0f s: "
+                                    + message, int(window[2]), self.interval, *args)
+            window = self._windows[key] = [now, 0, 0]
+        if window[1] < self.burst:
+            window[1] += 1
+            self.logger.warning(message, *args)
+        else:
+            window[2] += 1
 
 
 class CallRefused(Exception):
@@ -57,6 +126,18 @@ class Connection:
 
     def is_closing(self) -> bool:
         return self.writer.is_closing()
+
+    async def finish(self, final: bytes, grace: float) -> None:
+        """Send ``final`` and close; cut the connection off if the client has not taken
+        it within ``grace`` seconds (what waits for it is never more than that)."""
+        self.writer.write(final)
+        self.writer.close()
+        try:
+            await asyncio.wait_for(self.writer.wait_closed(), grace)
+        except TimeoutError:
+            self.writer.transport.abort()
+        except ConnectionError:
+            pass
 
     async def wait_hangup(self) -> None:
         """Return when the client has closed its end (or the connection is gone).
@@ -100,6 +181,10 @@ class QubesdServer:
         self.commits = GroupCommit(app, self.write_lock, self._save_thread)
         self._connections: set[asyncio.Task[Any]] = set()
         self._writers: set[asyncio.Task[Any] | None] = set()
+        self.limits = dict(SOCKET_LIMITS)
+        self.max_connections: dict[str, int] = {}  # per socket, set at start
+        self.open_connections: dict[str, int] = dict.fromkeys(self.limits, 0)
+        self.client_log = RateLimitedLog(log)
         import_api_modules()
 
     # --- sockets --------------------------------------------------------------
@@ -110,13 +195,17 @@ class QubesdServer:
 
     async def start(self) -> None:
         self.app.add_handler("save-request", self._on_save_request)
+        descriptors = descriptor_limit()
+        self.max_connections = {kind: limits.connections(descriptors)
+                                for kind, limits in self.limits.items()}
         for kind, path in self.socket_paths().items():
             path.parent.mkdir(parents=True, exist_ok=True)
             server = await asyncio.start_unix_server(
                 lambda r, w, kind=kind: self._serve(r, w, kind),
                 sock=_restricted_socket(path, self.socket_group), limit=protocol.MAX_REQUEST + 1)
             self._servers.append(server)
-            log.info("listening on %s (%s methods)", path, kind)
+            log.info("listening on %s (%s methods, at most %d connections at once)", path,
+                     kind, self.max_connections[kind])
 
     async def stop(self) -> None:
         with contextlib.suppress(ValueError):
@@ -140,25 +229,38 @@ class QubesdServer:
 
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
                      kind: str) -> None:
+        if self.open_connections[kind] >= self.max_connections.get(kind, 0):
+            self.client_log.warning(
+                f"full:{kind}", "%d connections are open on the %s socket, its limit: closing "
+                "a new one unanswered", self.open_connections[kind], kind)
+            writer.close()
+            return
         task = asyncio.current_task()
         assert task is not None
         self._connections.add(task)
+        self.open_connections[kind] += 1
+        timeout = self.limits[kind].request_timeout
         try:
-            data = await asyncio.wait_for(_read_request(reader), REQUEST_TIMEOUT)
+            data = await asyncio.wait_for(_read_request(reader), timeout)
             if data is None:
-                log.warning("request longer than 64 KiB on the %s socket; closing", kind)
+                self.client_log.warning(f"long:{kind}", "request longer than 64 KiB on the "
+                                        "%s socket; closing", kind)
                 return
             reply = await self.handle(data, kind, Connection(writer))
             if reply is not None and not writer.is_closing():
                 writer.write(reply)
                 await writer.drain()
-        except (TimeoutError, ConnectionError, asyncio.IncompleteReadError):
+        except TimeoutError:
+            self.client_log.warning(f"slow:{kind}", "no complete request within %.0f s on the "
+                                    "%s socket; closing", timeout, kind)
+        except (ConnectionError, asyncio.IncompleteReadError):
             pass
         except asyncio.CancelledError:
             raise
         except Exception:  # never let one connection take the server down
             log.exception("unexpected error while serving a connection")
         finally:
+            self.open_connections[kind] -= 1
             self._connections.discard(task)
             writer.close()
             with contextlib.suppress(Exception):
@@ -173,19 +275,23 @@ class QubesdServer:
         try:
             request = protocol.parse_request(data)
         except protocol.FramingError as err:
-            log.warning("framing error on the %s socket: %s", kind, err)
+            self.client_log.warning(f"framing:{kind}", "framing error on the %s socket: %s",
+                                    kind, err)
             return None
         try:
             body = await self.call(request, kind, connection)
         except CallRefused as err:
-            log.warning("refused %s+%s from %s to %s: %s", request.method, request.arg,
-                        request.src, request.dest, err)
+            self.client_log.warning(f"refused:{kind}", "refused %s+%s from %s to %s: %s",
+                                    request.method, request.arg, request.src, request.dest,
+                                    err)
             return None
         except (exc.QubesException, exc.ProtocolError) as err:
             return self._exception_reply(err)
         except exc.PermissionDenied as err:
-            log.warning("permission denied for %s+%s from %s to %s%s", request.method,
-                        request.arg, request.src, request.dest, f": {err}" if str(err) else "")
+            self.client_log.warning(
+                f"denied:{kind}", "permission denied for %s+%s from %s to %s%s",
+                request.method, request.arg, request.src, request.dest,
+                f": {err}" if str(err) else "")
             return None
         except Exception:
             log.exception("error in %s+%s from %s to %s", request.method, request.arg,
