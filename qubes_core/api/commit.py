@@ -10,8 +10,18 @@ other callers pile up, and the next save covers them all.
 A save takes the write lock only to serialize (in the event loop, so the bytes
 are a consistent snapshot: no write handler is half-way through), then writes
 and fsyncs the file in a worker thread while the loop goes on serving reads and
-applying further changes. A save that fails fails every call it covered; their
-changes stay in the model, and reach the disk with the next save that succeeds.
+applying further changes.
+
+A save that fails (a full disk, a read-only or immutable qubes.xml) fails every
+call it covered, and their changes stay in effect: the reply says so, and that
+qubesd saves them as soon as it can. qubesd then retries by itself, at growing
+intervals (:data:`RETRY_FIRST` up to :data:`RETRY_MAX` seconds), until a save
+succeeds; any later write's save covers them too. The change is not rolled back
+because it is often more than the model: a VM's volumes were created or
+removed, a running VM's QubesDB was updated, ``admin.Events`` readers saw it. A
+model rolled back alone would disagree with all of these; qubes.xml on disk
+stays whole (the old file, until a save succeeds). Only a stop of qubesd
+before the disk recovers loses such a change, and the log then says so.
 
 Callers that were just acknowledged usually write again at once. Left alone,
 the first of them would start the next save by itself while the others' requests
@@ -37,6 +47,9 @@ log = logging.getLogger("qubes.api.commit")
 # save's duration that waiting may add.
 MAX_GATHER = 0.01
 GATHER_SHARE = 0.25
+# Seconds before the first retry of a failed save, and the longest wait between retries.
+RETRY_FIRST = 0.5
+RETRY_MAX = 30.0
 
 
 class GroupCommit:
@@ -60,6 +73,12 @@ class GroupCommit:
         self._arrived = asyncio.Event()  # a call started waiting
         self._last_batch = 0  # calls the last successful save acknowledged
         self._last_duration = 0.0  # seconds the last save took
+        self._retrier: asyncio.Task[None] | None = None
+
+    @property
+    def unsaved(self) -> bool:
+        """Whether a change is in effect that is not yet on disk (its save failed)."""
+        return self._saved < self._changed
 
     @property
     def waiting(self) -> int:
@@ -88,14 +107,42 @@ class GroupCommit:
         try:
             await self._write(serialize(self.app))
         except Exception as err:
+            self._retry_later()
             raise _save_error(self.app, err) from err
         self._saved = max(self._saved, covered)
         self.saves += 1
 
     async def drain(self) -> None:
-        """Wait for the save in progress, if any (at shutdown)."""
+        """At shutdown: wait for the save in progress, if any, and try once more to save
+        what a failed save left unsaved (the log says if that is lost)."""
+        if self._retrier is not None:
+            self._retrier.cancel()
+            await asyncio.gather(self._retrier, return_exceptions=True)
         if self._saver is not None and not self._saver.done():
             await asyncio.gather(self._saver, return_exceptions=True)
+        if self.unsaved:
+            try:
+                await self.wait_saved(self._changed)
+            except Exception as err:
+                log.error("stopping with changes not saved to %s; they are lost: %s",
+                          _store_path(self.app), err)
+
+    def _retry_later(self) -> None:
+        """Make sure a retry of the failed save is on its way."""
+        if self._retrier is None or self._retrier.done():
+            self._retrier = asyncio.create_task(self._retry())
+
+    async def _retry(self) -> None:
+        delay = RETRY_FIRST
+        while self.unsaved:
+            await asyncio.sleep(delay)
+            delay = min(RETRY_MAX, delay * 2)
+            try:
+                await self.wait_saved(self._changed)
+            except Exception:  # logged by the save; try again later
+                continue
+            log.info("saved %s: the changes a failed save left unsaved are on disk now",
+                     _store_path(self.app))
 
     async def _save_while_waited(self) -> None:
         loop = asyncio.get_running_loop()
@@ -109,11 +156,12 @@ class GroupCommit:
                     data = serialize(self.app)
                 await self._write(data)
             except Exception as err:  # a failed save fails the calls it covered
-                log.error("cannot save %s (%d waiting calls fail): %s",
-                          getattr(self.app.store, "path", "qubes.xml"),
+                log.error("cannot save %s (%d waiting calls fail; retrying): %s",
+                          _store_path(self.app),
                           sum(1 for n, _ in self._waiters if n <= covered), err)
                 self._last_batch = 0
                 self._settle(covered, err)
+                self._retry_later()
                 continue
             self._last_duration = loop.time() - started
             self._saved = max(self._saved, covered)
@@ -158,10 +206,14 @@ class GroupCommit:
         return woken
 
 
+def _store_path(app: Any) -> Any:
+    return getattr(app.store, "path", "qubes.xml")
+
+
 def _save_error(app: Any, err: Exception) -> exc.QubesException:
     """What a caller whose change was not saved is told (one exception per caller)."""
-    path = getattr(app.store, "path", "qubes.xml")
     reason = err.strerror if isinstance(err, OSError) and err.strerror else str(err)
     return exc.QubesStoreError(
-        f"the change was made but could not be saved to {path}: {reason} (it stays in "
-        "qubesd's memory and is saved with the next change that can be saved)")
+        f"the change is in effect but could not be saved to {_store_path(app)}: {reason}; "
+        "qubesd saves it as soon as it can (it retries by itself; a stop of qubesd "
+        "before then loses it)")
