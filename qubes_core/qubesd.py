@@ -1,7 +1,8 @@
 """qubesd: the daemon that owns one installation and serves its Admin API.
 
 It opens (and locks) qubes.xml, repairs what an unclean stop left behind
-(DispVMs with ``auto_cleanup`` that no longer run are removed), listens on the
+(DispVMs with ``auto_cleanup`` that no longer run are removed, and so are the
+files of VMs whose creation qubes.xml never recorded), listens on the
 admin, internal and misc sockets, and fires ``qubesd-start`` (with
 ``server=``) on the app once it serves, ``qubesd-stop`` before it exits.
 """
@@ -102,12 +103,14 @@ async def serve(args: argparse.Namespace) -> int:
     from qubes_core.api.server import QubesdServer
     from qubes_core.backend import default_runtime_name, make_runtime
     from qubes_core.paths import resolve
+    from qubes_core.vm import pending
 
     paths = resolve(args.base_dir)
     runtime = make_runtime(args.runtime or default_runtime_name())
     app = open_app(paths, runtime, args.create)
     try:
         runtime.bind(app)
+        await pending.clean_up(app)
         await remove_stale_dispvms(app)
         server = QubesdServer(app, paths, debug=args.debug,
                               group_commit=not args.save_each_write)

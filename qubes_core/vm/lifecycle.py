@@ -25,6 +25,7 @@ from typing import Any
 from qubes_core import exc
 from qubes_core.events import Emitter, handler
 from qubes_core.qubesdb import InMemoryQubesDB
+from qubes_core.vm import pending
 
 log = logging.getLogger("qubes.vm")
 
@@ -295,9 +296,14 @@ class LifecycleMixin(Emitter):
     # --- on disk ----------------------------------------------------------------------
 
     async def create_on_disk(self) -> None:
-        """Create the VM's volumes (on failure, those created are removed again)."""
+        """Create the VM's volumes (on failure, those created are removed again).
+
+        They are noted first as a pending creation, which the next start of qubesd
+        undoes unless qubes.xml recorded the VM (``qubes_core.vm.pending``).
+        """
         storage = self.usable_storage()
         if storage is not None:
+            await asyncio.to_thread(pending.record, self)
             await storage.create()
         elif self.volume_config:
             log.warning("%s: its storage is not usable; no volumes created", self)
