@@ -94,11 +94,19 @@ def _number(field: str, value: Any, low: int, high: int, what: str) -> int:
     return number
 
 
+ADDRESS_CHARS_RE = re.compile(r"[0-9A-Fa-f:./]+", re.ASCII)
+
+
 def parse_dsthost(value: Any, family: int | None = None, field: str = "dsthost") -> str:
     """An IPv4/IPv6 network (``/32``, ``/128`` when no prefix) or a DNS host name."""
     text = _text(field, value)
     looks_like_address = ":" in text or "/" in text or re.fullmatch(r"[0-9./]+", text)
     if looks_like_address:
+        # Only what an address or network is written with: no zone id (``%eth0``
+        # names an interface of the machine that parses it), nothing else ipaddress
+        # may take.
+        if not ADDRESS_CHARS_RE.fullmatch(text):
+            raise RuleError(field, f"{text!r} is not an IPv4 or IPv6 address or network")
         try:
             network = ipaddress.ip_network(text, strict=True)
         except ValueError as err:

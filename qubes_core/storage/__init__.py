@@ -36,6 +36,8 @@ __all__ = ["Pool", "UnavailablePool", "Volume", "StoragePoolException", "pool_dr
            "make_pool", "Storage", "MAX_VOLUME_SIZE"]
 
 VID_RE = re.compile(r"^[A-Za-z0-9_.+-]+(/[A-Za-z0-9_.+-]+)*$")
+# A pool name is an API argument and an XML attribute: plain ASCII, short.
+POOL_NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]{0,63}", re.ASCII)
 TRUE_OPTIONS = ("1", "true", "yes", "on")
 FALSE_OPTIONS = ("0", "false", "no", "off")
 # The largest size a file can have at all (off_t); a filesystem may allow less.
@@ -484,9 +486,22 @@ def _register_app_handlers() -> None:
     Qubes.add_class_handler("app-loaded", _on_app_loaded)
 
 
+def check_pool_name(name: Any) -> str:
+    """A new pool's name: ASCII letters, digits, ``_`` and ``-``, at most 64, a letter
+    or digit first (a name the wire and qubes.xml carry as it is)."""
+    if not isinstance(name, str) or not POOL_NAME_RE.fullmatch(name):
+        shown = repr(name[:40]) + "..." if isinstance(name, str) and len(name) > 40 else repr(
+            name)
+        raise exc.QubesValueError(
+            f"invalid pool name {shown}: use up to 64 ASCII letters, digits, '_' and '-', "
+            "a letter or digit first")
+    return name
+
+
 def _on_pool_pre_add(app: Any, event: str, pool: Pool) -> None:
-    """Check the options, then set the pool up, before it joins the app; raising here
-    vetoes the add (a failed setup has removed what it created)."""
+    """Check the name and options, then set the pool up, before it joins the app;
+    raising here vetoes the add (a failed setup has removed what it created)."""
+    check_pool_name(pool.name)
     pool.check_options()
     try:
         pool.setup()

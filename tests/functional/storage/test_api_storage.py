@@ -69,6 +69,12 @@ async def test_pool_add_checks_the_filesystem_and_remove(api, filesystems):
     ("file-reflink", "name=x\nBad Key=1\n", "expected key=value"),
     ("file-reflink", "name=x\ndir_path=/tmp/\x01x\n", "control character"),
     ("file-reflink", "name=../x\ndir_path=/tmp/x\n", "invalid pool name"),
+    # A name the wire cannot carry (ASCII only, 64 characters at most) never gets in.
+    ("file-reflink", "name=p\u00f6\u00f6l\ndir_path=/tmp/x\n", "invalid pool name"),
+    ("file-reflink", "name=\u0661\u0662\ndir_path=/tmp/x\n", "invalid pool name"),
+    ("file-reflink", "name=" + "p" * 3000 + "\ndir_path=/tmp/x\n", "invalid pool name"),
+    ("file-reflink", "name=" + "p" * 65 + "\ndir_path=/tmp/x\n", "invalid pool name"),
+    ("file-reflink", "name=-x\ndir_path=/tmp/x\n", "invalid pool name"),
     ("file-reflink", "name=x\ndir_path=relative\n", "dir_path"),
 ])
 async def test_pool_add_refuses_bad_payloads(api, driver, payload, message):

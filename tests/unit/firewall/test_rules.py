@@ -107,6 +107,10 @@ def test_relative_expire_is_made_absolute() -> None:
     ("action=accept dsthost=10.0.0.0/33", "dsthost", "not an IPv4 or IPv6"),
     ("action=accept dsthost=10.0.0", "dsthost", "not an IPv4 or IPv6"),
     ("action=accept dsthost=010.0.0.1", "dsthost", "not an IPv4 or IPv6"),
+    # A zone id names an interface of dom0's own, not a destination.
+    ("action=accept dsthost=fe80::1%eth0", "dsthost", "not an IPv4 or IPv6"),
+    ("action=accept dsthost=fe80::%1/64", "dsthost", "not an IPv4 or IPv6"),
+    ("action=accept dst6=fe80::1%25eth0", "dst6", "not an IPv4 or IPv6"),
     ("action=accept dsthost=bad_name.org", "dsthost", "host name"),
     ("action=accept dsthost=-bad.org", "dsthost", "host name"),
     ("action=accept dsthost=a..b", "dsthost", "host name"),
