@@ -34,6 +34,12 @@ class AppVM(QubesVM):
         return [vm for vm in self.app.domains
                 if type(vm).__name__ == "DispVM" and vm.template is self]
 
+    @handler("property-pre-reset:template_for_dispvms")
+    def _on_pre_reset_dispvm_template(self, event: str, name: str,
+                                      oldvalue: Any = None) -> None:
+        self._on_pre_clear_dispvm_template(
+            event, name, self.property_get_default("template_for_dispvms"), oldvalue)
+
     @handler("property-pre-set:template_for_dispvms")
     def _on_pre_clear_dispvm_template(self, event: str, name: str, newvalue: bool,
                                       oldvalue: Any = None) -> None:

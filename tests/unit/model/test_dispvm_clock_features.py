@@ -42,6 +42,9 @@ def test_template_for_dispvms_cannot_be_cleared_while_dispvms_exist(dvm_app):
     DispVM.from_appvm(dvm)
     with pytest.raises(exc.QubesValueError, match="disp"):
         dvm.template_for_dispvms = False
+    with pytest.raises(exc.QubesValueError, match="disp"):  # nor back to its default
+        dvm.property_reset("template_for_dispvms")
+    assert dvm.template_for_dispvms is True
 
 
 def test_dispids_are_unique(dvm_app):
