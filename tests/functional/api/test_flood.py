@@ -26,6 +26,7 @@ from qubes_core.app import Qubes
 from qubes_core.client.embedded import EmbeddedQubesd
 from qubes_core.client.transport import QubesDaemonNoResponseError, Transport
 from qubes_core.paths import resolve
+from tests.functional.api.conftest import build_installation
 
 IDLE_CLIENTS = 1100
 DESCRIPTORS = 1024
@@ -55,13 +56,7 @@ def _descriptor_limit(limit: int) -> Iterator[None]:
 def daemon(tmp_path: Path) -> Iterator[Any]:
     base = tmp_path / "inst"
     base.mkdir()
-    app = Qubes.create_empty_store(base / "qubes.xml", setup_check="auto")
-    try:
-        app.default_template = app.add_new_vm("TemplateVM", name="debian-12", label="black")
-        app.add_new_vm("AppVM", name="work", label="blue")
-        app.save()
-    finally:
-        app.close()
+    build_installation(base, appvms=1)
     with _descriptor_limit(DESCRIPTORS):
         process = EmbeddedQubesd.start(base, runtime="offline")
     assert process is not None
@@ -107,22 +102,21 @@ def test_idle_crowd_on_the_vm_socket_leaves_admin_and_policy_working(daemon: Any
         assert peak < DESCRIPTORS // 2, f"qubesd had {peak} descriptors open"
         # Every admin call is answered while the crowd holds on.
         for _ in range(20):
-            assert "work class=AppVM" in admin.call_text("admin.vm.List")
+            assert "vm1 class=AppVM" in admin.call_text("admin.vm.List")
         # The policy reloader still reads its files: a new grant is applied.
-        vm_admin = Transport(paths.admin_socket, src="work")
+        vm_admin = Transport(paths.admin_socket, src="vm1")
 
         def label_readable() -> bool:
             try:
-                return vm_admin.call_text("admin.vm.property.Get", "work", "label") != ""
+                return vm_admin.call_text("admin.vm.property.Get", "vm1", "label") != ""
             except QubesDaemonNoResponseError:
                 return False
 
         assert not label_readable()
         include = paths.policy_dir / "include" / "admin-local-ro"
-        include.write_text(include.read_text() + "work @tag:created-by-work allow\n"
-                           "work work allow target=dom0\n")
+        include.write_text(include.read_text() + "vm1 vm1 allow target=dom0\n")
         assert _wait_for(label_readable), "the policy edit was not applied under the flood"
-        assert "work class=AppVM" in admin.call_text("admin.vm.List")
+        assert "vm1 class=AppVM" in admin.call_text("admin.vm.List")
     finally:
         for client in clients:
             client.close()
