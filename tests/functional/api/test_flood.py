@@ -27,6 +27,7 @@ from qubes_core.client.embedded import EmbeddedQubesd
 from qubes_core.client.transport import QubesDaemonNoResponseError, Transport
 from qubes_core.paths import resolve
 from tests.functional.api.conftest import build_installation
+from tests.requirements import require_root
 
 IDLE_CLIENTS = 1100
 DESCRIPTORS = 1024
@@ -72,8 +73,12 @@ def _open_idle_clients(path: Path, count: int, pid: int) -> tuple[list[socket.so
     """``count`` connections that send nothing, and the most descriptors qubesd had open
     meanwhile (sampled every 50 connections)."""
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    if soft < count + 256:
-        resource.setrlimit(resource.RLIMIT_NOFILE, (min(hard, count + 1024), hard))
+    needed = count + 1024
+    if hard != resource.RLIM_INFINITY and hard < needed:
+        require_root()  # only root may raise the hard limit
+        hard = needed
+    if soft != resource.RLIM_INFINITY and soft < needed:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (needed, hard))
     clients: list[socket.socket] = []
     deadline = time.monotonic() + 60
     peak = 0
