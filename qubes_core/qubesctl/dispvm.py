@@ -1,0 +1,337 @@
+"""One target configured from its own management DispVM, with salt-ssh over qrexec.
+
+For each target: the temporary policy lines first (:mod:`grants`), then a
+DispVM ``disp-mgmt-TARGET`` of the target's ``management_dispvm``, without
+network, ``auto_cleanup`` on. It receives, over dom0's ``qubes.VMShell`` call,
+a bundle of the Salt tree, the target's own rendered pillar (no other VM's),
+a salt-ssh configuration whose roster names only the target, and stand-ins
+for ``ssh``/``scp``/``ssh-keygen`` that carry salt-ssh's shell script to
+``qrexec-client-vm TARGET qubes.VMRootShell``. salt-ssh is the one installed in
+the DispVM's template; the target needs only Python. Afterwards, in every case:
+the DispVM is killed (and so removed), the policy lines are removed, and a
+target that was not running before is shut down.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import io
+import json
+import subprocess
+import tarfile
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from qubes_core import exc
+from qubes_core.paths import Paths
+from qubes_core.qubesctl import dom0, report, saltconf
+from qubes_core.qubesctl.grants import Block, PolicyGrants
+from qubes_core.qubesctl.targets import Target
+
+PREFIX = "disp-mgmt-"
+MAX_NAME = 31
+BUNDLE = "/tmp/qubesctl"
+NO_CONNECTOR = 127
+REMOVAL_TIMEOUT = 60.0
+FIX_MGMT_DVM = ("set one (qvm-prefs TARGET management_dispvm NAME), or create the default: "
+                "qubesctl top.enable qvm.default-mgmt-dvm && qubesctl --skip-dom0=false "
+                "state.highstate")
+
+
+def dispvm_name(target: str) -> str:
+    """``disp-mgmt-TARGET``, at most 31 characters (a long name ends in a short hash)."""
+    name = PREFIX + target
+    if len(name) <= MAX_NAME:
+        return name
+    digest = hashlib.sha256(target.encode()).hexdigest()[:6]
+    return name[:MAX_NAME - 7] + "-" + digest
+
+
+# The stand-ins run with the DispVM's python3. salt-ssh runs ssh under a pty: they never
+# read their own stdin, take salt-ssh's script from their arguments and feed it to bash
+# behind qubes.VMRootShell (bash, not dash: dash reads ahead and cuts a long script).
+SSH_STANDIN = r'''#!/usr/bin/python3
+"""ssh for salt-ssh over qrexec: the remote command goes to qubes.VMRootShell."""
+import os, subprocess, sys
+
+WITH_VALUE = set("BbcDEeFIiJLlmOopQRSWw")
+
+
+def split(argv):
+    i = 0
+    while i < len(argv):
+        arg = argv[i]
+        if arg == "--":
+            i += 1
+            break
+        if not arg.startswith("-") or arg == "-":
+            break
+        letters = arg[1:]
+        for n, letter in enumerate(letters):
+            if letter in WITH_VALUE:
+                if n == len(letters) - 1:
+                    i += 1
+                break
+        i += 1
+    return argv[i:]
+
+
+def shell(host, text, data=b""):
+    host = host.rsplit("@", 1)[-1].strip("[]")
+    proc = subprocess.Popen(["qrexec-client-vm", host, "qubes.VMRootShell"],
+                            stdin=subprocess.PIPE)
+    proc.stdin.write(text.encode() + b"\n" + data)
+    proc.stdin.close()
+    return proc.wait()
+
+
+def main():
+    rest = split(sys.argv[1:])
+    if os.path.basename(sys.argv[0]) == "scp":
+        *sources, dest = rest
+        host, _, path = dest.partition(":")
+        quoted = "'" + path.replace("'", "'\\''") + "'"
+        with open(sources[0], "rb") as file:
+            return shell(host, f"exec cat > {quoted}", file.read())
+    if not rest:
+        print("ssh: no host given", file=sys.stderr)
+        return 255
+    return shell(rest[0], " ".join(rest[1:]) or "exit 0")
+
+
+sys.exit(main())
+'''
+
+RUN_SCRIPT = r'''#!/bin/bash
+# Apply a Salt command to TARGET with salt-ssh over qrexec; JSON on stdout.
+set -u
+here="$(cd "$(dirname "$0")" && pwd)"
+target="$1"; shift
+export PATH="$here/bin:/usr/local/bin:/usr/bin:/bin:/opt/salt/bin" HOME=/root
+command -v salt-ssh >/dev/null || { echo "no salt-ssh in this DispVM's template" >&2; exit 127; }
+# The policy lines were written just before this DispVM was created; qrexec reads
+# them within a second: wait until the target answers (at most 20 s).
+for _ in $(seq 200); do
+  if echo 'exit 0' | qrexec-client-vm "$target" qubes.VMRootShell >/dev/null 2>&1; then
+    break
+  fi
+  sleep 0.1
+done
+exec salt-ssh -c "$here/conf" --roster-file="$here/conf/roster" -w --ignore-host-keys \
+  --out=json --log-level=quiet "$target" "$@"
+'''
+
+
+def master_config(opts: dict[str, Any], roots: dict[str, list[str]]) -> dict[str, Any]:
+    """salt-ssh's configuration inside the DispVM: the bundle's trees, dom0's merge rules."""
+    root = f"{BUNDLE}/root"
+    return {
+        "root_dir": root, "cachedir": f"{root}/cache", "pki_dir": f"{root}/pki",
+        "sock_dir": f"{root}/sock", "log_file": f"{root}/master.log",
+        "ssh_log_file": f"{root}/ssh.log", "pidfile": f"{root}/master.pid",
+        "file_roots": roots, "pillar_roots": {"base": [f"{BUNDLE}/pillar"]},
+        "top_file_merging_strategy": opts.get("top_file_merging_strategy", "merge"),
+        "nodegroups": opts.get("nodegroups", {}), "state_verbose": True,
+        "verify_env": False, "ssh_minion_opts": {"retcode_passthrough": True},
+    }
+
+
+def bundle(target: Target, opts: dict[str, Any]) -> bytes:
+    """The tar archive a DispVM gets: Salt tree, this target's pillar, config, stand-ins."""
+    buffer = io.BytesIO()
+    with tarfile.open(fileobj=buffer, mode="w", dereference=True) as archive:
+        def add_text(name: str, text: str, mode: int = 0o644) -> None:
+            data = text.encode()
+            info = tarfile.TarInfo(name)
+            info.size, info.mode, info.mtime = len(data), mode, int(time.time())
+            archive.addfile(info, io.BytesIO(data))
+
+        roots: dict[str, list[str]] = {}
+        for env, paths in (opts.get("file_roots") or {}).items():
+            for index, path in enumerate(paths):
+                if not Path(path).is_dir():
+                    continue
+                arcname = f"roots/{env}/{index}"
+                archive.add(path, arcname, filter=_public)
+                roots.setdefault(env, []).append(f"{BUNDLE}/{arcname}")
+        add_text("pillar/top.sls", "base:\n  '*':\n    - qubesctl_target\n")
+        add_text("pillar/qubesctl_target.sls",
+                 "#!json\n" + json.dumps(target.pillar, default=str, sort_keys=True))
+        add_text("conf/master", yaml.safe_dump(master_config(opts, roots)))
+        add_text("conf/roster", yaml.safe_dump({target.name: {"host": target.name,
+                                                              "user": "root"}}))
+        add_text("bin/ssh", SSH_STANDIN, 0o755)
+        add_text("bin/scp", SSH_STANDIN, 0o755)
+        add_text("bin/ssh-keygen", "#!/bin/sh\nexit 0\n", 0o755)
+        add_text("run", RUN_SCRIPT, 0o755)
+    return buffer.getvalue()
+
+
+def _public(info: tarfile.TarInfo) -> tarfile.TarInfo | None:
+    """Leave out Salt's caches and editor leftovers; files owned by root in the DispVM."""
+    name = Path(info.name).name
+    if name in ("__pycache__", ".git") or name.endswith((".pyc", "~")):
+        return None
+    info.uid = info.gid = 0
+    info.uname = info.gname = "root"
+    return info
+
+
+class Session:
+    """The DispVM side of one qubesctl run: grants, DispVMs, started targets, cleanup."""
+
+    def __init__(self, paths: Paths, app: Any, opts: dict[str, Any], command: list[str],
+                 salt_args: list[str]):
+        self.paths = paths
+        self.app = app
+        self.opts = opts
+        self.command = command
+        self.salt_args = salt_args
+        self.grants = PolicyGrants(paths.policy_dir, paths.run_dir)
+        self.lock = threading.Lock()
+        self.dispvms: set[str] = set()
+        self.started: set[str] = set()
+        self.closed = False
+
+    # --- before and after the run ----------------------------------------------------
+
+    def sweep(self) -> list[str]:
+        """Remove what runs killed before us left: policy lines, then their DispVMs."""
+        left = self.grants.sweep()
+        for block in left:
+            self.destroy(block.dispvm)
+        return [block.dispvm for block in left]
+
+    def close(self) -> None:
+        """Destroy every DispVM of this run, remove its policy lines, shut down what it
+        started (also when interrupted: each step goes on when another fails)."""
+        with self.lock:
+            self.closed = True
+            dispvms, started = list(self.dispvms), list(self.started)
+        for name in dispvms:
+            with contextlib.suppress(Exception):
+                self.destroy(name)
+        self.grants.revoke_all()
+        for name in started:
+            with contextlib.suppress(Exception):
+                self.shutdown(name)
+
+    # --- one target ------------------------------------------------------------------
+
+    def configure(self, target: Target, log: Path) -> tuple[report.Outcome, str]:
+        """Run the command in ``target``; its outcome and salt-ssh's JSON output."""
+        started = time.monotonic()
+        outcome = report.Outcome(target.name, log=log)
+        stdout, stderr, code = "", "", 1
+        try:
+            stdout, stderr, code = self._configure(target)
+            report.settle(outcome, self.command[0], code, stdout)
+            if code == NO_CONNECTOR:
+                outcome.problems.append("the management DispVM's template has no salt-ssh "
+                                        "(build it with qubes-template-build --with-salt)")
+        except (exc.QubesException, OSError, ValueError) as error:
+            outcome.exit_code = outcome.exit_code or 1
+            outcome.problems.append(str(error))
+            stderr += f"\nqubesctl: {error}\n"
+        outcome.duration = time.monotonic() - started
+        argv = ["salt-ssh", target.name, *self.salt_args, *self.command]
+        dom0.write_log(log, argv, code, stdout, stderr, outcome)
+        if not outcome.ok and outcome.problems and not stdout.strip():
+            stdout = "\n".join(outcome.problems)
+        return outcome, stdout
+
+    def _configure(self, target: Target) -> tuple[str, str, int]:
+        app = self.app
+        vm = app.domains[target.name]
+        mgmt = vm.management_dispvm
+        if mgmt is None:
+            raise exc.QubesValueError(f"{target.name} has no management_dispvm: "
+                                      + FIX_MGMT_DVM.replace("TARGET", target.name))
+        name = dispvm_name(target.name)
+        block: Block | None = None
+        try:
+            block = self.grants.grant(name, target.name)
+            if name in app.domains:  # left by a run that died after its policy sweep
+                self.destroy(name)
+            self._create(name, str(mgmt))
+            if not vm.is_running():
+                self._track(self.started, target.name)
+                vm.start()
+            return self._run_inside(name, target)
+        finally:
+            with contextlib.suppress(Exception):
+                self.destroy(name)
+            if block is not None:
+                self.grants.revoke(block)
+            if target.name in self.started:
+                with contextlib.suppress(Exception):
+                    self.shutdown(target.name)
+
+    def _track(self, where: set[str], name: str) -> None:
+        with self.lock:
+            if self.closed:
+                raise exc.QubesException("qubesctl is stopping")
+            where.add(name)
+
+    def _create(self, name: str, mgmt: str) -> None:
+        app = self.app
+        self._track(self.dispvms, name)
+        dispvm = app.add_new_vm("DispVM", name, str(app.domains[mgmt].label), template=mgmt)
+        dispvm.netvm = None
+        dispvm.auto_cleanup = True
+        dispvm.features["internal"] = "1"
+        dispvm.features["gui"] = ""
+        dispvm.start()
+
+    def _run_inside(self, name: str, target: Target) -> tuple[str, str, int]:
+        data = bundle(target, self.opts)
+        line = (f"rm -rf {BUNDLE} && mkdir -p {BUNDLE} && cd {BUNDLE} && tar -xf - && "
+                f"exec {BUNDLE}/run {target.name} "
+                + " ".join(_quote(word) for word in [*self.salt_args, *self.command]))
+        argv = [saltconf.salt_program("qvm-run"), "--pass-io", "--no-autostart", "--user",
+                "root"]
+        if not self.paths.production:
+            argv += ["--base-dir", str(self.paths.base_dir)]
+        argv += [name, line]
+        result = subprocess.run(argv, input=data, capture_output=True, check=False)
+        return (result.stdout.decode(errors="replace"), result.stderr.decode(errors="replace"),
+                result.returncode)
+
+    # --- VMs -------------------------------------------------------------------------
+
+    def destroy(self, name: str) -> None:
+        """Kill a management DispVM (qubesd removes it: auto_cleanup) or remove a halted one,
+        and wait until it is gone."""
+        app = self.app
+        if name in app.domains:
+            vm = app.domains[name]
+            with contextlib.suppress(exc.QubesException):
+                if vm.is_halted():
+                    app.remove_vm(name)
+                else:
+                    vm.kill()
+            deadline = time.monotonic() + REMOVAL_TIMEOUT
+            while name in app.domains:
+                if time.monotonic() > deadline:
+                    raise exc.QubesException(f"{name} is still there after being killed: "
+                                             f"remove it with qvm-remove {name}")
+                time.sleep(0.05)
+        with self.lock:
+            self.dispvms.discard(name)
+
+    def shutdown(self, name: str) -> None:
+        """Shut down a target this run started (and wait for it)."""
+        vm = self.app.domains[name]
+        if not vm.is_halted():
+            vm.shutdown(wait=True)
+        with self.lock:
+            self.started.discard(name)
+
+
+def _quote(word: str) -> str:
+    return "'" + word.replace("'", "'\\''") + "'"
