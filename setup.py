@@ -78,6 +78,7 @@ setup(
             "qubesd-query = qubes_core.client.query:main",
             "qrexec-policy-explain = qubes_core.policy.explain:main",
             "qubes-policy-install = qubes_core.policy.install:main",
+            "qubesctl = qubes_core.qubesctl.cli:main",
         ],
         **PLUGINS,
     },

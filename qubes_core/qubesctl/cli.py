@@ -10,10 +10,11 @@ summary table goes to stderr.
 
 from __future__ import annotations
 
+import logging
 import signal
 import sys
 import threading
-from concurrent.futures import ThreadPoolExecutor, as_completed
+from concurrent.futures import Future, ThreadPoolExecutor, as_completed
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +24,7 @@ from qubes_core.qubesctl import dom0, options, report, saltconf, targets
 
 HIGHSTATE = ("state.highstate",)
 INTERRUPTED = 130
+MAX_PROBLEMS = 5  # per target on stderr; the log has them all
 
 
 class Interrupted(Exception):
@@ -56,6 +58,8 @@ class Printer:
             else:
                 print(report.progress_line(outcome))
             sys.stdout.flush()
+            for problem in outcome.problems[:MAX_PROBLEMS]:
+                print(f"  {outcome.target}: {problem}", file=sys.stderr)
 
     def rendered(self, function: str, salt_json: str) -> str:
         returns = report.parse_json_output(salt_json)
@@ -74,9 +78,19 @@ def run_dom0_only(args: Any, paths: Paths, config: Path) -> int:
     printer = Printer(args, saltconf.minion_opts(config))
     returns = report.parse_json_output(text)
     print(printer.rendered(args.command[0], text) if returns is not None else text.rstrip())
-    for problem in outcome.problems:
+    for problem in outcome.problems[:MAX_PROBLEMS]:
         print(f"qubesctl: {problem}", file=sys.stderr)
     return outcome.exit_code
+
+
+def quiet_salt_logging(paths: Paths) -> None:
+    """Salt's in-process log lines (rendering pillars and tops) go to ``qubesctl.log``."""
+    salt_log = logging.getLogger("salt")
+    salt_log.propagate = False
+    paths.log_dir.mkdir(parents=True, exist_ok=True)
+    handler = logging.FileHandler(paths.log_dir / "qubesctl.log")
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    salt_log.addHandler(handler)
 
 
 def run(args: Any) -> int:
@@ -84,8 +98,10 @@ def run(args: Any) -> int:
     from qubes_core.client.app import connect
 
     paths = resolve(args.base_dir)
+    quiet_salt_logging(paths)
     config = saltconf.config_dir(paths)
-    with connect(args.base_dir) as app:  # the embedded default serves the whole run
+    # the embedded default serves the whole run; a relocated installation is made on first use
+    with connect(args.base_dir, create=not paths.production) as app:
         if args.dom0_only:
             return run_dom0_only(args, paths, config)
         opts = saltconf.minion_opts(config)
@@ -128,6 +144,7 @@ def run_targets(args: Any, paths: Paths, app: Any, opts: dict[str, Any],
     try:
         for batch in targets.batches(chosen):
             pool = ThreadPoolExecutor(max_workers=args.max_concurrency)
+            futures: list[Future[tuple[report.Outcome, str]]] = []
             try:
                 futures = [pool.submit(session.configure, target, log_path(paths, target.name))
                            for target in batch]

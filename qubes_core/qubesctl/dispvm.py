@@ -38,8 +38,8 @@ MAX_NAME = 31
 BUNDLE = "/tmp/qubesctl"
 NO_CONNECTOR = 127
 REMOVAL_TIMEOUT = 60.0
-FIX_MGMT_DVM = ("set one (qvm-prefs TARGET management_dispvm NAME), or create the default: "
-                "qubesctl top.enable qvm.default-mgmt-dvm && qubesctl --skip-dom0=false "
+FIX_MGMT_DVM = ("set one (qvm-prefs TARGET management_dispvm NAME), or create the default "
+                "with its formula: qubesctl top.enable qvm.default-mgmt-dvm && qubesctl "
                 "state.highstate")
 
 
