@@ -117,7 +117,7 @@ def run(args: Any) -> int:
         chosen = targets.select(domains, args)
         if chosen:
             outcomes += run_targets(args, paths, app, opts, chosen, printer)
-    if len(outcomes) > 1 or any(o.target != "dom0" for o in outcomes):
+    if outcomes:
         print(report.summary_table(outcomes), file=sys.stderr)
     return report.exit_status(outcomes)
 

@@ -18,6 +18,7 @@ import contextlib
 import fcntl
 import os
 import re
+import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -66,6 +67,7 @@ class PolicyGrants:
     def __init__(self, policy_dir: Path, lock_dir: Path):
         self.path = Path(policy_dir) / POLICY_FILE
         self.lock_path = Path(lock_dir) / "qubesctl-policy.lock"
+        self._thread_lock = threading.Lock()
         self.pid = os.getpid()
         start = process_start(self.pid)
         assert start is not None
@@ -73,9 +75,11 @@ class PolicyGrants:
 
     @contextlib.contextmanager
     def locked(self) -> Iterator[None]:
-        """Hold the exclusive lock of the policy file."""
+        """Hold the exclusive lock of the policy file (a file lock between processes, and
+        a thread lock between this run's targets: a process's file locks are shared by all
+        of its threads)."""
         self.lock_path.parent.mkdir(parents=True, exist_ok=True)
-        with open(self.lock_path, "a") as lock:
+        with self._thread_lock, open(self.lock_path, "a") as lock:
             fcntl.lockf(lock, fcntl.LOCK_EX)
             yield
 

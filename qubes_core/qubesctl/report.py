@@ -67,6 +67,11 @@ def judge(function: str, returns: dict[str, Any]) -> tuple[list[str], int]:
         if not isinstance(ret, dict) or not ret:
             problems.append(f"{minion}: no state was applied")
             continue
+        if "_error" in ret:  # salt-ssh could not run Salt in the target
+            detail = str(ret.get("stderr") or ret.get("stdout") or "").strip().splitlines()
+            problems.append(f"{minion}: {ret['_error']}"
+                            + (f" ({detail[-1]})" if detail else ""))
+            continue
         for state_id, state in ret.items():
             if not isinstance(state, dict) or "result" not in state:
                 problems.append(f"{minion}: {state_id}: not a state result")

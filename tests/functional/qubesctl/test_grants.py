@@ -89,3 +89,20 @@ def test_concurrent_runs_lose_no_line(tmp_path):
     assert len(PolicyGrants(tmp_path / "policy.d", tmp_path / "run").sweep()) == 100
     assert not (tmp_path / "policy.d" / POLICY_FILE).exists()
     assert os.listdir(tmp_path / "policy.d") == []
+
+
+def test_threads_of_one_run_lose_no_line(tmp_path):
+    import threading
+
+    grants = PolicyGrants(tmp_path / "policy.d", tmp_path / "run")
+
+    def grant_many(worker: int) -> None:
+        for i in range(20):
+            grants.grant(f"disp-mgmt-w{worker}-{i}", "work")
+
+    threads = [threading.Thread(target=grant_many, args=(w,)) for w in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert len(grants.read()) == 80

@@ -36,6 +36,9 @@ def test_clean_state_results_are_ok_and_count_changes():
     ({"work": "No Top file or master_tops data matches found."}, "No Top file"),
     ({"work": {}}, "no state was applied"),
     ({}, "Salt returned nothing"),
+    ({"work": {"stdout": "", "stderr": "Request refused: denied", "retcode": 126,
+               "_error": "The command resulted in a non-zero exit code"}},
+     "non-zero exit code (Request refused: denied)"),
 ])
 def test_what_salt_calls_success_is_a_failure_when_a_state_did_not_apply(returns, problem):
     # Salt (and Qubes' qubesctl) may exit 0 here: #4464, #7772, #7035
