@@ -7,7 +7,6 @@ qubes.xml (``chattr +i``: a read-only file even for root).
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import errno
 import os
@@ -24,6 +23,7 @@ from tests.conftest import add_basic_vms
 from tests.functional.api.conftest import Harness
 from tests.functional.storage.conftest import loop_filesystem, require_loop_mounts
 from tests.requirements import require_tool
+from tests.support import wait_until_async
 
 MiB = 1024**2
 
@@ -57,14 +57,6 @@ def _fill(directory: Path) -> Path:
     return filler
 
 
-async def _saved(path: Path, check: Any, timeout: float = 30.0) -> bool:
-    """Wait until qubes.xml on disk satisfies ``check`` (qubesd retries by itself)."""
-    deadline = asyncio.get_running_loop().time() + timeout
-    while asyncio.get_running_loop().time() < deadline:
-        if check(_on_disk(path)):
-            return True
-        await asyncio.sleep(0.05)
-    return check(_on_disk(path))
 
 
 @pytest.fixture
@@ -94,9 +86,10 @@ async def _check_failed_then_saved(api: Harness, fix: Any, reason: str) -> None:
     assert _on_disk(path).domains["work"].memory != 800
     assert api.server.commits.unsaved
     fix()
-    # Nobody writes again: qubesd saves the change by itself.
-    assert await _saved(path, lambda app: app.domains["work"].memory == 800)
-    assert not api.server.commits.unsaved
+    # Nobody writes again: qubesd saves the change by itself (the file is renamed
+    # into place before the retry, back on the loop, marks the change saved).
+    await wait_until_async(lambda: not api.server.commits.unsaved, what="the retried save")
+    assert _on_disk(path).domains["work"].memory == 800
     await api.call("admin.vm.property.Set", "work", "vcpus", "3")
     assert _on_disk(path).domains["work"].vcpus == 3
 
