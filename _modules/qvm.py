@@ -28,6 +28,7 @@ try:
     from qubes_core.mgmt.outcome import CheckStatus, Outcome
     from qubes_core.mgmt.saltext import (
         clean,
+        creation_args,
         merged_mappings,
         pop_flags,
         pop_test,
@@ -116,36 +117,6 @@ def state(name, *varargs, **kwargs):
 
 # --- existence ---------------------------------------------------------------------
 
-CREATE_OPTIONS = ("label", "template", "class", "pool", "mem", "vcpus")
-
-
-def _creation_args(kwargs: dict[str, Any]) -> dict[str, Any]:
-    """Qubes' create options and flags as arguments of :func:`vms.create`."""
-    flags = pop_flags(kwargs)
-    prefs = merged_mappings(kwargs.pop("prefs", None), "prefs")
-    vmclass = kwargs.pop("class", None)
-    if "hvm-template" in flags:
-        vmclass = "TemplateVM"
-    elif "standalone" in flags:
-        vmclass = "StandaloneVM"
-    if "mem" in kwargs:
-        prefs["memory"] = kwargs.pop("mem")
-    if "vcpus" in kwargs:
-        prefs["vcpus"] = kwargs.pop("vcpus")
-    if "hvm" in flags:
-        prefs["virt_mode"] = "hvm"
-    if "proxy" in flags or "net" in flags:
-        prefs["provides_network"] = True
-    if "net" in flags:
-        prefs["netvm"] = None
-    unknown = sorted(set(kwargs) - {"label", "template", "pool"})
-    if unknown:
-        raise vms.UsageError(f"unknown option(s): {', '.join(unknown)} (known: "
-                             f"{', '.join(CREATE_OPTIONS)}, prefs, flags)")
-    return {"vmclass": vmclass, "label": kwargs.get("label"),
-            "template": kwargs.get("template"), "pool": kwargs.get("pool"), "prefs": prefs}
-
-
 @_adapter
 def create(name, **kwargs):
     """
@@ -164,7 +135,7 @@ def create(name, **kwargs):
         salt-call qvm.create sys-net label=red flags='[net]'
     """
     test = pop_test(kwargs, __opts__)
-    args = _creation_args(kwargs)
+    args = creation_args(kwargs)
     args["vmclass"] = args["vmclass"] or "AppVM"
     return _result(vms.create(_app(), name, test=test, **args), test)
 

@@ -17,7 +17,7 @@ from typing import Any
 from salt.exceptions import CommandExecutionError, SaltInvocationError
 
 from qubes_core import exc
-from qubes_core.mgmt.errors import CALLER_ERRORS, one_line
+from qubes_core.mgmt.errors import CALLER_ERRORS, UsageError, one_line
 
 
 @contextlib.contextmanager
@@ -64,7 +64,44 @@ def merged_mappings(value: Any, what: str) -> dict[str, Any]:
         merged: dict[str, Any] = {}
         for item in value:
             if not isinstance(item, Mapping):
-                raise SaltInvocationError(f"{what}: expected key: value items, got {item!r}")
+                raise UsageError(f"{what}: expected key: value items, got {item!r}")
             merged.update(item)
         return merged
-    raise SaltInvocationError(f"{what}: expected a mapping, got {value!r}")
+    raise UsageError(f"{what}: expected a mapping, got {value!r}")
+
+
+CREATE_OPTIONS = ("label", "template", "class", "pool", "mem", "vcpus", "prefs", "flags")
+
+
+def creation_args(kwargs: dict[str, Any]) -> dict[str, Any]:
+    """Qubes' create options and flags as arguments of :func:`qubes_core.mgmt.vms.create`.
+
+    ``mem``/``vcpus`` become properties; flags ``proxy``/``net`` provide network
+    (``net`` without a netvm), ``hvm`` sets ``virt_mode``, ``hvm-template`` and
+    ``standalone`` pick the class.
+    """
+    from qubes_core.mgmt.errors import UsageError
+
+    kwargs = dict(kwargs)
+    flags = pop_flags(kwargs)
+    prefs = merged_mappings(kwargs.pop("prefs", None), "prefs")
+    vmclass = kwargs.pop("class", None)
+    if "hvm-template" in flags:
+        vmclass = "TemplateVM"
+    elif "standalone" in flags:
+        vmclass = "StandaloneVM"
+    for option, prop in (("mem", "memory"), ("vcpus", "vcpus")):
+        if option in kwargs:
+            prefs[prop] = kwargs.pop(option)
+    if "hvm" in flags:
+        prefs["virt_mode"] = "hvm"
+    if "proxy" in flags or "net" in flags:
+        prefs["provides_network"] = True
+    if "net" in flags:
+        prefs["netvm"] = None
+    unknown = sorted(set(kwargs) - {"label", "template", "pool"})
+    if unknown:
+        raise UsageError(f"unknown option(s): {', '.join(unknown)} (known: "
+                         f"{', '.join(CREATE_OPTIONS)})")
+    return {"vmclass": vmclass, "label": kwargs.get("label"),
+            "template": kwargs.get("template"), "pool": kwargs.get("pool"), "prefs": prefs}
