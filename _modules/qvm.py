@@ -208,6 +208,29 @@ def prefs(name, *varargs, **kwargs):
     return _result(vms.set_prefs(_app(), name, wanted, test=test), test)
 
 
+@_adapter
+def global_prefs(*varargs, **kwargs):
+    """
+    List, get or set the system's global properties (what ``qubes-prefs`` does):
+    ``default_netvm``, ``default_template``, ``clockvm``, ``management_dispvm``, ...
+    ``*default*`` resets one.
+
+    CLI Example:
+
+    .. code-block:: bash
+
+        salt-call qvm.global_prefs
+        salt-call qvm.global_prefs default_netvm
+        salt-call qvm.global_prefs default_netvm=sys-firewall
+    """
+    test = pop_test(kwargs, __opts__)
+    if not kwargs:
+        return vms.read_global_prefs(_app(), varargs)
+    if varargs:
+        raise vms.UsageError("give either properties to read or key=value to set, not both")
+    return _result(vms.set_global_prefs(_app(), kwargs, test=test), test)
+
+
 def _names_by_action(varargs, kwargs, actions):
     """``enable svc1 svc2`` positional form, or ``enable=[...]`` keywords."""
     chosen = {action: as_list(kwargs.pop(action, None), action) for action in actions}

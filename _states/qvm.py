@@ -190,6 +190,21 @@ def prefs(name, *varargs, **kwargs):
     return _apply("prefs", name, step)
 
 
+def global_prefs(name, **kwargs):
+    """
+    The system's global properties have these values (``*default*`` resets one).
+
+    .. code-block:: yaml
+
+        default-netvm:
+          qvm.global_prefs:
+            - default_netvm: sys-firewall
+    """
+    wanted = clean(kwargs)
+    return _apply("global_prefs", name, lambda app, test: vms.set_global_prefs(
+        app, wanted, test=test))
+
+
 def _by_action(varargs, kwargs, actions):
     chosen = {action: as_list(kwargs.pop(action, None), action) for action in actions}
     if varargs and varargs[0] in actions:

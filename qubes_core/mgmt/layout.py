@@ -131,7 +131,6 @@ def minion_config(base_dir: str | os.PathLike[str] | None = None, *, root_dir: P
         "pillar_dirs": [str(code / "_pillar")],
         "grains_dirs": [str(code / "_grains")],
         "ext_pillar": [{"qubes": {}}],
-        "ext_pillar_first": True,
         "state_verbose": True,
     }
     if not paths.production:

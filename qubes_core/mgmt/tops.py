@@ -74,13 +74,12 @@ def enable(tree: SaltTree, names: list[str], kind: str = "salt") -> dict[str, An
     result = {}
     for name, target in targets.items():
         link = directory / (name.removesuffix(".top") + ".top")
+        result[link.name] = {"status": "enabled"}
         if link.is_symlink() and link.resolve() == target.resolve():
-            result[link.name] = {"status": "enabled", "changed": False}
             continue
         if link.is_symlink() or link.exists():
             link.unlink()
         link.symlink_to(target)
-        result[link.name] = {"status": "enabled", "changed": True}
     write_merged(tree)
     return result
 
@@ -91,10 +90,9 @@ def disable(tree: SaltTree, names: list[str], kind: str = "salt") -> dict[str, A
     result = {}
     for name in names:
         link = directory / (name.removesuffix(".top") + ".top")
-        changed = link.is_symlink() or link.exists()
-        if changed:
+        if link.is_symlink() or link.exists():
             link.unlink()
-        result[link.name] = {"status": "disabled", "changed": changed}
+        result[link.name] = {"status": "disabled"}
     write_merged(tree)
     return result
 
@@ -133,22 +131,3 @@ def write_merged(tree: SaltTree) -> None:
         temp = target.with_name(".top.sls.new")
         temp.write_text(text)
         temp.replace(target)
-
-
-def user_dirs(tree: SaltTree, test: bool = False) -> list[str]:
-    """Create the user area (``user_salt/top.sls``, ``user_pillar``, ``user_formulas``);
-    the paths created."""
-    created = []
-    wanted = [tree.user_salt, tree.user_pillar, tree.user_formulas]
-    for path in wanted:
-        if not path.is_dir():
-            created.append(str(path))
-            if not test:
-                path.mkdir(parents=True, exist_ok=True)
-    for path, text in ((tree.user_salt / "top.sls", "user:\n  dom0: []\n"),
-                       (tree.user_pillar / "top.sls", "user:\n  dom0: []\n")):
-        if not path.exists():
-            created.append(str(path))
-            if not test:
-                path.write_text(text)
-    return created

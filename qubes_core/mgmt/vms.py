@@ -90,44 +90,76 @@ def read_prefs(app: Qubes, name: str, keys: Iterable[str] = ()) -> dict[str, Any
 def set_prefs(app: Qubes, name: str, wanted: Mapping[str, Any], test: bool = False
               ) -> Outcome:
     """Give the VM these property values (``*default*`` resets one); report what changed."""
-    outcome = Outcome()
     props = properties(app, name)
     wanted = {property_name(key): value for key, value in wanted.items()}
     pcidevs = wanted.pop("pcidevs", None)
     strict = wanted.pop("pci_strictreset", True)
-    plan: list[tuple[str, Any]] = []
-    for key, value in wanted.items():
-        if key not in props:
-            raise UsageError(f"VM {name!r} has no property {key!r}")
-        current = props[key]
-        if value == DEFAULT:
-            if current.is_default:
-                outcome.note(f"[SKIP] {key}: already {DEFAULT}")
-                continue
-            plan.append((key, DEFAULT))
-            continue
-        new = coerce(current.kind, value, f"{name}: property {key}")
-        if same(current, new):
-            outcome.note(f"[SKIP] {key}: already {current.value!r}")
-            continue
-        plan.append((key, new))
+    outcome, plan = _plan_properties(props, wanted, f"VM {name!r}")
+    pci_plan = None
     if pcidevs is not None:
         # Checked before any property is written: a bad device list changes nothing.
         pci_plan = _pci_plan(app, name, as_list(pcidevs, "pcidevs"),
                              parse_bool(strict, "pci_strictreset"))
+    _write_properties(app, "admin.vm.property.", name, props, plan, outcome, test)
+    if pci_plan is not None:
+        outcome.extend(_apply_pci(app, name, pci_plan, test))
+    return outcome
+
+
+def read_global_prefs(app: Qubes, keys: Iterable[str] = ()) -> dict[str, Any]:
+    """Values of the named global properties (``qubes-prefs``; all when none are named)."""
+    props = parse_get_all(app, app.call("admin.property.GetAll"))
+    wanted = [property_name(key) for key in keys] or sorted(props)
+    unknown = [key for key in wanted if key not in props]
+    if unknown:
+        raise UsageError(f"the system has no property {unknown[0]!r}")
+    return {key: props[key].value for key in wanted}
+
+
+def set_global_prefs(app: Qubes, wanted: Mapping[str, Any], test: bool = False) -> Outcome:
+    """Give the system's global properties (``default_netvm``, ...) these values."""
+    props = parse_get_all(app, app.call("admin.property.GetAll"))
+    wanted = {property_name(key): value for key, value in wanted.items()}
+    outcome, plan = _plan_properties(props, wanted, "the system")
+    _write_properties(app, "admin.property.", "dom0", props, plan, outcome, test)
+    return outcome
+
+
+def _plan_properties(props: dict[str, Property], wanted: Mapping[str, Any], holder: str
+                     ) -> tuple[Outcome, list[tuple[str, Any]]]:
+    """What differs: ``[(name, new value or DEFAULT)]``; a bad name or value raises."""
+    outcome = Outcome()
+    plan: list[tuple[str, Any]] = []
+    for key, value in wanted.items():
+        if key not in props:
+            raise UsageError(f"{holder} has no property {key!r}")
+        current = props[key]
+        if value == DEFAULT:
+            if current.is_default:
+                outcome.note(f"[SKIP] {key}: already {DEFAULT}")
+            else:
+                plan.append((key, DEFAULT))
+            continue
+        new = coerce(current.kind, value, f"{holder}: property {key}")
+        if same(current, new):
+            outcome.note(f"[SKIP] {key}: already {current.value!r}")
+            continue
+        plan.append((key, new))
+    return outcome, plan
+
+
+def _write_properties(app: Qubes, prefix: str, dest: str, props: dict[str, Property],
+                      plan: list[tuple[str, Any]], outcome: Outcome, test: bool) -> None:
     for key, new in plan:
         if not test:
             if new == DEFAULT:
-                app.call("admin.vm.property.Reset", name, key)
+                app.call(prefix + "Reset", dest, key)
             else:
-                app.call("admin.vm.property.Set", name, key, wire(new))
+                app.call(prefix + "Set", dest, key, wire(new))
         outcome.change(key, props[key].shown, new)
         outcome.note(f"{key}: {props[key].shown!r} -> {new!r}")
-    if pcidevs is not None:
-        outcome.extend(_apply_pci(app, name, pci_plan, test))
     if plan and not test:
         app.invalidate()
-    return outcome
 
 
 # --- PCI devices -------------------------------------------------------------------
