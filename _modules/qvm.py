@@ -9,8 +9,9 @@ the one named by the ``qubes.base_dir`` minion option, else
 ``$QUBES_BASE_DIR``, else the production paths; when no qubesd listens there,
 one is started for the duration of the command.
 
-Calls that change something return ``{"result", "changes", "comment"}``
-(``result`` is None under ``test=True``, which changes nothing). Bad names and
+Calls that change something return ``{"result", "changes", "comment"}``;
+under ``test=True`` nothing changes, ``changes`` is what would change and
+``"test": True`` marks the dry run. Bad names and
 values raise ``SaltInvocationError``, failures ``CommandExecutionError``, each
 with one line saying what was wrong.
 """
@@ -34,7 +35,7 @@ try:
         pop_test,
         salt_errors,
     )
-    from qubes_core.mgmt.values import as_list, parse_bool, property_name
+    from qubes_core.mgmt.values import as_list, parse_bool
 
     HAS_LIBRARY = True
 except ImportError:  # pragma: no cover - the minion lacks the library
@@ -65,8 +66,10 @@ def _adapter(func):
 
 
 def _result(outcome: Outcome, test: bool) -> dict[str, Any]:
-    return {"result": None if test and outcome.changes else True,
-            "changes": outcome.changes, "comment": outcome.comment}
+    ret = {"result": True, "changes": outcome.changes, "comment": outcome.comment}
+    if test:
+        ret["test"] = True
+    return ret
 
 
 # --- checks and state --------------------------------------------------------------
@@ -475,7 +478,8 @@ def run(name, cmd, **kwargs):
         command.append("--no-autostart")
     command += [name, str(cmd)]
     if test:
-        return {"result": None, "changes": {}, "comment": "would run: " + " ".join(command)}
+        return {"result": True, "test": True, "changes": {},
+                "comment": "would run: " + " ".join(command)}
     env = None
     base_dir = connection.base_dir_from_opts(__opts__)
     if base_dir:
@@ -699,8 +703,3 @@ def policy_explain(source, target, service, trace=False):
 
     return explain_call(connection.base_dir_from_opts(__opts__), source, target, service,
                         trace=parse_bool(trace, "trace"))
-
-
-# Names Qubes users know for the read calls.
-list_pools = pools
-property_name = property_name

@@ -91,24 +91,23 @@ def _check(state: str, name: str, passed: bool, comment: str) -> dict[str, Any]:
 # --- existence -----------------------------------------------------------------------
 
 
-def exists(name, *varargs, **kwargs):
-    """Fail unless the VM exists (changes nothing)."""
+def _presence(state: str, name: str, want: bool) -> dict[str, Any]:
     try:
         with salt_errors():
             found = vms.exists(_app(), name)
     except (SaltInvocationError, CommandExecutionError) as error:
-        return _check("exists", name, False, str(error))
-    return _check("exists", name, found, f"{name} {'exists' if found else 'is missing'}")
+        return _check(state, name, False, str(error))
+    return _check(state, name, found == want, f"{name} {'exists' if found else 'is missing'}")
+
+
+def exists(name, *varargs, **kwargs):
+    """Fail unless the VM exists (changes nothing)."""
+    return _presence("exists", name, True)
 
 
 def missing(name, *varargs, **kwargs):
     """Fail unless the VM is missing (changes nothing)."""
-    try:
-        with salt_errors():
-            found = vms.exists(_app(), name)
-    except (SaltInvocationError, CommandExecutionError) as error:
-        return _check("missing", name, False, str(error))
-    return _check("missing", name, not found, f"{name} {'exists' if found else 'is missing'}")
+    return _presence("missing", name, False)
 
 
 def present(name, *varargs, **kwargs):

@@ -45,7 +45,7 @@ def test_create_with_a_bad_property_leaves_nothing(qvm, client):
 
 def test_create_in_test_mode_changes_nothing(qvm, client, test_mode):
     ret = qvm.create("m-dry", label="blue")
-    assert ret["result"] is None and ret["changes"]["class"]["new"] == "AppVM"
+    assert ret["test"] is True and ret["changes"]["class"]["new"] == "AppVM"
     assert "m-dry" not in client.domains
 
 
@@ -89,7 +89,7 @@ def test_prefs_errors_are_one_line_and_change_nothing(qvm, client):
 def test_prefs_in_test_mode_changes_nothing(qvm, client, test_mode):
     qvm.create("m-dryprefs", label="green", test=False)
     ret = qvm.prefs("m-dryprefs", memory=900, label="red")
-    assert ret["result"] is None
+    assert ret["test"] is True
     assert ret["changes"]["memory"] == {"old": "*default*", "new": 900}
     vm = client.domains["m-dryprefs"]
     assert vm.property_is_default("memory") and str(vm.label) == "green"
@@ -177,7 +177,7 @@ def test_power_actions(qvm, client):
 
 def test_power_in_test_mode_changes_nothing(qvm, client, test_mode):
     qvm.create("m-drypower", label="red", test=False)
-    assert qvm.start("m-drypower")["result"] is None
+    assert qvm.start("m-drypower")["test"] is True
     assert client.domains["m-drypower"].get_power_state() == "Halted"
 
 
@@ -259,3 +259,33 @@ def test_every_function_documents_a_cli_example(loaders):
     public = [name for name in docs if name.startswith("qvm.")]
     assert len(public) >= 30
     assert [name for name in public if "CLI Example:" not in (docs[name] or "")] == []
+
+
+def test_global_prefs(qvm, client):
+    assert qvm.global_prefs()["default_template"] == "debian-12"
+    assert qvm.global_prefs("default_template") == {"default_template": "debian-12"}
+    qvm.create("g-net", label="red", flags=["proxy"])
+    dry = qvm.global_prefs(default_netvm="g-net", test=True)
+    assert dry["test"] is True and client.default_netvm is None
+    ret = qvm.global_prefs(default_netvm="g-net")
+    assert ret["changes"] == {"default_netvm": {"old": "*default*", "new": "g-net"}}
+    assert client.default_netvm == "g-net"
+    assert qvm.global_prefs(default_netvm="g-net")["changes"] == {}
+    assert qvm.global_prefs(default_netvm="*default*")["changes"]["default_netvm"]["new"] == \
+        "*default*"
+    with pytest.raises(SaltInvocationError, match="the system has no property 'nonsense'"):
+        qvm.global_prefs(nonsense=1)
+
+
+def test_volume_revert_to_a_kept_revision(qvm, client):
+    qvm.create("m-rev", label="red")
+    qvm.start("m-rev")
+    qvm.shutdown("m-rev")
+    kept = qvm.volume_revisions("m-rev", "private")
+    assert len(kept) == 1
+    dry = qvm.volume_revert("m-rev", "private", test=True)
+    assert dry["test"] is True and qvm.volume_revisions("m-rev", "private") == kept
+    ret = qvm.volume_revert("m-rev", "private", kept[0])
+    assert ret["changes"] == {"private": {"old": "current", "new": kept[0]}}
+    with pytest.raises(SaltInvocationError, match="has no revision 'nope'"):
+        qvm.volume_revert("m-rev", "private", "nope")

@@ -207,3 +207,14 @@ def test_vm_skips_the_rest_after_a_failure_unless_pass(states, client):
     assert strict.result is False and "later" not in client.domains["s-fail"].tags
     unknown = states.vm("s-fail", bogus=[])
     assert unknown.result is False and unknown.comment == "Unknown action keyword: bogus"
+
+
+def test_global_prefs_state(states, client):
+    states.present("s-gnet", label="red", flags=["proxy"])
+    dry = states.global_prefs("defaults", default_netvm="s-gnet", test=True)
+    assert dry.result is None and dry.changes["default_netvm"]["new"] == "s-gnet"
+    assert client.default_netvm != "s-gnet"
+    assert states.global_prefs("defaults", default_netvm="s-gnet").result is True
+    assert client.default_netvm == "s-gnet"
+    assert states.global_prefs("defaults", default_netvm="s-gnet").changes == {}
+    assert states.global_prefs("defaults", nonsense=1).result is False

@@ -73,3 +73,28 @@ def test_failures_exit_non_zero_with_one_line(minion):
     assert failed.returncode != 0
     (item,) = json.loads(failed.stdout)["local"].values()
     assert item["result"] is False and "expected an integer" in item["comment"]
+
+
+def test_pool_migration_with_the_qubesd_it_started(tmp_path):
+    # A ``file`` pool (the older driver) on this filesystem, which may not reflink.
+    base = tmp_path / "old"
+    app = Qubes.create_empty_store(base / "qubes.xml", pool_dir=base, pool_driver="file")
+    app.save()
+    app.close()
+    layout.lay_out(base)
+    root = tmp_path / "salt"
+    layout.write_minion_config(root / "minion", layout.minion_config(base, root_dir=root))
+    before = (base / "qubes.xml").read_text()
+    assert 'driver="file"' in before
+
+    dry = salt_call(root, "qvm.pool_migrate", "varlibqubes", "setup_check=False", "test=True")
+    assert dry.returncode == 0, dry.stdout + dry.stderr
+    assert json.loads(dry.stdout)["local"]["test"] is True
+    assert (base / "qubes.xml").read_text() == before
+
+    done = salt_call(root, "qvm.pool_migrate", "varlibqubes", "setup_check=False")
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert json.loads(done.stdout)["local"]["changes"]["varlibqubes"] == {
+        "old": "file", "new": "file-reflink"}
+    assert 'driver="file-reflink"' in (base / "qubes.xml").read_text()
+    assert not listening(resolve(base).admin_socket)
