@@ -24,8 +24,10 @@ import subprocess
 from typing import Any
 
 try:
+    from qubes_core import exc
     from qubes_core.mgmt import connection, storage, vms
     from qubes_core.mgmt import firewall as vm_firewall
+    from qubes_core.mgmt.errors import UsageError
     from qubes_core.mgmt.outcome import CheckStatus, Outcome
     from qubes_core.mgmt.saltext import (
         clean,
@@ -91,7 +93,7 @@ def check(name, *varargs, **kwargs):
     """
     which = (varargs[0] if varargs else kwargs.pop("check", "exists")).lower()
     if which not in ("exists", "missing"):
-        raise vms.UsageError(f"check must be exists or missing, not {which!r}")
+        raise UsageError(f"check must be exists or missing, not {which!r}")
     found = vms.exists(_app(), name)
     passed = found if which == "exists" else not found
     return CheckStatus(passed, f"{name} {'exists' if found else 'is missing'}")
@@ -207,7 +209,7 @@ def prefs(name, *varargs, **kwargs):
     if action in ("get", "list") or not wanted:
         return vms.read_prefs(_app(), name, get)
     if get:
-        raise vms.UsageError("give either properties to read or key=value to set, not both")
+        raise UsageError("give either properties to read or key=value to set, not both")
     return _result(vms.set_prefs(_app(), name, wanted, test=test), test)
 
 
@@ -230,7 +232,7 @@ def global_prefs(*varargs, **kwargs):
     if not kwargs:
         return vms.read_global_prefs(_app(), varargs)
     if varargs:
-        raise vms.UsageError("give either properties to read or key=value to set, not both")
+        raise UsageError("give either properties to read or key=value to set, not both")
     return _result(vms.set_global_prefs(_app(), kwargs, test=test), test)
 
 
@@ -239,7 +241,7 @@ def _names_by_action(varargs, kwargs, actions):
     chosen = {action: as_list(kwargs.pop(action, None), action) for action in actions}
     if varargs:
         if varargs[0] not in actions and varargs[0] != "list":
-            raise vms.UsageError(f"unknown action {varargs[0]!r} (one of list, "
+            raise UsageError(f"unknown action {varargs[0]!r} (one of list, "
                                  f"{', '.join(actions)})")
         if varargs[0] != "list":
             chosen[varargs[0]] += [str(v) for v in varargs[1:]]
@@ -367,7 +369,7 @@ def firewall(name, rules=None, **kwargs):
     if rules is None:
         return vm_firewall.read_rules(_app(), name)
     if not isinstance(rules, list):
-        raise vms.UsageError(f"rules: expected a list, got {rules!r}")
+        raise UsageError(f"rules: expected a list, got {rules!r}")
     return _result(vm_firewall.set_rules(_app(), name, rules, test=test), test)
 
 
@@ -469,7 +471,7 @@ def run(name, cmd, **kwargs):
     flags = pop_flags(kwargs)
     tool = shutil.which("qvm-run")
     if tool is None:
-        raise vms.exc.QubesException("qvm-run is not installed: install qubes_core's "
+        raise exc.QubesException("qvm-run is not installed: install qubes_core's "
                                      "command-line tools to run commands in VMs")
     command = [tool, "--pass-io", "--no-gui"]
     if kwargs.get("user"):
@@ -488,7 +490,7 @@ def run(name, cmd, **kwargs):
         env = {**os.environ, "QUBES_BASE_DIR": base_dir}
     done = subprocess.run(command, capture_output=True, text=True, env=env, check=False)
     if done.returncode != 0:
-        raise vms.exc.QubesException(f"{cmd!r} in {name} exited {done.returncode}: "
+        raise exc.QubesException(f"{cmd!r} in {name} exited {done.returncode}: "
                                      f"{(done.stderr or done.stdout).strip()[:200]}")
     return {"result": True, "changes": {"cmd": {"old": None, "new": cmd}},
             "comment": done.stdout, "retcode": 0}
@@ -530,7 +532,7 @@ def template_install(name, **kwargs):
     if vms.exists(app, name):
         vm = vms.get(app, name)
         if vm.klass != "TemplateVM":
-            raise vms.UsageError(f"{name!r} exists as {vm.klass}, not as a TemplateVM")
+            raise UsageError(f"{name!r} exists as {vm.klass}, not as a TemplateVM")
         return _result(Outcome(comments=[f"[SKIP] template {name} is installed"]), test)
     return _result(vms.create(app, name, vmclass="TemplateVM",
                               label=kwargs.get("label", "black"), test=test), test)

@@ -22,6 +22,7 @@ try:
 
     from qubes_core.mgmt import connection, storage, vms
     from qubes_core.mgmt import firewall as vm_firewall
+    from qubes_core.mgmt.errors import UsageError
     from qubes_core.mgmt.outcome import Outcome
     from qubes_core.mgmt.saltext import (
         clean,
@@ -157,7 +158,7 @@ def template_installed(name, *varargs, **kwargs):
         if vms.exists(app, name):
             klass = vms.get(app, name).klass
             if klass != "TemplateVM":
-                raise vms.UsageError(f"{name!r} exists as {klass}, not as a TemplateVM")
+                raise UsageError(f"{name!r} exists as {klass}, not as a TemplateVM")
             return Outcome(comments=[f"[SKIP] template {name} is installed"])
         return vms.create(app, name, vmclass="TemplateVM", label=kwargs.get("label", "black"),
                           test=test)

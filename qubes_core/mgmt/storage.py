@@ -24,7 +24,6 @@ from qubes_core.mgmt.errors import UsageError
 from qubes_core.mgmt.outcome import Outcome
 
 SETTABLE = ("revisions_to_keep",)
-REPORTED_ONLY = ("name", "driver", "size", "usage")
 
 
 def _pairs(text: str) -> dict[str, str]:

@@ -39,8 +39,6 @@ NOT_CLONED = frozenset({"name", "qid", "uuid", "ip", "dispid", "auto_cleanup", "
                         "xid", "stubdom_xid", "backup_timestamp", "label", "template"})
 PCI_RE = re.compile(r"^(?:pci:)?(?:(?P<backend>[A-Za-z][\w-]*)[:+])?"
                     r"(?P<bus>[0-9a-fA-F]{2})[:_](?P<dev>[0-9a-fA-F]{2})\.(?P<fn>[0-7])$")
-POWER_STATES = ("halted", "transient", "running", "paused", "suspended", "halting",
-                "dying", "crashed")
 
 
 def exists(app: Qubes, name: str) -> bool:

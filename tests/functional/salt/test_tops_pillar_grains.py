@@ -118,3 +118,17 @@ def test_user_dirs_state(loaders, installation):
     assert tree.user_pillar.is_dir() and tree.user_formulas.is_dir()
     again = loaders.modules.state.sls("qubes.user-dirs")
     assert all(not item["changes"] for item in again.raw.values())
+
+
+def test_template_configuration_formula_renders(loaders):
+    # Applied inside TemplateVMs later (by qubesctl); here it is rendered, not applied.
+    shown = loaders.modules.state.show_sls("qvm.template-config")
+    assert sorted(shown) == ["template-config-packages", "template-config-rw-config",
+                             "template-config-user"]
+    assert "installed" in shown["template-config-packages"]["pkg"]
+    assert {"pkgs": ["vim-tiny"]} in shown["template-config-packages"]["pkg"]
+    assert {"name": "user"} in shown["template-config-user"]["user"]
+    rw_file = shown["template-config-rw-config"]["file"]
+    assert {"name": "/rw/config/rc.local.d/50-qubes-core.rc"} in rw_file
+    top = (layout.code_dir() / "formulas/qvm/template-config.top").read_text()
+    assert "qubes:type:template" in top and "match: pillar" in top
