@@ -1,7 +1,7 @@
 """A write whose save fails: the caller is told the change is in effect and not yet
 saved, qubes.xml stays whole, and qubesd saves the change by itself once it can.
 
-On a small loop-mounted ext4 filesystem filled up, and with an immutable
+On a small loop-mounted ext4 filesystem: filled up, and with an immutable
 qubes.xml (``chattr +i``: a read-only file even for root).
 """
 
@@ -104,9 +104,9 @@ async def test_a_full_disk(small_fs: Path) -> None:
         api.app.close()
 
 
-async def test_an_immutable_qubes_xml(tmp_path: Path) -> None:
+async def test_an_immutable_qubes_xml(small_fs: Path) -> None:
     require_tool("chattr")
-    api = await _api(tmp_path)
+    api = await _api(small_fs)
     path = api.app.store.path
     subprocess.run(["chattr", "+i", str(path)], check=True)
     try:

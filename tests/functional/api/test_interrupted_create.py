@@ -20,22 +20,29 @@ from qubes_core.client.embedded import EmbeddedQubesd
 from qubes_core.client.transport import Transport
 from qubes_core.paths import resolve
 from qubes_core.vm.pending import DIRECTORY
+from tests.functional.storage.conftest import loop_filesystem, require_loop_mounts
 from tests.requirements import require_tool
 
 
 @pytest.fixture
 def base(tmp_path: Path) -> Iterator[Path]:
+    """A template on a loop-mounted ext4 (whose files take ``chattr +i``)."""
     require_tool("chattr")
-    base = tmp_path / "inst"
-    base.mkdir()
-    app = Qubes.create_empty_store(base / "qubes.xml", setup_check="auto")
-    try:
-        app.default_template = app.add_new_vm("TemplateVM", name="debian-12", label="black")
-        app.save()
-    finally:
-        app.close()
-    yield base
-    subprocess.run(["chattr", "-i", str(base / "qubes.xml")], check=False)
+    require_loop_mounts("ext4")
+    with loop_filesystem("ext4", tmp_path, size=64 * 1024**2) as mount:
+        base = mount / "inst"
+        base.mkdir()
+        app = Qubes.create_empty_store(base / "qubes.xml", setup_check="auto")
+        try:
+            app.default_template = app.add_new_vm("TemplateVM", name="debian-12",
+                                                  label="black")
+            app.save()
+        finally:
+            app.close()
+        try:
+            yield base
+        finally:
+            subprocess.run(["chattr", "-i", str(base / "qubes.xml")], check=False)
 
 
 def _start(base: Path) -> EmbeddedQubesd:
