@@ -18,6 +18,7 @@ from qubes_core.api import events
 from qubes_core.api.server import QubesdServer
 from qubes_core.app import Qubes
 from qubes_core.paths import resolve
+from tests.support import wait_until_async
 
 BIG_VALUE = 60 * 1024  # a feature value near the largest a request can carry
 
@@ -114,6 +115,5 @@ async def test_a_dropped_reader_that_never_reads_again_is_cut_off(served: Any,
     await _stall_until_dropped(
         served, lambda n: work.features.__setitem__("blob", f"{n:08d}".ljust(BIG_VALUE, "y")),
         2000)
-    while served._connections:  # the server let go of the connection
-        await asyncio.sleep(0.01)
+    await wait_until_async(lambda: not served._connections, what="the connection cut off")
     writer.close()

@@ -57,8 +57,6 @@ def _fill(directory: Path) -> Path:
     return filler
 
 
-
-
 @pytest.fixture
 def small_fs(tmp_path: Path) -> Iterator[Path]:
     require_loop_mounts("ext4")

@@ -15,7 +15,7 @@ import os
 import resource
 import socket
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -28,18 +28,10 @@ from qubes_core.client.transport import QubesDaemonNoResponseError, Transport
 from qubes_core.paths import resolve
 from tests.functional.api.conftest import build_installation
 from tests.requirements import require_root
+from tests.support import wait_until, wait_until_async
 
 IDLE_CLIENTS = 1100
 DESCRIPTORS = 1024
-
-
-def _wait_for(condition: Callable[[], bool], timeout: float = 10.0) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if condition():
-            return True
-        time.sleep(0.05)
-    return condition()
 
 
 @contextlib.contextmanager
@@ -120,7 +112,7 @@ def test_idle_crowd_on_the_vm_socket_leaves_admin_and_policy_working(daemon: Any
         assert not label_readable()
         include = paths.policy_dir / "include" / "admin-local-ro"
         include.write_text(include.read_text() + "vm1 vm1 allow target=dom0\n")
-        assert _wait_for(label_readable), "the policy edit was not applied under the flood"
+        wait_until(label_readable, what="the policy edit applied under the flood")
         assert "vm1 class=AppVM" in admin.call_text("admin.vm.List")
     finally:
         for client in clients:
@@ -160,8 +152,8 @@ async def test_each_socket_serves_at_most_its_share(served: Any) -> None:
     limit = served.max_connections["misc"]
     assert limit < served.max_connections["internal"] < served.max_connections["admin"]
     idle = [await _connect(served.paths.misc_socket) for _ in range(limit)]
-    while served.open_connections["misc"] < limit:
-        await asyncio.sleep(0.01)
+    await wait_until_async(lambda: served.open_connections["misc"] == limit,
+                           what="the idle connections held")
     reader, writer = await _connect(served.paths.misc_socket)
     assert await asyncio.wait_for(reader.read(), 10) == b""  # closed at once, unanswered
     writer.close()
