@@ -51,7 +51,8 @@ def salt_call(root: Path, count_file: Path, *args: str) -> int:
     """Run salt-call; the number of Admin API calls it made."""
     command = [sys.executable, "-m", "bench.bench_salt", "--count", str(count_file), "--",
                "--local", "-c", str(root), "--out=quiet", "--log-level=quiet", *args]
-    subprocess.run(command, check=True, cwd=Path(__file__).resolve().parent.parent)
+    subprocess.run(command, check=True, cwd=Path(__file__).resolve().parent.parent,
+                   stdout=subprocess.DEVNULL)
     return int(count_file.read_text())
 
 
