@@ -21,12 +21,14 @@ from qubes_core.backend import OfflineRuntime, Runtime
 from qubes_core.events import handler
 from qubes_core.ext import load_extensions
 from qubes_core.labels import Label, default_labels, validate_label
-from qubes_core.properties import Property, PropertyHolder, VMProperty
+from qubes_core.properties import Property, PropertyHolder, VMProperty, read_only
 from qubes_core.storage import Pool, make_pool
 from qubes_core.store import QubesXmlStore
 from qubes_core.vm import get_vm_class
 from qubes_core.vm.base import MAX_QID, BaseVM
 from qubes_core.vm.dispvm import MAX_DISPID
+from qubes_core.vm.network import follows_default_netvm
+from qubes_core.vm.qubesvm import host_memory_mib, validate_disposable_template, validate_kernel
 
 log = logging.getLogger("qubes.app")
 
@@ -150,27 +152,31 @@ def vm_references(app: Qubes, target: BaseVM) -> list[tuple[Any, str]]:
 
 
 def _validate_default_netvm(app: Qubes, prop: Any, value: Any) -> Any:
-    if value is not None and not getattr(value, "provides_network", False):
-        raise exc.QubesPropertyValueError(
-            app, prop, value, f"default_netvm: {value} does not provide network"
-        )
-    return value
-
-
-def _validate_dispvm_source(app: Qubes, prop: Any, value: Any) -> Any:
-    if value is not None and not getattr(value, "template_for_dispvms", False):
-        raise exc.QubesPropertyValueError(
-            app, prop, value,
-            f"{prop.__name__}: {value} is not a template for DispVMs "
-            "(set its template_for_dispvms first)",
-        )
+    """A netvm for every VM that follows the default: it must provide network, and no
+    VM on its own chain may follow the default (that VM would route through itself)."""
+    if value is None:
+        return None
+    if not getattr(value, "provides_network", False):
+        raise exc.QubesValueError(f"default_netvm: {value} does not provide network")
+    if not app.events_enabled:  # loading: the loader checks the whole graph afterwards
+        return value
+    current, seen = value, set()
+    while current is not None and id(current) not in seen:
+        seen.add(id(current))
+        if follows_default_netvm(current):
+            raise exc.QubesPropertyValueError(
+                app, prop, value,
+                f"default_netvm: {value} would reach the network through {current}, which "
+                "itself follows default_netvm: a loop (set its netvm first)")
+        current = current._property_values.get("netvm")
     return value
 
 
 def _validate_pool_name(app: Qubes, prop: Any, value: str) -> str:
-    if value and value not in app.pools:
-        raise exc.QubesPropertyValueError(app, prop, value,
-                                          f"{prop.__name__}: no such pool {value!r}")
+    if value not in app.pools:
+        raise exc.QubesPropertyValueError(
+            app, prop, value, f"{prop.__name__}: no such pool {value!r} (pools: "
+            f"{', '.join(sorted(app.pools)) or 'none'})")
     return value
 
 
@@ -181,13 +187,33 @@ def _default_pool(app: Qubes) -> str:
     return ""
 
 
+def _default_pool_kernel(app: Qubes) -> str:
+    return "linux-kernel" if "linux-kernel" in app.pools else app.default_pool
+
+
+def _positive(app: Qubes, prop: Any, value: int) -> int:
+    if value <= 0:
+        raise ValueError("must be a positive integer")
+    return value
+
+
 def _template_class() -> Any:
     return get_vm_class("TemplateVM")
+
+
+def _dom0(app: Qubes) -> Any:
+    return app.domains.get(0)
 
 
 class Qubes(PropertyHolder):
     """One installation's model."""
 
+    default_guivm = VMProperty("default_guivm", allow_none=True, default=_dom0,
+                               doc="VM that shows the windows of VMs that do not set their "
+                                   "guivm.")
+    default_audiovm = VMProperty("default_audiovm", allow_none=True, default=_dom0,
+                                 doc="VM that plays the sound of VMs that do not set their "
+                                     "audiovm.")
     default_template = VMProperty("default_template", vmclass=_template_class,
                                   allow_none=True, default=None,
                                   doc="Template of new AppVMs.")
@@ -195,10 +221,10 @@ class Qubes(PropertyHolder):
                                setter=_validate_default_netvm,
                                doc="netvm of VMs that do not set their own.")
     default_dispvm = VMProperty("default_dispvm", allow_none=True, default=None,
-                                setter=_validate_dispvm_source,
+                                setter=validate_disposable_template,
                                 doc="AppVM whose DispVMs are used by default.")
     management_dispvm = VMProperty("management_dispvm", allow_none=True, default=None,
-                                   setter=_validate_dispvm_source,
+                                   setter=validate_disposable_template,
                                    doc="AppVM whose DispVMs apply Salt states to VMs.")
     clockvm = VMProperty("clockvm", allow_none=True, default=None,
                          doc="VM that keeps the time (gets the clocksync service).")
@@ -217,14 +243,27 @@ class Qubes(PropertyHolder):
                                      setter=_validate_pool_name,
                                      default=lambda app: app.default_pool,
                                      doc="Pool of new volatile volumes.")
-    default_pool_kernel = Property("default_pool_kernel", type=str, default="linux-kernel",
+    default_pool_kernel = Property("default_pool_kernel", type=str,
+                                   setter=_validate_pool_name, default=_default_pool_kernel,
                                    doc="Pool holding dom0-provided kernels.")
-    default_kernel = Property("default_kernel", type=str, default="",
+    default_kernel = Property("default_kernel", type=str, setter=validate_kernel, default="",
                               doc="Kernel of VMs that do not set their own.")
-    default_qrexec_timeout = Property("default_qrexec_timeout", type=int, default=60,
+    default_qrexec_timeout = Property("default_qrexec_timeout", type=int, setter=_positive,
+                                      default=60,
                                       doc="Seconds to wait for a VM's qrexec agent.")
-    default_revisions_to_keep = Property("default_revisions_to_keep", type=int, default=1,
-                                         doc="Revisions kept of new save_on_stop volumes.")
+    default_shutdown_timeout = Property("default_shutdown_timeout", type=int,
+                                        setter=_positive, default=60,
+                                        doc="Seconds to wait for a VM to shut down.")
+    stats_interval = Property("stats_interval", type=int, setter=_positive, default=3,
+                              doc="Seconds between VM statistics reports.")
+    check_updates_vm = Property("check_updates_vm", type=bool, default=True,
+                                doc="Check for updates inside VMs.")
+    maxmem = Property("maxmem", type=int, setter=read_only,
+                      default=lambda app: host_memory_mib(),
+                      doc="Memory of the machine (MiB).")
+    no_cpus = Property("no_cpus", type=int, setter=read_only,
+                       default=lambda app: os.cpu_count() or 1,
+                       doc="Number of CPUs of the machine.")
 
     def __init__(self, store: str | os.PathLike[str] | None = None, *, load: bool = True,
                  lock: bool = True, runtime: Runtime | None = None):

@@ -12,7 +12,7 @@ DEFAULT_LABELS: tuple[tuple[int, str, str], ...] = (
     (2, "0xf57900", "orange"),
     (3, "0xedd400", "yellow"),
     (4, "0x73d216", "green"),
-    (5, "0x555753", "gray"),
+    (5, "0x555555", "gray"),
     (6, "0x3465a4", "blue"),
     (7, "0x75507b", "purple"),
     (8, "0x000000", "black"),
@@ -20,6 +20,11 @@ DEFAULT_LABELS: tuple[tuple[int, str, str], ...] = (
 
 LABEL_NAME_RE = re.compile(r"^[a-zA-Z][a-zA-Z0-9_-]{0,31}$")
 COLOR_RE = re.compile(r"^0x[0-9a-fA-F]{6}$")
+# Names that mean something else where labels are named: in policies, the API and
+# the tools (``none`` is how the API writes "no value"; ``dom0`` is a VM).
+RESERVED_LABEL_NAMES = frozenset({"dom0", "none", "default", "adminvm"})
+# Colours Qubes changes at load: gray was 0x555753 (nearly green) before R4.1.
+LABEL_COLOR_MIGRATIONS = {"0x555753": "0x555555"}
 
 
 @dataclass(eq=False)
@@ -48,6 +53,8 @@ def validate_label(name: str, color: str) -> None:
         raise exc.QubesValueError(
             f"invalid label name {name!r}: a letter, then up to 31 letters, digits, '_' or '-'"
         )
+    if name.lower() in RESERVED_LABEL_NAMES:
+        raise exc.QubesValueError(f"invalid label name {name!r}: the name is reserved")
     if not isinstance(color, str) or not COLOR_RE.match(color):
         raise exc.QubesValueError(f"invalid label colour {color!r}: expected 0xRRGGBB")
 

@@ -18,6 +18,11 @@ from qubes_core.events import Emitter
 
 _NO_DEFAULT = object()
 
+# No property holds a number that does not fit in 64 signed bits (the runtime's and
+# libvirt's limit); a longer text is refused before it is converted.
+MAX_INT = 2**63 - 1
+MAX_INT_DIGITS = len(str(MAX_INT))
+
 TRUE_STRINGS = frozenset({"1", "true", "yes", "on"})
 FALSE_STRINGS = frozenset({"0", "false", "no", "off", ""})
 
@@ -42,9 +47,17 @@ def int_type(value: Any) -> int:
     if isinstance(value, (bool, float)):
         raise ValueError(f"{value!r} is not an integer")
     if isinstance(value, int):
+        if not -MAX_INT <= value <= MAX_INT:
+            raise ValueError(f"{value!r} is out of range (beyond 64 bits)")
         return value
-    if isinstance(value, str) and value.strip().lstrip("-").isdigit():
-        return int(value.strip())
+    if isinstance(value, str):
+        text = value.strip()
+        digits = text[1:] if text[:1] == "-" else text
+        # ASCII only: str.isdigit() also takes other scripts' digits and superscripts
+        if digits.isascii() and digits.isdigit():
+            if len(digits) > MAX_INT_DIGITS:
+                raise ValueError(f"{value!r} is out of range (beyond 64 bits)")
+            return int_type(int(text))
     raise ValueError(f"{value!r} is not an integer")
 
 
@@ -197,6 +210,40 @@ class Property:
         """Store a value read from qubes.xml, without firing events."""
         value = self.coerce(holder, text or "")
         holder._property_values[self.__name__] = value
+
+
+class StatelessProperty(Property):
+    """A value computed on each read, never stored nor set: Qubes lists it among the
+    properties (``default=True``) so that clients read it like any other (``xid``,
+    ``visible_ip``, ``klass``, ...).
+    """
+
+    def __init__(self, name: str, compute: Callable[[Any], Any], *,
+                 type: Callable[[Any], Any] | None = None,  # noqa: A002
+                 doc: str = ""):
+        super().__init__(name, type=type, default=compute, setter=_read_only_setter,
+                         clone=False, persisted=False, doc=doc)
+
+    def coerce(self, holder: Any, value: Any) -> Any:
+        return _read_only_setter(holder, self, value)
+
+    def __delete__(self, holder: Any) -> None:
+        _read_only_setter(holder, self, None)
+
+    def serialize(self, value: Any) -> str:
+        if isinstance(value, (tuple, list)):
+            return " ".join(str(item) for item in value)
+        return super().serialize(value)
+
+
+def _read_only_setter(holder: Any, prop: Property, value: Any) -> Any:
+    raise exc.QubesPropertyValueError(
+        holder, prop, value, f"property {prop.__name__!r} of {holder} is read-only")
+
+
+def read_only(holder: Any, prop: Property, value: Any) -> Any:
+    """Setter of a stored property that is only ever computed (``updateable``, ...)."""
+    return _read_only_setter(holder, prop, value)
 
 
 class VMProperty(Property):

@@ -53,7 +53,7 @@ async def remove_stale_dispvms(app: Any) -> list[str]:
     starting. Returns the names of those removed.
     """
     stale = [vm for vm in app.domains
-             if vm.klass() == "DispVM" and getattr(vm, "auto_cleanup", False)
+             if vm.klass == "DispVM" and getattr(vm, "auto_cleanup", False)
              and not vm.is_running()]
     removed: list[str] = []
     refusals: dict[str, str] = {}

@@ -19,17 +19,20 @@ import errno
 import fcntl
 import logging
 import os
+import re
 import struct
 import tempfile
+import uuid as uuidlib
 import weakref
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NoReturn
 
 from lxml import etree
 
 from qubes_core import exc, fsutil
 from qubes_core.devices import DeviceAssignment
-from qubes_core.labels import Label, validate_label
+from qubes_core.features import TAG_NAME_RE, validate_feature_name
+from qubes_core.labels import LABEL_COLOR_MIGRATIONS, Label, validate_label
 from qubes_core.properties import PropertyHolder
 from qubes_core.storage import make_pool
 from qubes_core.vm import get_vm_class
@@ -39,8 +42,13 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("qubes.store")
 
-FILE_VERSION = "3.0"
 FILE_MODE = 0o660
+LABEL_ID_RE = re.compile(r"^label-[1-9][0-9]{0,5}$")
+POOL_NAME_RE = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,63}$")
+VOLUME_NAME_RE = re.compile(r"^[a-z][a-z0-9_-]{0,31}$")
+BOOL_ATTR_TEXTS = frozenset({"true", "false", "1", "0", "yes", "no", ""})
+# dom0's properties that Qubes implies and refuses to read from the file.
+ADMINVM_IMPLIED = frozenset({"qid", "name", "uuid"})
 
 _FLOCK_FORMAT = "hhxxxxqqixxxx"  # struct flock on 64-bit Linux
 
@@ -58,6 +66,8 @@ def _try_lock(fd: int) -> bool:
             return False
         raise
     return True
+
+
 VOLUME_BOOL_KEYS = ("rw", "snap_on_start", "save_on_stop", "ephemeral")
 VOLUME_INT_KEYS = ("size", "revisions_to_keep")
 
@@ -90,6 +100,11 @@ class QubesXmlStore:
                     f"{self.path} does not exist (create one with Qubes.create_empty_store "
                     "or `qubesd --create`)"
                 ) from None
+            except OSError as err:  # immutable (EPERM), read-only filesystem, no access
+                how = "writing" if lock else "reading"
+                raise exc.QubesStoreError(
+                    f"{self.path} cannot be opened for {how}: {err.strerror} (check its "
+                    "permissions and attributes, e.g. lsattr)") from None
             if lock and not _try_lock(fd):
                 os.close(fd)
                 raise exc.QubesStoreError(
@@ -213,13 +228,20 @@ class QubesXmlStore:
 
 
 class XmlLoader:
-    """Reads one parsed qubes.xml into an empty app, in the reference's order."""
+    """Reads one parsed qubes.xml into an empty app, in the reference's order.
+
+    Every element and attribute is checked as it is read; the first bad one stops
+    the load with one line naming it (``<domain id="domain-3">: <feature>: ...``).
+    """
 
     def __init__(self, app: Qubes, root: Any, path: Path):
         self.app = app
         self.root = root
         self.path = path
         self.vm_elements: list[tuple[Any, dict[str, str | None]]] = []
+
+    def fail(self, where: str, message: str) -> NoReturn:
+        raise exc.QubesStoreError(f"{self.path}: {where}: {message}")
 
     def load(self) -> None:
         if self.root.tag != "qubes":
@@ -233,14 +255,16 @@ class XmlLoader:
         # VM-to-VM references come last: their checks read the plain properties.
         for stage in (2, 3):
             for vm, props in self.vm_elements:
-                self.load_properties(vm, props, vm.name, stage)
+                self.load_properties(vm, props, self._where(vm), stage)
         self.app.events_enabled = False
         try:
-            self.load_properties(self.app, self._properties(self.root), "the system")
+            self.load_properties(self.app, self._properties(self.root, "<qubes>"),
+                                 "global <properties>")
         finally:
             self.app.events_enabled = True
         for vm, props in self.vm_elements:
-            self.load_properties(vm, props, vm.name, 4)
+            self.load_properties(vm, props, self._where(vm), 4)
+        self.check_loaded()
         for vm, _props in self.vm_elements:
             vm.events_enabled = True
         for vm, _props in self.vm_elements:
@@ -248,69 +272,186 @@ class XmlLoader:
         self.app.fire_event("app-loaded")
 
     @staticmethod
-    def _properties(element: Any) -> dict[str, str | None]:
+    def _where(vm: Any) -> str:
+        return f'<domain id="domain-{vm.qid}"> ({vm.name})'
+
+    def check_loaded(self) -> None:
+        """What holds only between elements: no netvm loop, every volume's pool exists."""
+        from qubes_core.vm.qubesvm import netvm_loop
+
+        for vm, _props in self.vm_elements:
+            loop = netvm_loop(vm)
+            if loop:
+                self.fail(self._where(vm), "netvm loop: " + " -> ".join(loop))
+            for name, config in vm.volume_config.items():
+                pool = config.get("pool")
+                if pool is not None and pool not in self.app.pools:
+                    self.fail(self._where(vm), f'<volume name="{name}">: pool {pool!r} is '
+                              "not declared in <pools>")
+
+    def _properties(self, element: Any, where: str) -> dict[str, str | None]:
         container = element.find("properties")
         if container is None:
             return {}
-        return {prop.get("name"): prop.text for prop in container.findall("property")}
+        found: dict[str, str | None] = {}
+        for prop in container:
+            if not isinstance(prop.tag, str):
+                continue  # comments
+            name = prop.get("name")
+            if prop.tag != "property" or not name:
+                self.fail(where, f"<{prop.tag}> in <properties> needs to be a <property> "
+                          "with a name")
+            if name in found:
+                self.fail(where, f'<property name="{name}"> appears twice')
+            found[name] = prop.text
+        return found
 
     def load_labels(self) -> None:
         for element in self.root.findall("labels/label"):
             ident = element.get("id", "")
-            if not ident.startswith("label-") or not ident[6:].isdigit():
-                raise exc.QubesStoreError(f"{self.path}: invalid label id {ident!r}")
+            where = f'<label id="{ident}">'
+            if not LABEL_ID_RE.match(ident):
+                self.fail(where, "the id must be label-N with N from 1")
+            index = int(ident[6:])
             name, color = (element.text or "").strip(), element.get("color", "")
-            validate_label(name, color)
-            self.app.labels[int(ident[6:])] = Label(int(ident[6:]), color, name)
+            color = LABEL_COLOR_MIGRATIONS.get(color, color)
+            if index in self.app.labels:
+                self.fail(where, "this id is already used by label "
+                          f"{self.app.labels[index].name!r}")
+            if any(label.name == name for label in self.app.labels.values()):
+                self.fail(where, f"the name {name!r} is already used by another label")
+            try:
+                validate_label(name, color)
+            except exc.QubesValueError as err:
+                self.fail(where, str(err))
+            self.app.labels[index] = Label(index, color, name)
 
     def load_pools(self) -> None:
         for element in self.root.findall("pools/pool"):
             config = dict(element.attrib)
             name, driver = config.pop("name", None), config.pop("driver", None)
+            where = f'<pool name="{name}">' if name else "<pool>"
             if not name or not driver:
-                raise exc.QubesStoreError(f"{self.path}: a <pool> lacks its name or driver")
-            self.app.pools[name] = make_pool(name, driver, **config)
+                self.fail(where, "a pool needs its name and driver")
+            if not POOL_NAME_RE.match(name):
+                self.fail(where, "invalid pool name")
+            if name in self.app.pools:
+                self.fail(where, "a pool of this name is already declared")
+            try:
+                self.app.pools[name] = make_pool(name, driver, **config)
+            except (exc.QubesException, ValueError, TypeError) as err:
+                self.fail(where, str(err))
 
     def load_vm_stubs(self) -> None:
         for element in self.root.findall("domains/domain"):
-            vmclass = get_vm_class(element.get("class", ""))
-            props = self._properties(element)
+            ident = element.get("id", "")
+            where = f'<domain id="{ident}">'
+            try:
+                vmclass = get_vm_class(element.get("class", ""))
+            except (exc.QubesException, KeyError, ValueError):
+                self.fail(where, f"unknown class {element.get('class')!r}")
+            props = self._properties(element, where)
             vm = vmclass(self.app)
             vm.events_enabled = False
+            implied = vmclass.__name__ == "AdminVM"
+            if implied:  # Qubes writes dom0 without them; older files have them
+                props.setdefault("qid", "0")
+                props.setdefault("name", "dom0")
+                props.setdefault("uuid", str(uuidlib.UUID(int=0)))
             for name in ("qid", "uuid", "dispid", "name"):
                 if name in props and hasattr(vmclass, name):
-                    self._load_one(vm, name, props[name], element.get("id", "?"))
-            if "qid" not in vm._property_values or "name" not in vm._property_values:
-                raise exc.QubesStoreError(
-                    f"{self.path}: domain {element.get('id', '?')} lacks qid or name"
-                )
-            self.app.domains.add(vm, fire=False)
-            self.load_vm_collections(vm, element)
+                    self._load_one(vm, name, props[name], where)
+            for name in ("qid", "name"):
+                if name not in vm._property_values:
+                    self.fail(where, f'lacks <property name="{name}">')
+            if ident != f"domain-{vm.qid}":
+                self.fail(where, f"the id does not match the qid {vm.qid}")
+            where = self._where(vm)
+            try:
+                self.app.domains.add(vm, fire=False)
+            except exc.QubesException as err:
+                self.fail(where, str(err))
+            self.load_vm_collections(vm, element, where)
+            self.migrate_vm(vm, props)
             self.vm_elements.append((vm, props))
 
-    def load_vm_collections(self, vm: Any, element: Any) -> None:
+    def load_vm_collections(self, vm: Any, element: Any, where: str) -> None:
         for feature in element.findall("features/feature"):
-            vm.features.load(feature.get("name"), feature.text or "")
+            name = feature.get("name")
+            try:
+                validate_feature_name(name)
+            except exc.QubesValueError as err:
+                self.fail(where, f"<feature>: {err}")
+            if name in vm.features:
+                self.fail(where, f'<feature name="{name}"> appears twice')
+            vm.features.load(name, feature.text or "")
         for tag in element.findall("tags/tag"):
-            vm.tags.load(tag.get("name"))
+            name = tag.get("name")
+            if not isinstance(name, str) or not TAG_NAME_RE.match(name):
+                self.fail(where, f"<tag>: invalid or missing name {name!r}")
+            vm.tags.load(name)
         for devices in element.findall("devices"):
-            devclass = devices.get("class", "")
-            if devclass not in vm.devices:
-                log.warning("%s: dropping unknown device class %r", vm.name, devclass)
-                continue
-            for device in devices.findall("device"):
-                options = {opt.get("name"): opt.text or "" for opt in device.findall("option")}
-                vm.devices[devclass].load(DeviceAssignment(
-                    device.get("backend-domain", ""), device.get("id", ""), options, devclass))
+            self.load_devices(vm, devices, where)
         for volume in element.findall("volume-config/volume"):
-            config: dict[str, Any] = dict(volume.attrib)
-            for key in VOLUME_BOOL_KEYS:
-                if key in config:
-                    config[key] = _bool_attr(config[key])
-            for key in VOLUME_INT_KEYS:
-                if key in config:
-                    config[key] = int(config[key])
-            vm.volume_config[config["name"]] = config
+            self.load_volume(vm, volume, where)
+
+    def load_devices(self, vm: Any, devices: Any, where: str) -> None:
+        devclass = devices.get("class", "")
+        try:
+            collection = vm.devices.collection(devclass)
+        except exc.QubesValueError as err:
+            self.fail(where, f"<devices>: {err}")
+        for device in devices.findall("device"):
+            here = f'{where}: <devices class="{devclass}">: <device id="{device.get("id")}">'
+            options = {}
+            for option in device.findall("option"):
+                key = option.get("name")
+                if not key:
+                    self.fail(here, "an <option> lacks its name")
+                options[key] = option.text or ""
+            identity = options.pop("identity", None) or device.get("identity", "*")
+            legacy = device.get("required")
+            if legacy is not None:  # R4.2 and earlier: required=True|False
+                mode = "required" if _bool_attr(legacy) else "auto-attach"
+            else:
+                mode = device.get("mode", "required")
+            try:
+                assignment = DeviceAssignment(device.get("backend-domain", ""),
+                                              device.get("id", ""), options, devclass,
+                                              mode, identity)
+            except exc.QubesValueError as err:
+                self.fail(here, str(err))
+            if assignment.key in collection._assigned:
+                self.fail(here, "assigned twice")
+            collection.load(assignment)
+
+    def load_volume(self, vm: Any, volume: Any, where: str) -> None:
+        config: dict[str, Any] = dict(volume.attrib)
+        name = config.get("name")
+        if not name or not VOLUME_NAME_RE.match(name):
+            self.fail(where, f"<volume>: invalid or missing name {name!r}")
+        here = f'{where}: <volume name="{name}">'
+        if name in vm.volume_config:
+            self.fail(here, "appears twice")
+        for key in VOLUME_BOOL_KEYS:
+            if key in config:
+                if config[key].strip().lower() not in BOOL_ATTR_TEXTS:
+                    self.fail(here, f"{key}={config[key]!r} is not True or False")
+                config[key] = _bool_attr(config[key])
+        for key in VOLUME_INT_KEYS:
+            if key in config:
+                text = config[key].strip()
+                if not text.isascii() or not text.isdigit() or len(text) > 19:
+                    self.fail(here, f"{key}={config[key]!r} is not a whole number >= 0")
+                config[key] = int(text)
+        vm.volume_config[name] = config
+
+    def migrate_vm(self, vm: Any, props: dict[str, str | None]) -> None:
+        """What Qubes changes at load in files of older releases."""
+        # service.meminfo-writer off meant "no memory balancing": maxmem=0 now.
+        meminfo_writer = vm.features._values.pop("service.meminfo-writer", None)
+        if meminfo_writer == "" and vm.qid != 0:
+            props["maxmem"] = "0"
 
     def load_properties(self, holder: PropertyHolder, props: dict[str, str | None],
                         where: str, stage: int | None = None) -> None:
@@ -335,7 +476,7 @@ class XmlLoader:
             else:
                 prop.load(holder, text or "")
         except exc.QubesException as err:
-            raise exc.QubesStoreError(f"{self.path}: {where}: property {name}: {err}") from None
+            self.fail(where, f'<property name="{name}">: {err}')
 
 
 def _sub(parent: Any, tag: str, text: str | None = None, **attrs: str) -> Any:
@@ -346,10 +487,17 @@ def _sub(parent: Any, tag: str, text: str | None = None, **attrs: str) -> Any:
 
 
 def _properties_element(parent: Any, holder: Any) -> None:
+    """Only the properties that are set; dom0 as Qubes writes it (label, never qid,
+    name or uuid)."""
     props = _sub(parent, "properties")
+    is_dom0 = getattr(holder, "qid", None) == 0
     for prop in holder.property_list():
         name = prop.__name__
-        if prop.persisted and name in holder._property_values:
+        if is_dom0 and name in ADMINVM_IMPLIED:
+            continue
+        if is_dom0 and name == "label":
+            _sub(props, "property", prop.serialize(holder.label), name=name)
+        elif prop.persisted and name in holder._property_values:
             _sub(props, "property", prop.serialize(holder._property_values[name]) or None,
                  name=name)
     for name, text in sorted(holder.unknown_properties.items()):
@@ -366,21 +514,23 @@ def _volume_attrs(config: dict[str, Any]) -> dict[str, str]:
 
 
 def _domain_element(vm: Any) -> Any:
-    domain = etree.Element("domain", id=f"domain-{vm.qid}", **{"class": vm.klass()})
+    domain = etree.Element("domain", id=f"domain-{vm.qid}", **{"class": vm.klass})
     _properties_element(domain, vm)
     features = _sub(domain, "features")
     for key, value in vm.features.items():
         _sub(features, "feature", value or None, name=key)
+    tags = _sub(domain, "tags")
+    for tag in vm.tags:
+        _sub(tags, "tag", name=tag)
     for devclass, collection in sorted(vm.devices.items()):
         devices = _sub(domain, "devices", **{"class": devclass})
         for assignment in collection:
             device = _sub(devices, "device", **{"backend-domain": assignment.backend_domain,
-                                                "id": assignment.ident})
+                                                "id": assignment.ident,
+                                                "mode": assignment.mode,
+                                                "identity": assignment.identity})
             for key, value in sorted(assignment.options.items()):
                 _sub(device, "option", value, name=key)
-    tags = _sub(domain, "tags")
-    for tag in vm.tags:
-        _sub(tags, "tag", name=tag)
     if vm.volume_config:
         volumes = _sub(domain, "volume-config")
         for name in sorted(vm.volume_config):
@@ -412,25 +562,29 @@ def _domain_bytes(vm: Any, use_cache: bool) -> bytes:
     return data
 
 
+def _by_name(vm: Any) -> str:
+    return vm.name
+
+
 def serialize(app: Qubes, use_cache: bool = True) -> bytes:
     """The whole model as qubes.xml bytes.
 
     ``use_cache=False`` rebuilds every VM's part (the cache must never matter:
     the tests compare both).
     """
-    root = etree.Element("qubes", version=FILE_VERSION)
+    root = etree.Element("qubes")
     labels = _sub(root, "labels")
     for index in sorted(app.labels):
         label = app.labels[index]
         _sub(labels, "label", label.name, id=label.xml_id, color=label.color)
     pools = _sub(root, "pools")
-    for name in sorted(app.pools):
-        _sub(pools, "pool", **app.pools[name].xml_attributes())
+    for pool in app.pools.values():  # in the order they were added, as Qubes writes them
+        _sub(pools, "pool", **pool.xml_attributes())
     _properties_element(root, app)
     _sub(root, "domains")
     head, placeholder, tail = etree.tostring(
         root, encoding="utf-8", xml_declaration=True, pretty_print=True
     ).rpartition(b"  <domains/>\n")
     assert placeholder, "serialized qubes.xml lacks its <domains/> placeholder"
-    chunks = [_domain_bytes(vm, use_cache) for vm in app.domains]
+    chunks = [_domain_bytes(vm, use_cache) for vm in sorted(app.domains, key=_by_name)]
     return b"".join([head, b"  <domains>\n", *chunks, b"  </domains>\n", tail])

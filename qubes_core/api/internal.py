@@ -19,7 +19,7 @@ def system_info(app: Any) -> dict[str, Any]:
     for vm in app.domains:
         domains[vm.name] = {
             "tags": list(vm.tags),
-            "type": vm.klass(),
+            "type": vm.klass,
             "template_for_dispvms": bool(getattr(vm, "template_for_dispvms", False)),
             "default_dispvm": _name(getattr(vm, "default_dispvm", None)),
             "management_dispvm": _name(getattr(vm, "management_dispvm", None)),

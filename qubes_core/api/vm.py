@@ -22,7 +22,7 @@ log = logging.getLogger("qubes.api.vm")
 
 def vm_line(vm: Any) -> str:
     """The VM's line in ``admin.vm.List`` (name, class, state, UUID), as clients parse it."""
-    return f"{vm.name} class={vm.klass()} state={vm.get_power_state()} uuid={vm.uuid}\n"
+    return f"{vm.name} class={vm.klass} state={vm.get_power_state()} uuid={vm.uuid}\n"
 
 
 @method("admin.vmclass.List", scope="global", read=True, dest="adminvm")
@@ -73,7 +73,7 @@ def _apply_pools(call: ApiCall, vm: Any, pools: dict[str, str]) -> None:
         volumes = list(vm.volume_config) if key == "pool" else [key[len("pool:"):]]
         for volume in volumes:
             if volume not in vm.volume_config:
-                raise exc.QubesValueError(f"{vm.klass()} has no volume {volume!r}")
+                raise exc.QubesValueError(f"{vm.klass} has no volume {volume!r}")
             if volume == "kernel":
                 continue
             if key == "pool" and vm.volume_config[volume].get("snap_on_start"):

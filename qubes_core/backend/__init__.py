@@ -37,6 +37,19 @@ class Runtime:
         """When ``vm`` was started (seconds since the epoch); None unless it runs."""
         raise NotImplementedError
 
+    def xid(self, vm: Any) -> int:
+        """Hypervisor id of the running ``vm``; -1 when the runtime has none for it."""
+        return -1
+
+    def stubdom_xid(self, vm: Any) -> int:
+        """Hypervisor id of the device model stub domain of the running HVM ``vm``; -1 if
+        there is none (only Xen runs stub domains)."""
+        return -1
+
+    def stubdom_uuid(self, vm: Any) -> str:
+        """UUID of the stub domain of ``vm``; empty if there is none."""
+        return ""
+
     async def start(self, vm: Any) -> None:
         """Start ``vm`` (its storage is already started); return once it runs."""
         raise NotImplementedError

@@ -15,6 +15,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import re
+import subprocess
 import threading
 import time
 import uuid as uuidlib
@@ -84,6 +86,16 @@ def _running_loop() -> asyncio.AbstractEventLoop | None:
 
 def _is_missing(error: libvirt.libvirtError) -> bool:
     return error.get_error_code() == libvirt.VIR_ERR_NO_DOMAIN
+
+
+def _xenstore_read(path: str) -> str | None:
+    """One XenStore value through ``xenstore-read`` (dom0 of Xen only); None if absent."""
+    try:
+        result = subprocess.run(["xenstore-read", path], capture_output=True, text=True,
+                                timeout=5, check=False)
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    return result.stdout.strip() if result.returncode == 0 else None
 
 
 class LibvirtRuntime(Runtime):
@@ -244,6 +256,28 @@ class LibvirtRuntime(Runtime):
                 return "Halted"
             raise exc.QubesVMError(vm, f"cannot read the state of {vm}: {_message(error)}")
         return POWER_STATES.get(state, "Halted")
+
+    def xid(self, vm: Any) -> int:
+        domain = self._lookup(vm)
+        try:
+            return domain.ID() if domain is not None and domain.isActive() else -1
+        except libvirt.libvirtError:
+            return -1
+
+    def stubdom_xid(self, vm: Any) -> int:
+        """Read from XenStore on Xen (``image/device-model-domid``); -1 elsewhere."""
+        xid = self.xid(vm)
+        if self.flavour != "xen" or xid < 0:
+            return -1
+        text = _xenstore_read(f"/local/domain/{xid}/image/device-model-domid")
+        return int(text) if text is not None and text.isascii() and text.isdigit() else -1
+
+    def stubdom_uuid(self, vm: Any) -> str:
+        stubdom = self.stubdom_xid(vm)
+        if stubdom < 0:
+            return ""
+        text = _xenstore_read(f"/local/domain/{stubdom}/vm") or ""
+        return text[4:] if re.match(r"^/vm/[0-9a-f-]{36}$", text) else ""
 
     def start_time(self, vm: Any) -> float | None:
         domain = self._lookup(vm)

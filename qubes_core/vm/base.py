@@ -10,7 +10,7 @@ from qubes_core import exc
 from qubes_core.devices import DeviceManager
 from qubes_core.events import handler
 from qubes_core.features import Features, Tags
-from qubes_core.properties import LabelProperty, Property, PropertyHolder
+from qubes_core.properties import LabelProperty, Property, PropertyHolder, StatelessProperty
 from qubes_core.qubesdb import InMemoryQubesDB
 
 MAX_NAME_LENGTH = 31
@@ -71,6 +71,10 @@ class BaseVM(PropertyHolder):
                     setter=_validate_uuid, default=None,
                     doc="UUID of the VM, assigned when it is created.")
     label = LabelProperty("label", doc="Colourful label of the VM's windows.")
+    klass = StatelessProperty("klass", lambda vm: type(vm).__name__,
+                              doc="Class of the VM (AppVM, TemplateVM, ...).")
+    icon = StatelessProperty("icon", lambda vm: vm.icon_name(), type=str,
+                             doc="Freedesktop icon name of the VM (class and label).")
 
     # Volumes a VM of this class has by default; see qubes_core.vm.volumes.
     default_volumes: tuple[str, ...] = ()
@@ -101,9 +105,17 @@ class BaseVM(PropertyHolder):
         """Every change of what qubes.xml keeps of a VM fires an event: count them."""
         self.change_counter += 1
 
-    @classmethod
-    def klass(cls) -> str:
-        return cls.__name__
+    def icon_name(self) -> str:
+        """``appvm-red``, ``templatevm-black``, ``servicevm-red``, ...: as Qubes names them."""
+        label = self.label.name
+        klass = type(self).__name__
+        if klass == "TemplateVM" or getattr(self, "template_for_dispvms", False) and (
+                klass == "AppVM"):
+            return "templatevm-" + label
+        if self.features.get("servicevm", False):
+            return "servicevm-" + label
+        prefix = {"DispVM": "dispvm", "StandaloneVM": "standalonevm"}.get(klass, "appvm")
+        return f"{prefix}-{label}"
 
     def get_power_state(self) -> str:
         return self.app.runtime.state(self)

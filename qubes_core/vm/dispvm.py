@@ -10,9 +10,9 @@ from __future__ import annotations
 from typing import Any
 
 from qubes_core import exc
-from qubes_core.properties import Property, VMProperty
+from qubes_core.properties import Property, StatelessProperty, VMProperty
 from qubes_core.vm.appvm import AppVM
-from qubes_core.vm.qubesvm import QubesVM
+from qubes_core.vm.qubesvm import QubesVM, validate_disposable_template
 
 MAX_DISPID = 9999
 
@@ -47,6 +47,16 @@ class DispVM(QubesVM):
         "auto_cleanup", type=bool, default=False, clone=False,
         doc="Remove the DispVM (disk and qubes.xml) when it stops.",
     )
+    include_in_backups = Property(
+        "include_in_backups", type=bool, default=lambda vm: not vm.auto_cleanup,
+        doc="Include the DispVM in backups by default (not if it is removed at stop).")
+    default_dispvm = VMProperty(
+        "default_dispvm", allow_none=True, load_stage=4, setter=validate_disposable_template,
+        default=lambda vm: vm.template,
+        doc="AppVM whose DispVMs this DispVM starts by default: its own.")
+    is_preload = StatelessProperty(
+        "is_preload", lambda vm: False, type=bool,
+        doc="Whether this DispVM was started ahead of use (never here: no preloading).")
 
     def __init__(self, app: Any, **kwargs: Any) -> None:
         creating = "template" in kwargs

@@ -1,21 +1,46 @@
-"""Properties and rules shared by every VM that runs (all classes but dom0)."""
+"""Properties and rules shared by every VM that runs (all classes but dom0).
+
+The property set, its types, defaults and ``default=`` flags are those of Qubes
+R4.4's QubesVM, so that its client (``qvm-prefs``, ``qvm-ls``, the GUI tools)
+reads and writes them unchanged. Values that Qubes reads from the hypervisor
+(``xid``, ``stubdom_xid``, ``start_time``) come from the runtime and are never
+stored.
+"""
 
 from __future__ import annotations
 
-import ipaddress
+import functools
 import re
 from pathlib import Path
 from typing import Any
 
 from qubes_core import exc
+from qubes_core.devices import validate_denied_list
 from qubes_core.events import handler
-from qubes_core.properties import Property, VMProperty, optional_int_type
+from qubes_core.properties import (
+    Property,
+    StatelessProperty,
+    VMProperty,
+    optional_int_type,
+    read_only,
+)
 from qubes_core.vm import volumes
 from qubes_core.vm.base import BaseVM
 from qubes_core.vm.lifecycle import LifecycleMixin
+from qubes_core.vm.network import (  # noqa: F401  (re-exported for the VM classes)
+    NetworkMixin,
+    netvm_chain,
+    netvm_loop,
+    validate_netvm,
+)
 
-MAC_RE = re.compile(r"^([0-9a-f]{2}:){5}[0-9a-f]{2}$")
 VIRT_MODES = ("hvm", "pv", "pvh")
+KERNEL_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._+-]{0,127}$")
+BOOTMODE_RE = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
+USER_RE = re.compile(r"^[A-Za-z0-9_+,.-]{1,64}$")
+MAX_KERNELOPTS = 512
+# Memory is given in MiB; the runtime takes KiB in 64 bits: far above any machine.
+MAX_MEMORY_MIB = 2**32
 
 
 def from_template(name: str, fallback: Any) -> Any:
@@ -42,24 +67,124 @@ def _non_negative(holder: Any, prop: Any, value: int) -> int:
     return value
 
 
-def _validate_ip(holder: Any, prop: Any, value: str) -> str:
+@functools.cache
+def host_memory_mib() -> int:
+    """Memory of the machine qubesd runs on, in MiB (0 if it cannot be read)."""
+    try:
+        with open("/proc/meminfo", encoding="ascii") as meminfo:
+            for line in meminfo:
+                if line.startswith("MemTotal:"):
+                    return int(line.split()[1]) // 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    return 0
+
+
+def validate_kernel(holder: Any, prop: Any, value: str) -> str:
+    """A kernel version installed in the kernel pool; ``""`` for none.
+
+    Whether it is installed is checked on a change, not while qubes.xml loads: a
+    file names kernels of the machine it was written on.
+    """
     if value == "":
         return value
-    try:
-        return str(ipaddress.IPv4Address(value))
-    except ValueError:
-        raise ValueError(f"{value!r} is not an IPv4 address") from None
-
-
-def _validate_mac(holder: Any, prop: Any, value: str) -> str:
-    if not MAC_RE.match(value.lower()):
-        raise ValueError(f"{value!r} is not a MAC address like 00:16:3e:5e:6c:00")
-    return value.lower()
-
-
-def _validate_kernel(holder: Any, prop: Any, value: str) -> str:
-    if value and ("/" in value or value.startswith(".")):
+    if not KERNEL_RE.match(value):
         raise ValueError(f"kernel {value!r} must be a version directory name, not a path")
+    app = getattr(holder, "app", holder)
+    if not holder.events_enabled:
+        return value
+    pool = app.pools.get(app.default_pool_kernel)
+    installed = pool.kernels() if hasattr(pool, "kernels") else None
+    if installed is not None and value not in installed:
+        raise exc.QubesPropertyValueError(
+            holder, prop, value,
+            f"kernel {value!r} is not installed in pool {pool.name!r} (installed: "
+            f"{', '.join(installed) or 'none'})")
+    return value
+
+
+def _validate_memory(vm: Any, prop: Any, value: int) -> int:
+    """memory: positive, at most maxmem while memory balancing is on (maxmem > 0)."""
+    _positive(vm, prop, value)
+    if value > MAX_MEMORY_MIB:
+        raise ValueError(f"{value} MiB is more than {MAX_MEMORY_MIB} MiB")
+    maxmem = vm._property_values.get("maxmem")  # a default maxmem follows memory
+    if vm.events_enabled and maxmem and maxmem < value:
+        raise exc.QubesPropertyValueError(
+            vm, prop, value, f"memory of {vm} cannot be above its maxmem ({maxmem} MiB)")
+    return value
+
+
+def _validate_maxmem(vm: Any, prop: Any, value: int) -> int:
+    _non_negative(vm, prop, value)
+    if value > MAX_MEMORY_MIB:
+        raise ValueError(f"{value} MiB is more than {MAX_MEMORY_MIB} MiB")
+    if vm.events_enabled and 0 < value < vm.memory:
+        raise exc.QubesPropertyValueError(
+            vm, prop, value, f"maxmem of {vm} cannot be below its memory ({vm.memory} MiB); "
+            "0 turns memory balancing off")
+    return value
+
+
+def memory_conflict(vm: Any) -> str | None:
+    """Why ``vm``'s memory and maxmem do not fit together, or None."""
+    if 0 < vm.maxmem < vm.memory:
+        return f"memory ({vm.memory} MiB) is above maxmem ({vm.maxmem} MiB)"
+    return None
+
+
+def _default_maxmem(vm: Any) -> int:
+    """As Qubes: 0 with PCI devices; ten times memory for Linux, else 4000, capped at half
+    the host's memory; a template's value first. Unlike Qubes, never below the VM's
+    own memory: a default must not make the VM's settings contradict each other."""
+    if vm.devices["pci"]:
+        return 0
+    template = getattr(vm, "template", None)
+    if template is not None:
+        default = template.maxmem
+    else:
+        default = vm.memory * 10 if vm.features.get("os") == "Linux" else 4000
+        half_host = host_memory_mib() // 2
+        default = min(default, half_host) if half_host else default
+    return max(default, vm.memory) if default else 0
+
+
+def _validate_kernelopts(vm: Any, prop: Any, value: str) -> str:
+    if len(value) > MAX_KERNELOPTS or "\n" in value or "\0" in value:
+        raise ValueError(f"kernelopts is one line of at most {MAX_KERNELOPTS} characters")
+    return value
+
+
+def _validate_user(vm: Any, prop: Any, value: str) -> str:
+    if not USER_RE.match(value):
+        raise ValueError(f"user name {value!r} may hold only letters, digits and _ - + , .")
+    return value
+
+
+def validate_bootmode(vm: Any, prop: Any, value: str) -> str:
+    """A boot mode name (a ``boot-mode.kernelopts.NAME`` feature, or ``default``)."""
+    if not BOOTMODE_RE.match(value):
+        raise ValueError(f"boot mode {value!r} may hold only letters, digits, '_', '.', '-'")
+    return value
+
+
+def validate_keyboard_layout(vm: Any, prop: Any, value: str) -> str:
+    """``LAYOUT+VARIANT+OPTIONS``, e.g. ``us++`` or ``de+nodeadkeys+grp:alt_shift_toggle``."""
+    parts = value.split("+")
+    if (not value.isascii() or len(parts) != 3 or not parts[0].isalpha()
+            or not re.match(r"^[A-Za-z0-9_-]*$", parts[1])
+            or not re.match(r"^[A-Za-z0-9_:,-]*$", parts[2])):
+        raise ValueError(f"keyboard layout {value!r} is not LAYOUT+VARIANT+OPTIONS like us++")
+    return value
+
+
+def validate_disposable_template(holder: Any, prop: Any, value: Any) -> Any:
+    """A default_dispvm or management_dispvm must be an AppVM made for DispVMs."""
+    if value is not None and not getattr(value, "template_for_dispvms", False):
+        raise exc.QubesPropertyValueError(
+            holder, prop, value,
+            f"{prop.__name__}: {value} is not a template for DispVMs "
+            "(set its template_for_dispvms first)")
     return value
 
 
@@ -82,86 +207,68 @@ def _default_virt_mode(vm: Any) -> str:
     return "pvh"
 
 
-def _default_netvm(vm: Any) -> Any:
-    """The global default_netvm, unless its chain leads back to ``vm`` (then None).
-
-    Only explicitly set netvms are followed: a VM on the default points back at the
-    default netvm, which is already on the path.
-    """
-    candidate = vm.app.default_netvm
-    current, seen = candidate, set()
-    while current is not None and id(current) not in seen:
-        if current is vm:
-            return None
-        seen.add(id(current))
-        current = current._property_values.get("netvm")
-    return candidate
-
-
-def _default_ip(vm: Any) -> str | None:
-    if vm.netvm is None:
-        return None
-    dispid = getattr(vm, "dispid", None)
-    if dispid is not None:
-        return f"10.138.{(dispid >> 8) & 0xff}.{dispid & 0xff}"
-    return f"10.137.{(vm.qid >> 8) & 0xff}.{vm.qid & 0xff}"
+def _default_bootmode(vm: Any) -> str:
+    """The active boot mode feature if its kernel options exist, else the template's
+    ``appvm_default_bootmode``, else ``default``."""
+    active = vm.features.get("boot-mode.active")
+    if active is not None and (active == "default" or vm.features.check_with_template(
+            f"boot-mode.kernelopts.{active}", None) is not None):
+        return active
+    subject = vm
+    while getattr(subject, "template", None) is not None:
+        mode = getattr(subject.template, "appvm_default_bootmode", None)
+        if mode is not None and (mode == "default" or subject.features.check_with_template(
+                f"boot-mode.kernelopts.{mode}", None) is not None):
+            return mode
+        subject = subject.template
+    return "default"
 
 
-def _default_start_time(vm: Any) -> float | None:
-    return vm.app.runtime.start_time(vm)
+def _default_keyboard_layout(vm: Any) -> str:
+    guivm = getattr(vm, "guivm", None)
+    return getattr(guivm, "keyboard_layout", "us++") if guivm is not None else "us++"
 
 
-def _read_only(vm: Any, prop: Any, value: Any) -> Any:
-    raise exc.QubesPropertyValueError(vm, prop, value, f"property {prop.__name__!r} is read-only")
+def _xid(vm: Any) -> int:
+    return vm.app.runtime.xid(vm) if vm.is_running() else -1
 
 
-def netvm_chain(vm: Any) -> list[Any]:
-    """The VMs traffic of ``vm`` passes through: its netvm, that one's netvm, ..."""
-    chain: list[Any] = []
-    current = getattr(vm, "netvm", None)
-    while current is not None and current not in chain:
-        chain.append(current)
-        current = getattr(current, "netvm", None)
-    return chain
+def _stubdom_xid(vm: Any) -> int:
+    if vm.virt_mode != "hvm" or not vm.is_running():
+        return -1
+    return vm.app.runtime.stubdom_xid(vm)
 
 
-def validate_netvm(vm: Any, prop: Any, value: Any) -> Any:
-    """Refuse a netvm that does not provide network or would make a loop; None means offline."""
-    if value is None:
-        return None
-    if not getattr(value, "provides_network", False):
-        raise exc.QubesPropertyValueError(
-            vm, prop, value,
-            f"cannot set netvm of {vm} to {value}: {value} does not provide network "
-            "(set its provides_network first)",
-        )
-    if value is vm or vm in netvm_chain(value):
-        raise exc.QubesPropertyValueError(
-            vm, prop, value, f"cannot set netvm of {vm} to {value}: it would make a loop"
-        )
-    return value
+def _stubdom_uuid(vm: Any) -> str:
+    if _stubdom_xid(vm) == -1:
+        return ""
+    return vm.app.runtime.stubdom_uuid(vm)
 
 
-class QubesVM(LifecycleMixin, BaseVM):
+class QubesVM(NetworkMixin, LifecycleMixin, BaseVM):
     """A VM that can run."""
 
     default_volumes = ("root", "private", "volatile", "kernel")
 
-    netvm = VMProperty(
-        "netvm", allow_none=True, default=_default_netvm, setter=validate_netvm, load_stage=4,
-        doc="VM that gives this one network; None means no network. Default: the global "
-            "default_netvm.",
-    )
-    provides_network = Property(
-        "provides_network", type=bool, default=False,
-        doc="Whether this VM can be the netvm of other VMs.",
-    )
-    memory = Property("memory", type=int, setter=_positive,
+    guivm = VMProperty(
+        "guivm", allow_none=True, load_stage=4, default=lambda vm: vm.app.default_guivm,
+        doc="VM that shows this VM's windows (dom0 by default); tagged guivm-NAME.")
+    audiovm = VMProperty(
+        "audiovm", allow_none=True, load_stage=4, default=lambda vm: vm.app.default_audiovm,
+        doc="VM that plays this VM's sound (dom0 by default); tagged audiovm-NAME.")
+    bootmode = Property("bootmode", type=str, load_stage=4, setter=validate_bootmode,
+                        default=_default_bootmode,
+                        doc="Boot mode (kernel options from boot-mode.* features).")
+    installed_by_rpm = Property("installed_by_rpm", type=bool, default=False,
+                                doc="Whether the VM was installed from a package.")
+    memory = Property("memory", type=int, setter=_validate_memory,
                       default=from_template("memory", 400),
-                      doc="Memory (MiB) given at start.")
-    maxmem = Property("maxmem", type=int, setter=_non_negative,
-                      default=from_template("maxmem", 4000),
+                      doc="Memory (MiB) given at start; at most maxmem unless that is 0.")
+    maxmem = Property("maxmem", type=int, setter=_validate_maxmem, default=_default_maxmem,
                       doc="Maximum memory (MiB) the balancer may give; 0 disables it.")
+    stubdom_mem = Property("stubdom_mem", type=int, setter=_positive, default=None,
+                           doc="Memory (MiB) of the device model stub domain of an HVM; "
+                               "empty for the default.")
     vcpus = Property("vcpus", type=int, setter=_positive, default=from_template("vcpus", 2),
                      doc="Number of virtual CPUs.")
     virt_mode = Property(
@@ -171,12 +278,28 @@ class QubesVM(LifecycleMixin, BaseVM):
             "else pvh.",
     )
     kernel = Property(
-        "kernel", type=str, setter=_validate_kernel,
+        "kernel", type=str, setter=validate_kernel,
         default=from_template("kernel", lambda vm: vm.app.default_kernel or ""),
         doc="Kernel version from dom0's kernel pool; empty to boot the VM's own kernel.",
     )
-    kernelopts = Property("kernelopts", type=str, default=from_template("kernelopts", ""),
+    kernelopts = Property("kernelopts", type=str, load_stage=4, setter=_validate_kernelopts,
+                          default=from_template("kernelopts", ""),
                           doc="Extra kernel command line options.")
+    debug = Property("debug", type=bool, default=False,
+                     doc="Debug mode: keep the console and verbose boot output.")
+    default_user = Property("default_user", type=str, setter=_validate_user,
+                            default=from_template("default_user", "user"),
+                            doc="User that qrexec runs services as by default.")
+    qrexec_timeout = Property(
+        "qrexec_timeout", type=int, setter=_positive,
+        default=from_template("qrexec_timeout", lambda vm: vm.app.default_qrexec_timeout),
+        doc="Seconds to wait for the qrexec agent at start.",
+    )
+    shutdown_timeout = Property(
+        "shutdown_timeout", type=int, setter=_positive,
+        default=from_template("shutdown_timeout", lambda vm: vm.app.default_shutdown_timeout),
+        doc="Seconds to wait for the VM to shut down.",
+    )
     autostart = Property("autostart", type=bool, default=False,
                          doc="Start the VM when the system boots.")
     include_in_backups = Property("include_in_backups", type=bool, default=True,
@@ -187,32 +310,38 @@ class QubesVM(LifecycleMixin, BaseVM):
         doc="Time of the last backup, in seconds since the epoch; empty if never.",
     )
     default_dispvm = VMProperty(
-        "default_dispvm", allow_none=True, load_stage=4,
+        "default_dispvm", allow_none=True, load_stage=4, setter=validate_disposable_template,
         default=lambda vm: vm.app.default_dispvm,
         doc="AppVM whose DispVMs this VM starts by default.",
     )
     management_dispvm = VMProperty(
         "management_dispvm", allow_none=True, load_stage=4,
-        default=lambda vm: vm.app.management_dispvm,
+        setter=validate_disposable_template,
+        default=from_template("management_dispvm", lambda vm: vm.app.management_dispvm),
         doc="AppVM whose DispVMs configure this VM through Salt.",
     )
-    default_user = Property("default_user", type=str,
-                            default=from_template("default_user", "user"),
-                            doc="User that qrexec runs services as by default.")
-    qrexec_timeout = Property(
-        "qrexec_timeout", type=int, setter=_positive,
-        default=lambda vm: vm.app.default_qrexec_timeout,
-        doc="Seconds to wait for the qrexec agent at start.",
-    )
-    debug = Property("debug", type=bool, default=False,
-                     doc="Debug mode: keep the console and verbose boot output.")
-    ip = Property("ip", type=str, setter=_validate_ip, default=_default_ip, clone=False,
-                  doc="IPv4 address of the VM; computed from its qid by default.")
-    mac = Property("mac", type=str, setter=_validate_mac, default="00:16:3e:5e:6c:00",
-                   doc="MAC address of the VM's network interface.")
-    start_time = Property(
-        "start_time", persisted=False, clone=False, setter=_read_only,
-        default=_default_start_time,
+    updateable = Property(
+        "updateable", type=bool, setter=read_only,
+        default=lambda vm: not hasattr(type(vm), "template"),
+        doc="Whether changes to the root volume persist (no template).")
+    devices_denied = Property(
+        "devices_denied", type=str, setter=lambda vm, prop, value: validate_denied_list(value),
+        default="", doc="Device interfaces never attached to this VM (see "
+                        "admin.vm.device.denied.*).")
+    keyboard_layout = Property(
+        "keyboard_layout", type=str, setter=validate_keyboard_layout,
+        default=_default_keyboard_layout,
+        doc="Keyboard layout LAYOUT+VARIANT+OPTIONS; the guivm's by default.")
+    xid = StatelessProperty("xid", _xid, type=int,
+                            doc="Hypervisor id of the running VM; -1 when halted.")
+    stubdom_xid = StatelessProperty(
+        "stubdom_xid", _stubdom_xid, type=int,
+        doc="Hypervisor id of the device model stub domain of a running HVM; else -1.")
+    stubdom_uuid = StatelessProperty(
+        "stubdom_uuid", _stubdom_uuid, type=str,
+        doc="UUID of the device model stub domain of a running HVM; else empty.")
+    start_time = StatelessProperty(
+        "start_time", lambda vm: vm.app.runtime.start_time(vm),
         doc="Time the VM was started (seconds since the epoch); None while halted. Read "
             "from the runtime, never stored.",
     )
@@ -233,26 +362,6 @@ class QubesVM(LifecycleMixin, BaseVM):
         from qubes_core.firewall import firewall_of
 
         return firewall_of(self)
-
-    @property
-    def connected_vms(self) -> list[Any]:
-        """VMs whose netvm (set or default) is this one."""
-        return [vm for vm in self.app.domains
-                if vm is not self and getattr(vm, "netvm", None) is self]
-
-    @handler("property-pre-set:provides_network")
-    def _on_pre_set_provides_network(self, event: str, name: str, newvalue: bool,
-                                     oldvalue: Any = None) -> None:
-        if not newvalue and self.connected_vms:
-            users = ", ".join(sorted(vm.name for vm in self.connected_vms))
-            raise exc.QubesValueError(
-                f"cannot clear provides_network of {self}: VMs use it as netvm: {users}"
-            )
-
-    @handler("property-pre-reset:provides_network")
-    def _on_pre_reset_provides_network(self, event: str, name: str,
-                                       oldvalue: Any = None) -> None:
-        self._on_pre_set_provides_network(event, name, False)
 
     # --- devices ----------------------------------------------------------
 

@@ -2,8 +2,14 @@
 
 from __future__ import annotations
 
-from qubes_core.properties import VMProperty
-from qubes_core.vm.qubesvm import QubesVM, validate_netvm
+from typing import Any
+
+from qubes_core.properties import Property, VMProperty
+from qubes_core.vm.qubesvm import QubesVM, validate_bootmode, validate_netvm
+
+
+def _default_appvm_bootmode(vm: Any) -> str:
+    return vm.features.get("boot-mode.appvm-default", "default")
 
 
 class TemplateVM(QubesVM):
@@ -11,8 +17,13 @@ class TemplateVM(QubesVM):
     unless one is set.
     """
 
+    appvm_default_bootmode = Property(
+        "appvm_default_bootmode", type=str, load_stage=4, setter=validate_bootmode,
+        default=_default_appvm_bootmode,
+        doc="Boot mode of the AppVMs based on this template that do not choose one.")
     netvm = VMProperty(
         "netvm", allow_none=True, default=None, setter=validate_netvm,
+        load_stage=4,
         doc="Templates have no network by default: they update through a proxy.",
     )
 

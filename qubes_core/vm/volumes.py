@@ -124,7 +124,8 @@ def default_config(vm: Any) -> dict[str, dict[str, Any]]:
         else:
             entry["vid"] = vid_for(vm, name)
             entry["size"] = DEFAULT_SIZES[name]
-        if save_on_stop:
-            entry["revisions_to_keep"] = getattr(vm.app, "default_revisions_to_keep", 1)
+        if save_on_stop:  # the pool's, as Qubes gives new volumes
+            pool = vm.app.pools.get(entry["pool"])
+            entry["revisions_to_keep"] = pool.revisions_to_keep if pool is not None else 1
         config[name] = entry
     return config

@@ -205,7 +205,7 @@ async def test_create_and_remove(api):
     assert new.template is api.app.domains["debian-12"]
     await api.call("admin.vm.Create.AppVM", "dom0", "debian-12", "name=new2 label=green")
     await api.call("admin.vm.Create.StandaloneVM", "dom0", "", "name=solo label=gray")
-    assert api.app.domains["solo"].klass() == "StandaloneVM"
+    assert api.app.domains["solo"].klass == "StandaloneVM"
     images = api.app.base_dir / "appvms" / "solo"
     assert sorted(p.name for p in images.iterdir()) == ["private.img", "root.img"]
     reloaded = on_disk(api)
@@ -258,7 +258,7 @@ async def test_create_disposable(api):
     work.features["x-marker"] = "1"
     name = await api.call("admin.vm.CreateDisposable", "work")
     disp = api.app.domains[name]
-    assert name.startswith("disp") and disp.klass() == "DispVM"
+    assert name.startswith("disp") and disp.klass == "DispVM"
     assert disp.auto_cleanup and disp.template is work
     assert disp.features["x-marker"] == "1"
     reloaded = on_disk(api)

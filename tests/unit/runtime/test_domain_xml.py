@@ -16,6 +16,14 @@ def parse(vm: Any, flavour: str = "xen") -> etree._Element:
     return etree.fromstring(render_domain_xml(vm, flavour).encode())
 
 
+def install_kernel(app: Any, version: str = "6.6.1-1") -> str:
+    """A kernel in dom0's kernel pool (a VM may only name an installed one)."""
+    kernel_dir = Path(app.pools["linux-kernel"].dir_path) / version
+    kernel_dir.mkdir(parents=True, exist_ok=True)
+    (kernel_dir / "vmlinuz").write_bytes(b"")
+    return version
+
+
 def disks(root: etree._Element) -> dict[str, tuple[str, bool]]:
     """target dev -> (source dev, read-only)."""
     return {disk.find("target").get("dev"): (disk.find("source").get("dev"),
@@ -88,7 +96,7 @@ def test_own_kernel_boots_through_pvgrub(basic_app: Any) -> None:
 
 def test_dom0_kernel_and_escaped_kernelopts(basic_app: Any) -> None:
     work = basic_app.domains["work"]
-    work.kernel = "6.6.1-1"
+    work.kernel = install_kernel(basic_app)
     work.kernelopts = "swiotlb=2048 x=<a&b>"
     root = parse(work)
     kernels = basic_app.base_dir / "vm-kernels" / "6.6.1-1"
@@ -138,7 +146,7 @@ def test_test_driver_accepts_and_keeps_the_domain(basic_app: Any, runtime: Any,
     """The test flavour goes through libvirt's real parser and comes back intact."""
     work = basic_app.domains["work"]
     work.virt_mode = virt_mode
-    work.kernel = "6.6.1-1"
+    work.kernel = install_kernel(basic_app)
     work.memory = 500
     domain = runtime.connection().defineXML(render_domain_xml(work, "test"))
     back = etree.fromstring(domain.XMLDesc().encode())
