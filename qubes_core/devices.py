@@ -191,3 +191,53 @@ def validate_denied_list(text: str) -> str:
     if not text:
         return ""
     return "".join(sorted(set(parse_denied_list(text))))
+
+
+# --- the serialized form of the Admin API (Qubes' device_protocol) ---------------
+
+# Characters of keys and values on the wire, as the reference's serializer allows.
+KEY_CHARS = re.compile(r"^[A-Za-z0-9!#$%&()*+,\-./:;<>?@\[\\\]^_{|}~]+$")
+VALUE_CHARS = re.compile(r"^[ -~]*$")
+
+
+def pack(key: str, value: str) -> str:
+    """``key='value'``, with a quote in the value written ``\\'``."""
+    if not KEY_CHARS.match(key) or not VALUE_CHARS.match(value):
+        raise exc.QubesValueError(f"device property {key!r} cannot be sent: {value!r}")
+    return f"{key}='" + value.replace("'", "\\'") + "'"
+
+
+def unpack(text: str) -> tuple[dict[str, str], dict[str, str]]:
+    """Properties and ``_``-prefixed options of a serialized device or assignment."""
+    properties: dict[str, str] = {}
+    options: dict[str, str] = {}
+    rest = text.strip()
+    while rest:
+        key, sep, rest = rest.partition("='")
+        key = key.strip()
+        if not sep or not KEY_CHARS.match(key):
+            raise exc.ProtocolError(f"malformed device property near {key[:40]!r}")
+        value, index = [], 0
+        while True:
+            end = rest.find("'", index)
+            if end < 0:
+                raise exc.ProtocolError(f"unterminated value of device property {key!r}")
+            if end > 0 and rest[end - 1] == "\\":
+                value.append(rest[index:end - 1] + "'")
+                index = end + 1
+                continue
+            value.append(rest[index:end])
+            rest = rest[end + 1:]
+            break
+        text_value = "".join(value)
+        if not VALUE_CHARS.match(text_value):
+            raise exc.ProtocolError(f"invalid characters in device property {key!r}")
+        target = options if key.startswith("_") else properties
+        name = key[1:] if key.startswith("_") else key
+        if name in target:
+            raise exc.ProtocolError(f"device property {key!r} given twice")
+        target[name] = text_value
+        if rest and not rest.startswith(" "):
+            raise exc.ProtocolError("device properties must be separated by spaces")
+        rest = rest.lstrip(" ")
+    return properties, options

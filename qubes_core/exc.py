@@ -163,5 +163,27 @@ class ProtocolError(AssertionError):
     """The request broke the protocol; the API replies with this type's name."""
 
 
+class DeviceNotFound(QubesException, KeyError):
+    """Raised when a device the request names is not exposed by its backend."""
+
+    def __str__(self) -> str:
+        return QubesException.__str__(self)
+
+
+class DeviceAlreadyAttached(QubesException, KeyError):
+    """Raised when attaching a device that is attached already."""
+
+    def __str__(self) -> str:
+        return QubesException.__str__(self)
+
+
+class UnexpectedDeviceProperty(QubesException, ValueError):
+    """Raised when a device payload names another device than the request's argument."""
+
+
+class QubesUnrecognizedDeviceAssignmentMode(ProtocolError):
+    """Raised for an assignment mode other than required, auto-attach, ask-to-attach."""
+
+
 class PermissionDenied(Exception):
     """The caller may not do this; the API closes the connection without detail."""

@@ -38,6 +38,7 @@ BUILTIN: dict[str, dict[str, str]] = {
         "admin_policy": "qubes_core.ext.admin_policy:AdminPolicyExtension",
         "firewall": "qubes_core.ext.firewall:FirewallExtension",
         "templates": "qubes_core.ext.templates:TemplatesExtension",
+        "gui_audio": "qubes_core.ext.gui_audio:GuiAudioTagsExtension",
     },
     STORAGE_GROUP: {
         "file-reflink": "qubes_core.storage.reflink:FileReflinkPool",

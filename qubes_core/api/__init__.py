@@ -12,6 +12,7 @@ API_MODULES = [
     "qubes_core.api.labels",
     "qubes_core.api.events",
     "qubes_core.api.devices",
+    "qubes_core.api.notes",
     "qubes_core.api.firewall",
     "qubes_core.api.storage",
     "qubes_core.api.misc",

@@ -16,6 +16,7 @@ from typing import Any
 
 from qubes_core import exc
 from qubes_core.client.transport import Transport
+from qubes_core.devices import pack, unpack
 
 _MISSING = object()
 
@@ -264,7 +265,7 @@ class Tags:
 
 
 class PciDevices:
-    """``vm.devices['pci']``: assignments of host PCI devices."""
+    """``vm.devices['pci']``: assignments of host PCI devices (Qubes 4.4 wire form)."""
 
     def __init__(self, vm: ClientVM):
         self.vm = vm
@@ -273,19 +274,23 @@ class PciDevices:
         return self.vm.app.call("admin.vm.device.pci." + suffix, self.vm.name, arg, payload)
 
     def available(self) -> list[str]:
-        return [line.split(" ", 1)[0] for line in self._call("Available").splitlines()]
+        """Ports of the PCI devices dom0 exposes (``00_1f.2``)."""
+        return [line.split(":", 1)[0] for line in self._call("Available").splitlines()]
 
     def assigned(self) -> dict[str, dict[str, str]]:
         """``{"dom0+00_1f.2": {option: value}}``."""
         found = {}
         for line in self._call("Assigned").splitlines():
-            name, *options = line.split(" ")
-            found[name] = dict(option.split("=", 1) for option in options)
+            head, _, rest = line.partition(" ")
+            _properties, options = unpack(rest)
+            found[head.split(":", 1)[0]] = options
         return found
 
     def assign(self, backend: str, ident: str, **options: str) -> None:
-        text = " ".join(f"{key}={value}" for key, value in options.items())
-        self._call("Assign", f"{backend}+{ident}", text)
+        fields = [pack("device_id", "*"), pack("port_id", ident), pack("devclass", "pci"),
+                  pack("backend_domain", backend), pack("mode", "required")]
+        fields += [pack("_" + key, value) for key, value in options.items()]
+        self._call("Assign", f"{backend}+{ident}", " ".join(fields))
 
     def unassign(self, backend: str, ident: str) -> None:
         self._call("Unassign", f"{backend}+{ident}")

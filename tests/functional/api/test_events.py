@@ -119,6 +119,7 @@ async def test_filtered_subscriber_hears_nothing_of_hidden_vms(served, filtered_
     await served.call("admin.property.Set", "dom0", "default_dispvm", "")
     await served.call("admin.vm.tag.Set", "hidden", "secret")
     await served.call("admin.vm.property.Set", "hidden", "provides_network", "True")
+    await served.call("admin.vm.property.Set", "hidden", "netvm", "")  # no loop via default
     await served.call("admin.property.Set", "dom0", "default_netvm", "hidden")
     await served.call("admin.property.Set", "dom0", "default_netvm", "")
     await served.call("admin.vm.Remove", "hidden")

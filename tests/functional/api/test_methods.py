@@ -87,7 +87,7 @@ async def test_property_set_vm_and_none(api):
     ("memory", "-5", exc.QubesPropertyValueError),
     ("provides_network", "maybe", exc.QubesPropertyValueError),
     ("netvm", "no-such-vm", exc.QubesPropertyValueError),
-    ("netvm", "work", exc.QubesPropertyValueError),
+    ("netvm", "work", exc.QubesValueError),  # as Qubes: not a QubesPropertyValueError
     ("label", "ultraviolet", exc.QubesPropertyValueError),
     ("name", "other", exc.QubesPropertyValueError),
     ("start_time", "5", exc.QubesPropertyValueError),
@@ -174,7 +174,7 @@ async def test_tags(api):
     await api.call("admin.vm.tag.Set", "work", "audio")
     assert await api.call("admin.vm.tag.Get", "work", "audio") == "1"
     assert await api.call("admin.vm.tag.Get", "work", "video") == "0"
-    assert await api.call("admin.vm.tag.List", "work") == "audio\n"
+    assert await api.call("admin.vm.tag.List", "work") == "audio\naudiovm-dom0\nguivm-dom0\n"
     await api.call("admin.vm.tag.Remove", "work", "audio")
     with pytest.raises(exc.QubesTagNotFoundError):
         await api.call("admin.vm.tag.Remove", "work", "audio")
@@ -284,20 +284,35 @@ async def test_lifecycle_without_runtime(api):
     assert "power_state=Running" in await api.call("admin.vm.CurrentState", "dom0")
 
 
+PCI_ASSIGNMENT = ("device_id='*' port_id='00_19.0' devclass='pci' backend_domain='dom0' "
+                  "mode='required' _no-strict-reset='True'")
+
+
 async def test_pci_assignments(api):
-    await api.call("admin.vm.device.pci.Assign", "sys-net", "dom0+00_19.0",
-                   "no-strict-reset=True")
+    """The 4.4 wire form: the serialized assignment as payload and in each line."""
+    await api.call("admin.vm.device.pci.Assign", "sys-net", "dom0+00_19.0", PCI_ASSIGNMENT)
     assert await api.call("admin.vm.device.pci.Assigned", "sys-net") == (
-        "dom0+00_19.0 no-strict-reset=True\n")
+        "dom0+00_19.0:* device_id='*' port_id='00_19.0' devclass='pci' "
+        "backend_domain='dom0' mode='required' frontend_domain='sys-net' "
+        "_no-strict-reset='True'\n")
     assert api.app.domains["sys-net"].virt_mode == "hvm"
     with pytest.raises(exc.DeviceAlreadyAssigned):
-        await api.call("admin.vm.device.pci.Assign", "sys-net", "dom0+00_19.0")
+        await api.call("admin.vm.device.pci.Assign", "sys-net", "dom0+00_19.0",
+                       PCI_ASSIGNMENT)
     with pytest.raises(exc.QubesValueError, match="BB_DD.F"):
-        await api.call("admin.vm.device.pci.Assign", "work", "dom0+zz")
+        await api.call("admin.vm.device.pci.Assign", "work", "dom0+zz",
+                       PCI_ASSIGNMENT.replace("00_19.0", "zz"))
     with pytest.raises(exc.QubesValueError, match="BACKEND"):
-        await api.call("admin.vm.device.pci.Assign", "work", "00_19.0")
+        await api.call("admin.vm.device.pci.Assign", "work", "00_19.0", PCI_ASSIGNMENT)
+    with pytest.raises(exc.UnexpectedDeviceProperty):  # the payload names another device
+        await api.call("admin.vm.device.pci.Assign", "work", "dom0+00_1f.2", PCI_ASSIGNMENT)
+    with pytest.raises(exc.ProtocolError):
+        await api.call("admin.vm.device.pci.Assign", "work", "dom0+00_19.0",
+                       "no-strict-reset=True")
     reloaded = on_disk(api)
-    assert [a.ident for a in reloaded.domains["sys-net"].devices["pci"]] == ["00_19.0"]
+    assigned = reloaded.domains["sys-net"].devices["pci"].assignments()
+    assert [(a.ident, a.mode, a.options) for a in assigned] == [
+        ("00_19.0", "required", {"no-strict-reset": "True"})]
     reloaded.close()
     await api.call("admin.vm.device.pci.Unassign", "sys-net", "dom0+00_19.0")
     assert await api.call("admin.vm.device.pci.Assigned", "sys-net") == ""
@@ -317,11 +332,13 @@ async def test_pci_available_reads_sysfs(api, tmp_path, monkeypatch):
         (root / name / "device").write_text(device + "\n")
         (root / name / "class").write_text(klass + "\n")
     monkeypatch.setattr(devices, "SYSFS_PCI", root)
-    assert await api.call("admin.vm.device.pci.Available", "dom0") == (
-        "00_1f.2 description=8086:a102 class=0x010601\n"
-        "03_00.0 description=10ec:8168 class=0x020000\n")
-    assert await api.call("admin.vm.device.pci.Available", "dom0", "03_00.0") == (
-        "03_00.0 description=10ec:8168 class=0x020000\n")
+    nic = ("03_00.0:0x10ec:0x8168::p020000 device_id='0x10ec:0x8168::p020000' "
+           "port_id='03_00.0' devclass='pci' backend_domain='dom0' vendor='0x10ec' "
+           "product='0x8168' interfaces='p020000'\n")
+    body = await api.call("admin.vm.device.pci.Available", "dom0")
+    assert body.startswith("00_1f.2:0x8086:0xa102::p010601 ") and body.endswith(nic)
+    assert len(body.splitlines()) == 2
+    assert await api.call("admin.vm.device.pci.Available", "dom0", "03_00.0") == nic
     assert await api.call("admin.vm.device.pci.Available", "work") == ""
 
 

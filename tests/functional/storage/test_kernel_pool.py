@@ -7,6 +7,7 @@ a real directory, empty at first as on a machine where no VM kernel is installed
 from __future__ import annotations
 
 import os
+import shutil
 
 import pytest
 
@@ -85,7 +86,11 @@ async def test_missing_kernel_is_a_clear_error_at_start(kernel_app):
     work = app.domains["work"]
     await app.domains["tpl"].storage.create()
     await work.storage.create()
+    with pytest.raises(exc.QubesPropertyValueError, match="not installed"):
+        work.kernel = KERNEL  # a kernel that is not installed is refused at once
+    installed = install_kernel(app, KERNEL)
     work.kernel = KERNEL
+    shutil.rmtree(installed)  # ... and one removed since fails the start clearly
     with pytest.raises(exc.QubesException, match=f"kernel '{KERNEL}' is not installed") as info:
         await work.start()
     assert "installed in pool linux-kernel: none" in str(info.value)
@@ -94,7 +99,9 @@ async def test_missing_kernel_is_a_clear_error_at_start(kernel_app):
 
     # Following the global default (through the template) fails the same way.
     del work.kernel
+    install_kernel(app, KERNEL)
     app.default_kernel = KERNEL
+    shutil.rmtree(installed)
     assert work.kernel == KERNEL
     with pytest.raises(exc.QubesException, match=f"kernel '{KERNEL}' is not installed"):
         await work.start()

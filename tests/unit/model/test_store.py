@@ -45,7 +45,7 @@ def test_reference_file_loads(r4_store, caplog):
         assert work.default_dispvm is None
         assert work.backup_timestamp == 1700000000
         assert work.features["service.crond"] == ""
-        assert list(work.tags) == ["created-by-dom0", "office"]
+        assert list(work.tags) == ["audiovm-dom0", "created-by-dom0", "guivm-dom0", "office"]
         assert work.volume_config["private"]["size"] == 10737418240
         assert work.volume_config["private"]["save_on_stop"] is True
         assert net.maxmem == 0 and net.virt_mode == "hvm" and net.autostart is True

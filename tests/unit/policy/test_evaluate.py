@@ -217,7 +217,7 @@ def test_model_system(basic_app) -> None:
     disp = app.add_new_vm("DispVM", template=dvm, label="red")
     system = ModelSystem(app)
     assert system.domain("work").default_dispvm == "dvm"
-    assert system.domain("work").tags == frozenset({"personal"})
+    assert system.domain("work").tags == frozenset({"personal", "guivm-dom0", "audiovm-dom0"})
     assert system.domain(disp.name).dispvm_template == "dvm"
     assert system.domain("debian-12").klass == "TemplateVM"
     assert system.domain("nothere") is None
