@@ -346,7 +346,8 @@ class Qubes(PropertyHolder):
 
     def clone_vm(self, src: BaseVM, new_name: str, cls: str | type[BaseVM] | None = None,
                  **kwargs: Any) -> BaseVM:
-        """A new VM with ``src``'s properties, features and tags (not its devices).
+        """A new VM with ``src``'s properties, features and tags (not its devices); if
+        any of it fails, the new VM is removed again and the error raised.
 
         ``domain-cloned`` (with ``src``) is fired on the new VM afterwards, so that
         extensions copy what they keep themselves (the firewall, for one).
@@ -356,13 +357,18 @@ class Qubes(PropertyHolder):
             kwargs["template"] = src.template
         vm = self.add_new_vm(vmclass, name=new_name, label=kwargs.pop("label", src.label),
                              **kwargs)
-        vm.clone_properties(src, [p.__name__ for p in src.property_list()
-                                  if p.clone and p.__name__ not in kwargs
-                                  and p.__name__ != "template"])
-        for key, value in src.features.items():
-            vm.features[key] = value
-        vm.tags.update(src.tags)
-        vm.fire_event("domain-cloned", src=src)  # extensions copy what they own
+        try:
+            vm.clone_properties(src, [p.__name__ for p in src.property_list()
+                                      if p.clone and p.__name__ not in kwargs
+                                      and p.__name__ != "template"])
+            for key, value in src.features.items():
+                vm.features[key] = value
+            vm.tags.update(src.tags)
+            vm.fire_event("domain-cloned", src=src)  # extensions copy what they own
+        except BaseException:
+            # A clone is made whole or not at all: no half-made VM stays behind.
+            del self.domains[vm]
+            raise
         return vm
 
     # --- labels -----------------------------------------------------------

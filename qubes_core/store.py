@@ -47,6 +47,9 @@ LABEL_ID_RE = re.compile(r"^label-[1-9][0-9]{0,5}$")
 POOL_NAME_RE = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,63}$")
 VOLUME_NAME_RE = re.compile(r"^[a-z][a-z0-9_-]{0,31}$")
 BOOL_ATTR_TEXTS = frozenset({"true", "false", "1", "0", "yes", "no", ""})
+# Properties whose value must be an AppVM with template_for_dispvms; older files may
+# name any VM, which Qubes unsets at load.
+DISPOSABLE_TEMPLATE_PROPERTIES = frozenset({"default_dispvm", "management_dispvm"})
 # dom0's properties that Qubes implies and refuses to read from the file.
 ADMINVM_IMPLIED = frozenset({"qid", "name", "uuid"})
 
@@ -470,6 +473,12 @@ class XmlLoader:
 
     def _load_one(self, holder: Any, name: str, text: str | None, where: str) -> None:
         prop = holder.property_get_def(name)
+        if name in DISPOSABLE_TEMPLATE_PROPERTIES and text:
+            target = self.app.domains.get(text)
+            if target is not None and not getattr(target, "template_for_dispvms", False):
+                # As Qubes' loader: a value older releases allowed, dropped, not fatal.
+                log.warning("%s: %s=%s is not a template for DispVMs: unset", where, name, text)
+                text = ""
         try:
             if text in (None, "") and getattr(prop, "allow_none", False):
                 holder._property_values[name] = None

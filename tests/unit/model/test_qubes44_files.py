@@ -8,6 +8,7 @@ assignments of every class with mode and identity, the linux-kernel pool.
 from __future__ import annotations
 
 import shutil
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -16,6 +17,7 @@ from lxml import etree
 from qubes_core import exc
 from qubes_core.app import Qubes
 from qubes_core.store import serialize
+from tests.requirements import require, require_root, require_tool
 
 FIXTURES = Path(__file__).parents[2] / "fixtures"
 R44 = FIXTURES / "qubes-r44.xml"
@@ -185,6 +187,24 @@ def test_broken_elements_refused_with_one_line_naming_them(r44, case):
     assert r44.read_text() == content
 
 
+def test_immutable_file_gives_one_line(r44):
+    """``chattr +i`` (a real immutable file, as root on the test's own filesystem)."""
+    require_root()
+    require_tool("chattr")
+    result = subprocess.run(["chattr", "+i", str(r44)], capture_output=True, text=True)
+    require(result.returncode == 0, f"the filesystem of {r44} has no immutable flag: "
+            f"{result.stderr.strip()}")
+    try:
+        with pytest.raises(exc.QubesStoreError) as info:
+            Qubes(r44)
+        assert "cannot be opened for writing" in str(info.value)
+        assert "\n" not in str(info.value)
+        with Qubes(r44, lock=False) as reader:  # reading it still works
+            assert "work" in reader.domains
+    finally:
+        subprocess.run(["chattr", "-i", str(r44)], check=True)
+
+
 def test_unopenable_file_gives_one_line(tmp_path):
     """A qubes.xml that cannot be opened for writing (here: a directory in its place,
     the same failure path as an immutable file) gives a one-line error, not a traceback."""
@@ -198,3 +218,11 @@ def test_old_gray_colour_migrated(r44):
     r44.write_text(_replace(R44.read_text(), '"0x555555"', '"0x555753"'))
     with Qubes(r44) as app:
         assert app.get_label("gray").color == "0x555555"
+
+
+def test_disposable_template_that_is_none_unset_at_load(r44):
+    r44.write_text(_replace(R44.read_text(),
+                            '<property name="default_dispvm">debian-12-xfce-dvm</property>',
+                            '<property name="default_dispvm">sys-net</property>'))
+    with Qubes(r44) as app:
+        assert app.default_dispvm is None and not app.property_is_default("default_dispvm")

@@ -184,3 +184,15 @@ def test_new_volumes_take_their_pools_revisions_to_keep(app):
     template = app.add_new_vm("TemplateVM", name="debian-12", label="black")
     assert template.volume_config["private"]["revisions_to_keep"] == 3
     assert template.volume_config["root"]["revisions_to_keep"] == 3
+
+
+def test_clone_that_fails_part_way_leaves_nothing(basic_app):
+    work = basic_app.domains["work"]
+    work.features["service.cups"] = "1"
+    work.features.load("service." + "x" * 60, "1")  # loads, but is no service name
+    with pytest.raises(exc.QubesValueError, match="service name"):
+        basic_app.clone_vm(work, "work-copy")
+    assert "work-copy" not in basic_app.domains
+    del work.features["service." + "x" * 60]
+    copy = basic_app.clone_vm(work, "work-copy")
+    assert copy.features["service.cups"] == "1"
