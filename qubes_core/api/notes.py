@@ -13,8 +13,7 @@ from __future__ import annotations
 
 import unicodedata
 
-from qubes_core import exc, fsutil
-from qubes_core.api import protocol
+from qubes_core import exc, fsutil, protocol
 from qubes_core.api.call import ApiCall
 from qubes_core.api.registry import method
 

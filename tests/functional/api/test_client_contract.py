@@ -17,7 +17,8 @@ from typing import Any
 
 import pytest
 
-from qubes_core.api import protocol, registry
+from qubes_core import protocol
+from qubes_core.api import registry
 from qubes_core.devices import DEVICE_CLASSES, DeviceAssignment
 from tests.unit.runtime.support import lifecycle_app, runtime  # noqa: F401
 
