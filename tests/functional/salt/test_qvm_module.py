@@ -118,13 +118,14 @@ def test_features_and_services(qvm, client):
 
 def test_tags(qvm, client):
     qvm.create("m-tags", label="green")
+    auto = ["audiovm-dom0", "guivm-dom0"]  # the tags Qubes sets on every VM
     assert qvm.tags("m-tags", "add", "a", "b")["changes"] == {
-        "tags": {"old": [], "new": ["a", "b"]}}
+        "tags": {"old": auto, "new": sorted(["a", "b", *auto])}}
     assert qvm.tags("m-tags", add=["a"])["changes"] == {}
     assert qvm.tags("m-tags", **{"del": ["a"]})["changes"] == {
-        "tags": {"old": ["a", "b"], "new": ["b"]}}
-    assert qvm.tags("m-tags") == ["b"]
-    assert sorted(client.domains["m-tags"].tags) == ["b"]
+        "tags": {"old": sorted(["a", "b", *auto]), "new": sorted(["b", *auto])}}
+    assert qvm.tags("m-tags") == sorted(["b", *auto])
+    assert sorted(client.domains["m-tags"].tags) == sorted(["b", *auto])
 
 
 def test_devices_and_pcidevs(qvm, client):
@@ -189,7 +190,7 @@ def test_remove_and_clone(qvm, client):
     assert ret["result"] is True
     copy = client.domains["m-copy"]
     assert (copy.memory, str(copy.label), copy.features["vm-config.k"],
-            sorted(copy.tags)) == (555, "purple", "v", ["t1"])
+            sorted(copy.tags)) == (555, "purple", "v", ["audiovm-dom0", "guivm-dom0", "t1"])
     assert qvm.clone("m-src", "m-copy")["changes"] == {}
     assert qvm.remove("m-copy")["changes"] == {"m-copy": {"old": "present", "new": None}}
     assert "m-copy" not in client.domains
