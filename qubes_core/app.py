@@ -258,10 +258,10 @@ class Qubes(PropertyHolder):
                               doc="Seconds between VM statistics reports.")
     check_updates_vm = Property("check_updates_vm", type=bool, default=True,
                                 doc="Check for updates inside VMs.")
-    maxmem = Property("maxmem", type=int, setter=read_only,
+    maxmem = Property("maxmem", type=int, setter=read_only, persisted=False,
                       default=lambda app: host_memory_mib(),
                       doc="Memory of the machine (MiB).")
-    no_cpus = Property("no_cpus", type=int, setter=read_only,
+    no_cpus = Property("no_cpus", type=int, setter=read_only, persisted=False,
                        default=lambda app: os.cpu_count() or 1,
                        doc="Number of CPUs of the machine.")
 

@@ -43,13 +43,14 @@ class AdminVM(BaseVM):
     include_in_backups = Property("include_in_backups", type=bool, default=True,
                                   doc="Include dom0's home in backups by default.")
     updateable = Property("updateable", type=bool, setter=read_only, default=True,
+                          persisted=False,
                           doc="dom0 is always updateable.")
     devices_denied = Property(
         "devices_denied", type=str, setter=lambda vm, prop, value: validate_denied_list(value),
         default="", doc="Device interfaces never attached to dom0.")
     keyboard_layout = Property("keyboard_layout", type=str, setter=validate_keyboard_layout,
                                default="us++", doc="Keyboard layout LAYOUT+VARIANT+OPTIONS.")
-    maxmem = Property("maxmem", type=int, setter=read_only,
+    maxmem = Property("maxmem", type=int, setter=read_only, persisted=False,
                       default=lambda vm: host_memory_mib(),
                       doc="Memory of the machine (MiB).")
 

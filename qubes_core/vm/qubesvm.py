@@ -126,13 +126,6 @@ def _validate_maxmem(vm: Any, prop: Any, value: int) -> int:
     return value
 
 
-def memory_conflict(vm: Any) -> str | None:
-    """Why ``vm``'s memory and maxmem do not fit together, or None."""
-    if 0 < vm.maxmem < vm.memory:
-        return f"memory ({vm.memory} MiB) is above maxmem ({vm.maxmem} MiB)"
-    return None
-
-
 def _default_maxmem(vm: Any) -> int:
     """As Qubes: 0 with PCI devices; ten times memory for Linux, else 4000, capped at half
     the host's memory; a template's value first. Unlike Qubes, never below the VM's
@@ -321,7 +314,7 @@ class QubesVM(NetworkMixin, LifecycleMixin, BaseVM):
         doc="AppVM whose DispVMs configure this VM through Salt.",
     )
     updateable = Property(
-        "updateable", type=bool, setter=read_only,
+        "updateable", type=bool, setter=read_only, persisted=False,
         default=lambda vm: not hasattr(type(vm), "template"),
         doc="Whether changes to the root volume persist (no template).")
     devices_denied = Property(

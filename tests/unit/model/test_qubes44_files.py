@@ -226,3 +226,19 @@ def test_disposable_template_that_is_none_unset_at_load(r44):
                             '<property name="default_dispvm">sys-net</property>'))
     with Qubes(r44) as app:
         assert app.default_dispvm is None and not app.property_is_default("default_dispvm")
+
+
+def test_computed_properties_in_a_file_are_ignored(r44):
+    """Values Qubes computes (never writes) do not stop a load when a file has them."""
+    text = _replace(R44.read_text(), '<property name="qid">6</property>',
+                    '<property name="qid">6</property>\n'
+                    '        <property name="updateable">True</property>')
+    text = _replace(text, '<property name="updatevm">sys-firewall</property>',
+                    '<property name="updatevm">sys-firewall</property>\n'
+                    '    <property name="no_cpus">512</property>')
+    r44.write_text(text)
+    with Qubes(r44) as app:
+        assert app.domains["work"].updateable is False
+        assert app.no_cpus != 512 and app.property_is_default("no_cpus")
+        app.save()
+    assert "updateable" not in r44.read_text() and "no_cpus" not in r44.read_text()
