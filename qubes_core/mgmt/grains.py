@@ -19,10 +19,10 @@ USB_CLASS = "0x0c03"
 def pci_devices_of_class(prefix: str, root: Path | None = None) -> list[str]:
     """``BB:DD.F`` of each host PCI device whose class starts with ``prefix``."""
     found = []
-    for ident, description in host_pci_devices(root):
-        fields = dict(item.split("=", 1) for item in description.split() if "=" in item)
-        if fields.get("class", "").lower().startswith(prefix):
-            found.append(ident.replace("_", ":"))
+    for device in host_pci_devices(root):
+        # the interface code is "p" and the six hex digits of the class
+        if ("0x" + device["interfaces"][1:]).lower().startswith(prefix):
+            found.append(device["port"].replace("_", ":"))
     return found
 
 

@@ -265,7 +265,8 @@ def test_every_function_documents_a_cli_example(loaders):
 def test_global_prefs(qvm, client):
     assert qvm.global_prefs()["default_template"] == "debian-12"
     assert qvm.global_prefs("default_template") == {"default_template": "debian-12"}
-    qvm.create("g-net", label="red", flags=["proxy"])
+    # its own netvm set (to none), as sys-net's: following default_netvm would be a loop
+    qvm.create("g-net", label="red", flags=["proxy"], prefs={"netvm": ""})
     dry = qvm.global_prefs(default_netvm="g-net", test=True)
     assert dry["test"] is True and client.default_netvm is None
     ret = qvm.global_prefs(default_netvm="g-net")
