@@ -24,8 +24,9 @@ log = logging.getLogger("qubes.qubesd")
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    """qubesd's command line; ``--ready-fd`` (the embedded client waits on it) and
-    ``--save-each-write`` (the API benchmark's baseline) are hidden from ``--help``.
+    """qubesd's command line; ``--ready-fd`` (the embedded client waits on it),
+    ``--save-each-write`` (the API benchmark's baseline) and ``--slow-callback-ms``
+    (the tests' watch on the event loop) are hidden from ``--help``.
     """
     from qubes_core.backend import RUNTIME_NAMES
 
@@ -42,6 +43,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--ready-fd", type=int, default=None, help=argparse.SUPPRESS)
     # One save per write call instead of group commit: only to measure against.
     parser.add_argument("--save-each-write", action="store_true", help=argparse.SUPPRESS)
+    # Tests: once serving, log (asyncio's debug mode) every callback that holds the loop
+    # longer than this many milliseconds, time waiting for a CPU left out (loopclock).
+    parser.add_argument("--slow-callback-ms", type=float, default=None, help=argparse.SUPPRESS)
     return parser.parse_args(argv)
 
 
@@ -120,6 +124,9 @@ async def serve(args: argparse.Namespace) -> int:
         for signum in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(signum, stop.set)
         await app.fire_event_async("qubesd-start", server=server)
+        if args.slow_callback_ms is not None:
+            loop.slow_callback_duration = args.slow_callback_ms / 1000
+            loop.set_debug(True)
         log.info("qubesd serves %s (runtime %s)", paths.base_dir, runtime.name)
         if args.ready_fd is not None:
             with contextlib.suppress(OSError):
@@ -143,8 +150,14 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     logging.basicConfig(level=logging.DEBUG if args.debug else logging.INFO,
                         format="qubesd: %(levelname)s %(name)s: %(message)s")
+    loop_factory = None
+    if args.slow_callback_ms is not None:
+        from qubes_core.loopclock import CpuWaitFreeLoop
+
+        loop_factory = CpuWaitFreeLoop
     try:
-        return asyncio.run(serve(args))
+        with asyncio.Runner(loop_factory=loop_factory) as runner:
+            return runner.run(serve(args))
     except exc.QubesException as err:
         print(f"qubesd: {err}", file=sys.stderr)
         return 1

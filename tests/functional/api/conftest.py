@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import re
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -65,20 +66,45 @@ def build_installation(base_dir: Path, appvms: int = 3) -> None:
         app.close()
 
 
+#: A callback that holds qubesd's event loop longer than this fails the test: blocking
+#: work (disk, libvirt, parsing a big file) belongs in a worker thread.
+SLOW_CALLBACK_MS = 50
+# What asyncio's debug mode logs for such a callback.
+SLOW_CALLBACK_RE = re.compile(r"asyncio: Executing .* took \d+\.\d+ seconds")
+
+
 class RunningQubesd:
-    def __init__(self, base_dir: Path):
+    """A qubesd process whose loop runs in debug mode (unless ``watch_loop`` is False):
+    :meth:`slow_callbacks` lists each callback that held it longer than
+    ``SLOW_CALLBACK_MS`` (from its log)."""
+
+    def __init__(self, base_dir: Path, watch_loop: bool = True):
         self.base_dir = base_dir
+        self.watch_loop = watch_loop
         self.paths = resolve(base_dir)
         self.process: EmbeddedQubesd | None = None
+        self.log_path = self.paths.log_dir / "qubesd-embedded.log"
+        self._log_offset = 0
 
     def start(self) -> None:
-        self.process = EmbeddedQubesd.start(self.base_dir, runtime="offline")
+        self._log_offset = self.log_path.stat().st_size if self.log_path.exists() else 0
+        options = ("--slow-callback-ms", str(SLOW_CALLBACK_MS)) if self.watch_loop else ()
+        self.process = EmbeddedQubesd.start(self.base_dir, runtime="offline", options=options)
         assert self.process is not None
 
     def stop(self) -> None:
         if self.process is not None:
             self.process.stop()
             self.process = None
+
+    def slow_callbacks(self) -> list[str]:
+        """The slow callbacks qubesd logged since its last start."""
+        if not self.log_path.exists():
+            return []
+        with open(self.log_path, "rb") as log:
+            log.seek(self._log_offset)
+            text = log.read().decode(errors="replace")
+        return [line for line in text.splitlines() if SLOW_CALLBACK_RE.search(line)]
 
     @property
     def pid(self) -> int:
@@ -89,16 +115,26 @@ class RunningQubesd:
         return self.process is not None and self.process.process.poll() is None
 
 
-@pytest.fixture
-def qubesd(tmp_path: Path) -> Iterator[RunningQubesd]:
-    """A qubesd process (offline runtime) serving a small installation in tmp_path."""
+def serve_installation(tmp_path: Path, watch_loop: bool = True) -> Iterator[RunningQubesd]:
+    """A qubesd process (offline runtime) serving a small installation in tmp_path; with
+    ``watch_loop``, a callback that held its loop too long fails the test."""
     base = tmp_path / "inst"
     base.mkdir()
     build_installation(base)
-    daemon = RunningQubesd(base)
+    daemon = RunningQubesd(base, watch_loop)
     daemon.start()
     yield daemon
     daemon.stop()
+    slow = daemon.slow_callbacks()
+    if slow:
+        pytest.fail(f"{len(slow)} callback(s) held qubesd's event loop longer than "
+                    f"{SLOW_CALLBACK_MS} ms:\n" + "\n".join(slow), pytrace=False)
+
+
+@pytest.fixture
+def qubesd(tmp_path: Path) -> Iterator[RunningQubesd]:
+    """A qubesd process serving a small installation, its loop watched (debug mode)."""
+    yield from serve_installation(tmp_path)
 
 
 @pytest.fixture
