@@ -44,8 +44,10 @@ def _firewall(call: ApiCall) -> Firewall:
 @method("admin.vm.firewall.Get", scope="local", read=True)
 async def firewall_get(call: ApiCall) -> str:
     """The VM's outbound firewall rules in API text form, one a line."""
+    firewall = _firewall(call)
     with _wire_errors():
-        return _firewall(call).api_text()
+        await firewall.load_async()
+        return firewall.api_text()
 
 
 @method("admin.vm.firewall.Set", scope="local", write=True, payload=True)
@@ -58,11 +60,11 @@ async def firewall_set(call: ApiCall) -> None:
         raise exc.QubesValueError("firewall rules must be ASCII text") from None
     with _wire_errors():
         rules = parse_api_rules(text, now=clock_of(call.app).time())
-        firewall.set_rules(rules)
+        await firewall.set_rules_async(rules)
 
 
 @method("admin.vm.firewall.Reload", scope="local", execute=True)
 async def firewall_reload(call: ApiCall) -> None:
     """Read the VM's firewall.xml again and re-export it to the netvm."""
     with _wire_errors():
-        _firewall(call).reload()
+        await _firewall(call).reload_async()

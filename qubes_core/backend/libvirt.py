@@ -318,7 +318,7 @@ class LibvirtRuntime(Runtime):
 
     async def start(self, vm: Any) -> None:
         domain_uuid = self._prepare(vm)
-        if self.state(vm) != "Halted":
+        if await asyncio.to_thread(self.state, vm) != "Halted":
             raise exc.QubesVMNotHaltedError(vm, f"cannot start {vm}: it is not halted")
         # A stop that libvirt already made but that is still on its way to the model
         # is reported first, so that handlers see stop and start in order.
@@ -420,9 +420,14 @@ class LibvirtRuntime(Runtime):
 
     async def wait_stopped(self, vm: Any, timeout: float) -> bool:
         domain_uuid = self._prepare(vm)
+        # The state is read in a worker thread first; what the events said is read after,
+        # with no await before the decision.
+        state = None
+        if self._announced.get(domain_uuid) is None:
+            state = await asyncio.to_thread(self.state, vm)
         last = self._announced.get(domain_uuid)
         if self._handling.get(domain_uuid) != STOPPED and (
-                last == STOPPED or (last is None and self.state(vm) == "Halted")):
+                last == STOPPED or (last is None and state == "Halted")):
             return True
         waiter = self._expect(domain_uuid, STOPPED)
         try:
@@ -430,7 +435,7 @@ class LibvirtRuntime(Runtime):
             return True
         except TimeoutError:
             self._forget_waiter(domain_uuid, STOPPED, waiter)
-        if self.state(vm) == "Halted":
+        if await asyncio.to_thread(self.state, vm) == "Halted":
             await self._deliver(domain_uuid, STOPPED, "unknown", synthesized=True)
             return True
         return False

@@ -129,8 +129,9 @@ class ExpirySchedule:
         except asyncio.CancelledError:
             pass
 
-    def expire_due(self) -> list[Any]:
-        """Remove every rule whose time came; return the VMs that lost rules."""
+    async def expire_due(self) -> list[Any]:
+        """Remove every rule whose time came (firewall.xml written in a worker thread);
+        return the VMs that lost rules."""
         now = self.clock.time()
         changed = []
         while (nearest := self.next_expiry()) is not None and nearest <= now:
@@ -139,7 +140,7 @@ class ExpirySchedule:
             vm = self.app.domains.get(qid)
             if vm is None or not hasattr(type(vm), "netvm"):
                 continue
-            if firewall_of(vm).drop_expired():
+            if await firewall_of(vm).drop_expired_async():
                 changed.append(vm)
             self._push(vm)
         return changed
@@ -158,7 +159,7 @@ class ExpirySchedule:
             try:
                 if self._clock_jumped():
                     self.rebuild()
-                self.expire_due()
+                await self.expire_due()
             except Exception:  # one broken VM must not stop expiry for the others
                 log.exception("firewall expiry failed; retrying in %s s", JUMP_CHECK)
                 await self.clock.sleep(JUMP_CHECK)

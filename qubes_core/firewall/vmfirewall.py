@@ -7,10 +7,15 @@ the expiry schedule's job (:mod:`qubes_core.firewall.expiry`).
 
 A firewall.xml that cannot be read does not open the firewall: its VM exports
 the drop policy with no rule until the file is fixed or replaced by ``Set``.
+
+In qubesd the file is read and written in a worker thread (the ``*_async``
+methods), one write at a time per VM, so the event loop never waits for the
+disk; the synchronous methods are for callers without a loop.
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import weakref
 from pathlib import Path
@@ -35,6 +40,7 @@ class Firewall:
         self._load_error: FirewallFileError | None = None
         # The file still holds rules that expired (dropped in memory when read).
         self._file_has_expired = False
+        self._write_lock: asyncio.Lock | None = None
 
     def __repr__(self) -> str:
         return f"<Firewall of {self.vm}>"
@@ -107,30 +113,94 @@ class Firewall:
 
     # --- changing ---------------------------------------------------------
 
-    def set_rules(self, rules: list[Rule]) -> None:
-        """Replace every rule, write firewall.xml and re-export (``firewall-changed``)."""
+    @staticmethod
+    def _checked(rules: list[Rule]) -> list[Rule]:
         rules = list(rules)
         if len(rules) > MAX_RULES:
             raise RuleError(None, f"{len(rules)} rules given; at most {MAX_RULES} are allowed")
         for number, rule in enumerate(rules, start=1):
             if not isinstance(rule, Rule):
                 raise RuleError(None, f"rule {number} is not a Rule but {type(rule).__name__}")
-        self._write(rules)
+        return rules
+
+    def set_rules(self, rules: list[Rule]) -> None:
+        """Replace every rule, write firewall.xml and re-export (``firewall-changed``)."""
+        self._write(self._checked(rules))
         self._load_error = None
         self.vm.fire_event("firewall-changed")
+
+    def _lock(self) -> asyncio.Lock:
+        if self._write_lock is None:
+            self._write_lock = asyncio.Lock()
+        return self._write_lock
+
+    async def set_rules_async(self, rules: list[Rule]) -> None:
+        """:meth:`set_rules`, the file written in a worker thread."""
+        rules = self._checked(rules)
+        async with self._lock():
+            await self._write_async(rules)
+        self._load_error = None
+        self.vm.fire_event("firewall-changed")
+
+    async def load_async(self) -> None:
+        """Read firewall.xml in a worker thread unless it was read already (a file that
+        did not read stays refused until reloaded)."""
+        if self._rules is None and self._load_error is None:
+            async with self._lock():
+                if self._rules is None and self._load_error is None:
+                    await asyncio.to_thread(self.load)
+
+    async def reload_async(self) -> None:
+        """:meth:`reload`, the file read in a worker thread."""
+        try:
+            async with self._lock():
+                await asyncio.to_thread(self.load)
+        finally:
+            self.vm.fire_event("firewall-changed")
+
+    async def drop_expired_async(self) -> list[Rule]:
+        """:meth:`drop_expired`, the file written in a worker thread."""
+        try:
+            rules = self._loaded()
+        except FirewallFileError:
+            return []
+        now = self.now()
+        gone = [rule for rule in rules if rule.is_expired(now)]
+        if not gone and not self._file_has_expired:
+            return []
+        async with self._lock():
+            await self._write_async(rules)
+        self._log_expired(gone)
+        self.vm.fire_event("firewall-changed")
+        return gone
 
     def save(self) -> None:
         """Write the rules in force (expired ones dropped) to firewall.xml."""
         self._write(self._loaded())
 
-    def _write(self, rules: list[Rule]) -> None:
+    def _live(self, rules: list[Rule]) -> list[Rule]:
         now = self.now()
-        live = [rule for rule in rules if not rule.is_expired(now)]
-        path = self.path
+        return [rule for rule in rules if not rule.is_expired(now)]
+
+    def _write_file(self, live: list[Rule], path: Path | None) -> None:
         if path is not None:
             write_atomic(path, serialize(live))
             log.info("wrote %d firewall rules of %s to %s", len(live), self.vm, path)
+
+    def _write(self, rules: list[Rule]) -> None:
+        live = self._live(rules)
+        self._write_file(live, self.path)
         self._rules, self._file_has_expired = live, False
+
+    async def _write_async(self, rules: list[Rule]) -> None:
+        live = self._live(rules)
+        await asyncio.to_thread(self._write_file, live, self.path)
+        self._rules, self._file_has_expired = live, False
+
+    def _log_expired(self, gone: list[Rule]) -> None:
+        if gone:
+            log.info("firewall of %s: %d rule(s) expired: %s", self.vm, len(gone),
+                     "; ".join(rule.api_text() for rule in gone))
 
     def drop_expired(self) -> list[Rule]:
         """Remove expired rules from memory and firewall.xml; re-export if any went."""
@@ -143,9 +213,7 @@ class Firewall:
         if not gone and not self._file_has_expired:
             return []
         self._write(rules)
-        if gone:
-            log.info("firewall of %s: %d rule(s) expired: %s", self.vm, len(gone),
-                     "; ".join(rule.api_text() for rule in gone))
+        self._log_expired(gone)
         self.vm.fire_event("firewall-changed")
         return gone
 

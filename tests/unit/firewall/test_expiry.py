@@ -14,16 +14,14 @@ from qubes_core.app import Qubes
 from qubes_core.firewall import Rule, parse_api_rules, set_clock
 from qubes_core.firewall.expiry import JUMP_CHECK, schedule_of
 from qubes_core.firewall.xmlfile import parse
+from tests.support import wait_until_async
 from tests.unit.firewall.conftest import exported
 
 
 async def settle(condition: Callable[[], bool], what: str) -> None:
-    """Let the event loop run until ``condition`` holds (bounded; no wall-clock wait)."""
-    for _ in range(200):
-        if condition():
-            return
-        await asyncio.sleep(0)
-    raise AssertionError(f"not reached: {what}")
+    """Let the event loop (and the worker thread writing firewall.xml) run until
+    ``condition`` holds."""
+    await wait_until_async(condition, what=what)
 
 
 def file_rules(vm) -> list[Rule]:
@@ -53,7 +51,9 @@ async def test_rule_leaves_export_and_file_at_its_expiry(net_app: Qubes, clock) 
         assert len(file_rules(work)) == 2  # 299.5 s on: not yet
         assert exported(fw, work)["/0000"].startswith(b"action=accept")
         clock.advance(0.5)  # now == expire
-        await settle(lambda: len(file_rules(work)) == 1, "rule removed from firewall.xml")
+        await settle(lambda: len(file_rules(work)) == 1
+                     and exported(fw, work)["/0000"] == b"action=drop",
+                     "rule removed from firewall.xml, then from the export")
         assert file_rules(work) == [Rule(action="drop")]
         assert exported(fw, work) == {"": b"", "/policy": b"drop", "/0000": b"action=drop"}
         assert schedule.next_expiry() is None
@@ -83,8 +83,10 @@ async def test_many_rules_expire_in_order(net_app: Qubes, clock) -> None:
             clock.advance(1)
 
             def caught_up(elapsed: int = elapsed) -> bool:
+                """Written to firewall.xml, and (after that) exported."""
                 return all(
                     len(file_rules(vm)) == 1 + sum(t > elapsed for t in expiries[vm.name])
+                    and len(exported(fw, vm)) == 3 + sum(t > elapsed for t in expiries[vm.name])
                     for vm in vms)
 
             await settle(caught_up, f"rules expired at +{elapsed}s")
@@ -131,7 +133,8 @@ async def test_clock_jump_forward_rebuilds_and_expires(net_app: Qubes, clock) ->
     try:
         clock.jump(7200)  # the wall clock is set two hours on
         clock.advance(JUMP_CHECK)  # and the schedule's next check comes
-        await settle(lambda: len(file_rules(work)) == 1, "expired after the jump")
+        await settle(lambda: len(file_rules(work)) == 1
+                     and exported(fw, work)["/0000"] == b"action=drop", "expired after the jump")
         assert schedule.rebuilds == rebuilds + 1
         assert exported(fw, work)["/0000"] == b"action=drop"
     finally:

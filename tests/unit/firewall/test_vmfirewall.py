@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
+import threading
 
 import pytest
 
@@ -164,3 +166,36 @@ def test_app_without_store_keeps_rules_in_memory() -> None:
     assert vm.firewall.path is None
     vm.firewall.set_rules([Rule(action="drop")])
     assert vm.firewall.rules == [Rule(action="drop")]
+
+
+async def test_qubesd_reads_and_writes_firewall_xml_off_the_loop(
+        net_app: Qubes, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Set, Reload and expiry (the ``*_async`` methods) leave the disk to a worker thread,
+    one write at a time, and re-export once the file is written."""
+    from qubes_core.firewall import vmfirewall
+
+    work = net_app.domains["work"]
+    loop_thread = threading.current_thread()
+    touched_in: list[threading.Thread] = []
+    real_write, real_parse = vmfirewall.write_atomic, vmfirewall.parse
+
+    def write_atomic(path, data):
+        touched_in.append(threading.current_thread())
+        real_write(path, data)
+
+    def parse_file(data, where="firewall.xml"):
+        touched_in.append(threading.current_thread())
+        return real_parse(data, where)
+
+    monkeypatch.setattr(vmfirewall, "write_atomic", write_atomic)
+    monkeypatch.setattr(vmfirewall, "parse", parse_file)
+    changed = []
+    work.add_handler("firewall-changed", lambda vm, event, **kw: changed.append(
+        parse((vm.dir_path / "firewall.xml").read_bytes())))
+    rules = parse_api_rules("action=accept proto=tcp dstports=22\naction=drop\n")
+    await asyncio.gather(work.firewall.set_rules_async(rules[:1]),
+                         work.firewall.set_rules_async(rules))
+    await work.firewall.reload_async()
+    assert touched_in and loop_thread not in touched_in
+    assert changed == [rules[:1], rules, rules]  # each event sees its own write, in order
+    assert parse((work.dir_path / "firewall.xml").read_bytes()) == rules
