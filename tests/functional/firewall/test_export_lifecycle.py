@@ -6,10 +6,10 @@ file-reflink storage, the lifecycle events and the QubesDB stores are the real o
 
 from __future__ import annotations
 
-import asyncio
 from typing import Any
 
 from qubes_core.firewall import ManualClock, parse_api_rules, set_clock
+from tests.support import wait_until_async
 
 
 def rules_in(netvm: Any, vm: Any, ip: str | None = None) -> dict[str, bytes]:
@@ -63,10 +63,9 @@ async def test_expiry_reaches_the_running_netvm(lifecycle_app: Any) -> None:
     try:
         assert rules_in(fw, work)["/0000"] == b"action=accept"
         clock.advance(60)
-        for _ in range(200):
-            if rules_in(fw, work)["/0000"] == b"action=drop":
-                break
-            await asyncio.sleep(0)
+        # firewall.xml is written in a worker thread, then the export follows
+        await wait_until_async(lambda: rules_in(fw, work)["/0000"] == b"action=drop",
+                               what="the expired rule leaving the export")
         assert rules_in(fw, work) == {"": b"", "/policy": b"drop", "/0000": b"action=drop"}
         assert work.firewall.api_text() == "action=drop\n"
     finally:
