@@ -54,6 +54,8 @@ class ApiCall:
         return f"<ApiCall {self.method}+{self.arg} {self.src} -> {self.dest}>"
 
     def payload_text(self, what: str = "payload", *, ascii_only: bool = False) -> str:
+        """The payload as text (UTF-8, or ASCII with ``ascii_only``); a clear error names
+        ``what``."""
         return decode_text(self.payload, what, ascii_only=ascii_only)
 
     def fire_event(self, event: str, **kwargs: Any) -> list[Any]:
@@ -61,6 +63,7 @@ class ApiCall:
         return self.dest.fire_event(event, **kwargs)
 
     async def fire_event_async(self, event: str, **kwargs: Any) -> list[Any]:
+        """Fire ``event`` on the destination and await its async handlers."""
         return await self.dest.fire_event_async(event, **kwargs)
 
     def filter(self, items: Iterable[T]) -> list[T]:
@@ -78,10 +81,12 @@ class ApiCall:
             yield
 
     def require_arg(self, what: str = "argument") -> str:
+        """The argument; refused (naming ``what``) when the call has none."""
         if not self.arg:
             raise exc.QubesValueError(f"{self.method} needs {what} (METHOD+ARG)")
         return self.arg
 
     def require_not_dom0(self) -> None:
+        """Refuse a call whose destination is dom0."""
         if self.dest.qid == 0:
             raise exc.QubesVMError(self.dest, f"{self.method} does not apply to dom0")

@@ -116,6 +116,7 @@ class Subscriber:
             return False
 
     def may_receive(self, app: Any, subject: Any, name: str, kwargs: dict[str, Any]) -> bool:
+        """Whether this subscriber is shown ``name`` of ``subject`` (its VM and its filters)."""
         if self.only is not None and name != self.only:
             return False
         if not self.filters:
@@ -151,6 +152,7 @@ class EventBroadcaster:
             self._hooked.add(id(vm))
 
     def subscribe(self, only: str | None, filters: list[Any]) -> Subscriber:
+        """A new subscriber to every event (``only``: of that VM), listings filtered."""
         if not self.subscribers:
             self._hook()
         subscriber = Subscriber(only, filters)
@@ -158,6 +160,7 @@ class EventBroadcaster:
         return subscriber
 
     def unsubscribe(self, subscriber: Subscriber) -> None:
+        """Stop sending to ``subscriber``; the model's handlers go with the last one."""
         self.subscribers.discard(subscriber)
         if not self.subscribers:
             self._unhook()

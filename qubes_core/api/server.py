@@ -63,6 +63,7 @@ class SocketLimits:
     request_timeout: float
 
     def connections(self, descriptors: int) -> int:
+        """How many connections this socket serves at once, of ``descriptors``."""
         return max(self.floor, min(self.cap, descriptors // self.share))
 
 
@@ -96,6 +97,7 @@ class RateLimitedLog:
         self._windows: dict[str, list[float]] = {}
 
     def warning(self, key: str, message: str, *args: Any) -> None:
+        """Log a warning, at most once per interval for ``key``."""
         now = self.clock()
         window = self._windows.get(key)
         if window is None or now - window[0] >= self.interval:
@@ -121,10 +123,12 @@ class Connection:
         self.writer = writer
 
     async def send(self, data: bytes) -> None:
+        """Write ``data`` to the client and wait until it is taken."""
         self.writer.write(data)
         await self.writer.drain()
 
     def is_closing(self) -> bool:
+        """Whether the connection is closing (the client is gone)."""
         return self.writer.is_closing()
 
     async def finish(self, final: bytes, grace: float) -> None:
@@ -190,10 +194,12 @@ class QubesdServer:
     # --- sockets --------------------------------------------------------------
 
     def socket_paths(self) -> dict[str, Path]:
+        """The socket of each kind: admin, internal, misc."""
         return {"admin": self.paths.admin_socket, "internal": self.paths.internal_socket,
                 "misc": self.paths.misc_socket}
 
     async def start(self) -> None:
+        """Listen on every socket."""
         self.app.add_handler("save-request", self._on_save_request)
         descriptors = descriptor_limit()
         self.max_connections = {kind: limits.connections(descriptors)
@@ -208,6 +214,7 @@ class QubesdServer:
                      kind, self.max_connections[kind])
 
     async def stop(self) -> None:
+        """Stop listening, end the calls in progress, and save what is pending."""
         with contextlib.suppress(ValueError):
             self.app.remove_handler("save-request", self._on_save_request)
         for server in self._servers:
@@ -333,6 +340,7 @@ class QubesdServer:
 
     async def call(self, request: protocol.Request, kind: str = "admin",
                    connection: Connection | None = None) -> str | bytes | None | NoReply:
+        """Resolve and run one call; its body, or an exception the caller turns into a reply."""
         call = self.resolve(request, kind)
         call.connection = connection  # type: ignore[attr-defined]
         await self.check_permission(call)

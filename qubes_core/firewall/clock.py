@@ -18,12 +18,15 @@ class SystemClock:
     """The machine's clocks."""
 
     def time(self) -> float:
+        """Seconds since the epoch (wall clock: rules expire by it)."""
         return time.time()
 
     def monotonic(self) -> float:
+        """Seconds of a clock that never jumps (to tell a wall-clock jump)."""
         return time.monotonic()
 
     async def sleep(self, seconds: float) -> None:
+        """Wait ``seconds``."""
         await asyncio.sleep(seconds)
 
 
@@ -36,9 +39,11 @@ class ManualClock:
         self._sleepers: list[tuple[float, asyncio.Future[None]]] = []
 
     def time(self) -> float:
+        """Seconds since the epoch (wall clock: rules expire by it)."""
         return self._wall
 
     def monotonic(self) -> float:
+        """Seconds of a clock that never jumps (to tell a wall-clock jump)."""
         return self._mono
 
     def sleep(self, seconds: float) -> asyncio.Future[None]:

@@ -51,10 +51,12 @@ class ExpirySchedule:
 
     @property
     def clock(self) -> Any:
+        """The app's clock."""
         return clock_of(self.app)
 
     @property
     def running(self) -> bool:
+        """Whether the schedule's task runs."""
         return self._task is not None and not self._task.done()
 
     # --- building ---------------------------------------------------------
@@ -120,6 +122,7 @@ class ExpirySchedule:
                                                             name="firewall-expiry")
 
     async def stop(self) -> None:
+        """Stop the schedule's task."""
         if self._task is None:
             return
         task, self._task = self._task, None

@@ -259,6 +259,7 @@ class Rule:
         return {"dst4": 4, "dst6": 6}.get(kind)
 
     def is_expired(self, now: float) -> bool:
+        """Whether the rule's ``expire`` is at or before ``now``."""
         return self.expire is not None and self.expire <= now
 
     # --- parsing ----------------------------------------------------------

@@ -53,6 +53,7 @@ class Firewall:
         return self.vm.dir_path / FILE_NAME
 
     def now(self) -> float:
+        """The app's wall clock now (expiry is decided by it)."""
         return clock_of(self.vm.app).time()
 
     # --- reading ----------------------------------------------------------
@@ -97,6 +98,7 @@ class Firewall:
         return POLICY
 
     def has_file(self) -> bool:
+        """Whether the VM has a firewall.xml (else it has the default rules)."""
         path = self.path
         return path is not None and path.exists()
 

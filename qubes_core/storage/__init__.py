@@ -120,6 +120,7 @@ class Pool:
         return sorted(set(self.config) - set(self.known_options))
 
     def describe_known_options(self) -> str:
+        """The driver's options, for error messages."""
         return f"known options: {', '.join(sorted(self.known_options)) or 'none'}"
 
     def check_options(self) -> None:
@@ -191,6 +192,7 @@ class UnavailablePool(Pool):
 
     def init_volume(self, vm: Any, config: dict[str, Any],
                     source: Volume | None = None) -> Volume:
+        """The volume of ``vm`` this pool holds for ``config``."""
         raise StoragePoolException(
             f"pool {self.name}: storage driver {self.driver!r} is not installed")
 
@@ -217,14 +219,17 @@ class Volume:
 
     @property
     def name(self) -> str:
+        """The volume's name in its VM (root, private, volatile, kernel)."""
         return str(self.config.get("name", ""))
 
     @property
     def vid(self) -> str:
+        """The volume's identifier in its pool."""
         return str(self.config.get("vid", ""))
 
     @property
     def rw(self) -> bool:
+        """Whether the VM may write to the volume."""
         return bool(self.config.get("rw", False))
 
     @rw.setter
@@ -233,18 +238,22 @@ class Volume:
 
     @property
     def snap_on_start(self) -> bool:
+        """Whether a start makes the volume a snapshot of its source."""
         return bool(self.config.get("snap_on_start", False))
 
     @property
     def save_on_stop(self) -> bool:
+        """Whether a stop keeps what the VM wrote."""
         return bool(self.config.get("save_on_stop", False))
 
     @property
     def ephemeral(self) -> bool:
+        """Whether the volume's data is encrypted with a key lost at stop."""
         return bool(self.config.get("ephemeral", False))
 
     @property
     def revisions_to_keep(self) -> int:
+        """How many older revisions a stop keeps."""
         if "revisions_to_keep" in self.config:
             return parse_int(f"volume {self.vid}: revisions_to_keep",
                              self.config["revisions_to_keep"])
@@ -340,10 +349,12 @@ class Volume:
                 raise StoragePoolException(message) from err
 
     async def create(self) -> Volume:
+        """Create the volume's files."""
         await self._run("create", self.do_create)
         return self
 
     async def remove(self) -> None:
+        """Remove the volume's files."""
         await self._run("remove", self.do_remove)
 
     async def start(self) -> Volume:
@@ -360,6 +371,7 @@ class Volume:
         self.do_start()
 
     async def stop(self) -> Volume:
+        """Stop the volume: keep or drop what the VM wrote."""
         await self._run("stop", self.do_stop)
         return self
 
@@ -368,6 +380,7 @@ class Volume:
         await self._run("abort start", self.do_abort_start)
 
     async def verify(self) -> bool:
+        """Whether the volume can start (its files are there)."""
         return bool(await self._run("verify", self.do_verify))
 
     async def export(self) -> str:
@@ -414,6 +427,7 @@ class Volume:
         await self._run("resize", self.do_resize, size)
 
     async def revert(self, revision: str | None = None) -> Volume:
+        """Go back to ``revision`` (the newest when None)."""
         await self._run("revert", self.do_revert, revision)
         return self
 
@@ -424,39 +438,51 @@ class Volume:
             f"volume {self.vid}: pool {self.pool.name} ({self.pool.driver}) cannot {what}")
 
     def do_create(self) -> None:
+        """Create the files (blocking; the driver's work)."""
         self._unsupported("create volumes")
 
     def do_remove(self) -> None:
+        """Remove the files (blocking)."""
         self._unsupported("remove volumes")
 
     def do_start(self) -> None:
+        """Prepare the files for a start (blocking)."""
         self._unsupported("start volumes")
 
     def do_stop(self) -> None:
+        """Commit or drop the files at a stop (blocking)."""
         self._unsupported("stop volumes")
 
     def do_abort_start(self) -> None:
+        """Undo a start that failed half-way (blocking)."""
         self.do_stop()
 
     def do_verify(self) -> bool:
+        """Whether the files needed for a start are there (blocking)."""
         return True
 
     def do_export(self) -> str:
+        """A path from which the volume's data can be read."""
         return self.export_path()
 
     def do_import_data(self, size: int) -> str:
+        """Begin an import of ``size`` bytes; the path to write them to."""
         return self._unsupported("import data")
 
     def do_import_data_end(self, success: bool) -> None:
+        """Finish an import: take the data, or drop it."""
         self._unsupported("import data")
 
     def do_import_volume(self, src: Volume, path: str) -> None:
+        """Take the data of ``src`` (exported at ``path``)."""
         self._unsupported("import volumes")
 
     def do_resize(self, size: int) -> None:
+        """Grow the volume to ``size`` bytes."""
         self._unsupported("resize volumes")
 
     def do_revert(self, revision: str | None) -> None:
+        """Go back to ``revision`` (blocking)."""
         self._unsupported("revert volumes")
 
 

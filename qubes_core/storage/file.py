@@ -26,15 +26,19 @@ class FileVolume(FileReflinkVolume):
 
     @property
     def path_cow(self) -> str:
+        """The device-mapper snapshot data of the older layout (ignored; removed with
+        the volume)."""
         return self._base + "-cow.img"
 
     def do_start(self) -> None:
+        """Start as file-reflink does, with sparse copies; an older ``-cow.img`` is ignored."""
         if os.path.exists(self.path_cow):
             log.info("Ignoring %s: device-mapper snapshot data, not used by this driver",
                      self.path_cow)
         super().do_start()
 
     def do_remove(self) -> None:
+        """Remove the image files, the older layout's included."""
         fileops.remove(self.path_cow)
         super().do_remove()
 

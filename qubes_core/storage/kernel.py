@@ -22,10 +22,12 @@ class LinuxKernelVolume(Volume):
 
     @property
     def kernel_dir(self) -> str:
+        """The directory of this kernel version."""
         return os.path.join(self.pool.dir_path, self.vid)
 
     @property
     def rw(self) -> bool:
+        """A kernel is never written by its VM."""
         return False
 
     @rw.setter
@@ -35,6 +37,7 @@ class LinuxKernelVolume(Volume):
 
     @property
     def size(self) -> int:
+        """The size of the kernel's ``modules.img`` (0 when missing)."""
         try:
             return os.stat(os.path.join(self.kernel_dir, "modules.img")).st_size
         except FileNotFoundError:
@@ -42,6 +45,7 @@ class LinuxKernelVolume(Volume):
 
     @property
     def usage(self) -> int:
+        """The same as its size."""
         return self.size
 
     def block_device(self) -> str:
@@ -50,12 +54,15 @@ class LinuxKernelVolume(Volume):
         return os.path.join(self.kernel_dir, "modules.img")
 
     def export_path(self) -> str:
+        """The kernel's ``modules.img``; refused when it is missing."""
         path = self.block_device()
         if not os.path.exists(path):
             raise StoragePoolException(f"kernel {self.vid} has no modules.img")
         return path
 
     def do_verify(self) -> bool:
+        """Whether the kernel is installed (``vmlinuz`` present); else an error naming the
+        installed ones."""
         if not os.path.exists(os.path.join(self.kernel_dir, "vmlinuz")):
             installed = ", ".join(self.pool.kernels()) or "none"
             raise StoragePoolException(
@@ -71,6 +78,7 @@ class LinuxKernelVolume(Volume):
         """A kernel outlives the VMs that used it."""
 
     def do_start(self) -> None:
+        """Check that the kernel is installed; its files are used as they are."""
         self.do_verify()
 
     def do_stop(self) -> None:
@@ -85,6 +93,7 @@ class LinuxKernelPool(Pool):
 
     @property
     def dir_path(self) -> str:
+        """The directory holding one directory per kernel version."""
         return self.config.get("dir_path", DEFAULT_DIR)
 
     @property
@@ -107,9 +116,11 @@ class LinuxKernelPool(Pool):
 
     def init_volume(self, vm: Any, config: dict[str, Any],
                     source: Volume | None = None) -> LinuxKernelVolume:
+        """The kernel volume of ``vm`` (named by its ``kernel`` property)."""
         return LinuxKernelVolume(self, config, source)
 
     def get_volume(self, vid: str) -> LinuxKernelVolume:
+        """The kernel volume of version ``vid``."""
         return LinuxKernelVolume(self, {"name": "kernel", "vid": vid})
 
     def kernels(self) -> list[str]:

@@ -44,6 +44,7 @@ class MigrationReport:
     removed: list[tuple[str, int]] = field(default_factory=list)
 
     def lines(self) -> list[str]:
+        """The report, one line a change."""
         verb = "would" if self.dry_run else ""
         out = []
         if self.backup is not None:

@@ -92,6 +92,7 @@ class FileReflinkPool(Pool):
 
     @property
     def dir_path(self) -> str:
+        """The pool's directory."""
         path = self.config.get("dir_path", "")
         if not path or not os.path.isabs(path):
             raise StoragePoolException(
@@ -163,19 +164,23 @@ class FileReflinkPool(Pool):
 
     @property
     def size(self) -> int | None:
+        """Size of the filesystem the pool is on, in bytes."""
         st = self._statvfs()
         return None if st is None else st.f_blocks * st.f_frsize
 
     @property
     def usage(self) -> int | None:
+        """Bytes the image holds (its allocated blocks)."""
         st = self._statvfs()
         return None if st is None else (st.f_blocks - st.f_bfree) * st.f_frsize
 
     def init_volume(self, vm: Any, config: dict[str, Any],
                     source: Volume | None = None) -> FileReflinkVolume:
+        """The volume of ``vm`` this pool holds for ``config``."""
         return self.volume_class(self, config, source)
 
     def get_volume(self, vid: str) -> FileReflinkVolume:
+        """The volume ``vid`` of this pool."""
         check_vid(vid)
         config = {"name": os.path.basename(vid), "vid": vid, "save_on_stop": True}
         path = os.path.join(self.dir_path, vid + ".img")
@@ -201,21 +206,26 @@ class FileReflinkVolume(Volume):
 
     @property
     def path_clean(self) -> str:
+        """The committed image (``P.img``)."""
         return self._base + ".img"
 
     @property
     def path_dirty(self) -> str:
+        """The image a running VM writes (``P-dirty.img``)."""
         return self._base + "-dirty.img"
 
     @property
     def path_precache(self) -> str:
+        """The clone made ahead for the next start (``P-precache.img``)."""
         return self._base + "-precache.img"
 
     @property
     def path_import(self) -> str:
+        """The image an import writes (``P-import.img``)."""
         return self._base + "-import.img"
 
     def path_revision(self, number: int | str, timestamp: str) -> str:
+        """The file of revision ``number`` made at ``timestamp``."""
         return f"{self.path_clean}.{number}@{timestamp}"
 
     def _images(self) -> list[str]:
@@ -233,15 +243,19 @@ class FileReflinkVolume(Volume):
     # --- state --------------------------------------------------------------
 
     def is_dirty(self) -> bool:
+        """Whether a dirty image exists (the VM runs, or its stop was not handled)."""
         return self.save_on_stop and os.path.exists(self.path_dirty)
 
     def in_use(self) -> bool:
+        """Whether the volume is started."""
         return os.path.exists(self.path_dirty)
 
     def importing(self) -> bool:
+        """Whether an import is in progress."""
         return os.path.exists(self.path_import)
 
     def is_outdated(self) -> bool:
+        """Whether the source changed since this snapshot was taken."""
         if not self.snap_on_start or self.source is None:
             return False
         try:
@@ -260,6 +274,7 @@ class FileReflinkVolume(Volume):
 
     @property
     def revisions(self) -> dict[str, str]:
+        """The kept revisions, by number: their timestamps."""
         prefix = self.path_clean + "."
         found = []
         for path in glob.glob(glob.escape(prefix) + "*@*Z"):
@@ -274,6 +289,7 @@ class FileReflinkVolume(Volume):
 
     @property
     def usage(self) -> int:
+        """Bytes the image holds (its allocated blocks)."""
         if os.path.exists(self.path_dirty):
             return fileops.allocated_bytes(self.path_dirty)
         if self.save_on_stop:
@@ -281,9 +297,11 @@ class FileReflinkVolume(Volume):
         return 0
 
     def block_device(self) -> str:
+        """The image the VM gets as its disk."""
         return self.path_dirty
 
     def export_path(self) -> str:
+        """A path from which the volume's committed data can be read."""
         if self.snap_on_start and self.source is not None:
             return self.source.export_path()
         if not os.path.exists(self.path_clean):
@@ -396,6 +414,7 @@ class FileReflinkVolume(Volume):
     # --- operations ---------------------------------------------------------
 
     def do_create(self) -> None:
+        """Create an empty sparse image of the volume's size (or a snapshot of its source)."""
         makes_image = self.save_on_stop and not self.snap_on_start
         if makes_image:
             self.pool.check_file_size(self.vid, "create", self.size)
@@ -405,11 +424,13 @@ class FileReflinkVolume(Volume):
             fileops.create_sparse_file(self.path_clean, self.size)
 
     def do_remove(self) -> None:
+        """Remove every file of the volume, revisions included."""
         self._remove_all()
         with contextlib.suppress(OSError):  # the VM's directory, once it is empty
             os.rmdir(os.path.dirname(self.path_clean))
 
     def do_verify(self) -> bool:
+        """Whether the images needed for a start are there; else an error naming the missing one."""
         if self.snap_on_start:
             if self.source is None:
                 raise StoragePoolException(
@@ -425,6 +446,7 @@ class FileReflinkVolume(Volume):
         return True
 
     def do_start(self) -> None:
+        """Make the image the VM writes: a clone of the source or of the committed image."""
         self._remove_leftovers()
         fileops.make_dirs(os.path.dirname(self.path_clean))
         self.resumed = self.is_dirty() and not self._dirty_lost()
@@ -481,6 +503,7 @@ class FileReflinkVolume(Volume):
             os.setxattr(self.path_clean, SNAPSHOT_XATTR, identity(source_path).encode())
 
     def do_stop(self) -> None:
+        """Commit the dirty image (keeping revisions) or drop it."""
         if self.save_on_stop:
             if not os.path.exists(self.path_dirty):
                 log.warning("volume %s was not started; nothing to commit", self.vid)
@@ -493,6 +516,7 @@ class FileReflinkVolume(Volume):
             fileops.remove(self.path_clean, sync=False)
 
     def do_abort_start(self) -> None:
+        """Undo a start that failed half-way: drop what it made."""
         if self.save_on_stop:
             # The VM never ran: the dirty image is a copy of the clean one, unless the
             # start resumed the changes of a run that was not cleanly stopped.
@@ -513,6 +537,7 @@ class FileReflinkVolume(Volume):
             raise StoragePoolException(f"cannot {what} volume {self.vid}: it is {kind}")
 
     def do_revert(self, revision: str | None) -> None:
+        """Make revision ``revision`` (the newest when None) the committed image again."""
         self._refuse_in_use("revert")
         revisions = self.revisions
         if not revisions:
@@ -530,6 +555,7 @@ class FileReflinkVolume(Volume):
         self._sync_dir()
 
     def do_resize(self, size: int) -> None:
+        """Grow the image to ``size`` bytes (the running one too)."""
         current = self.size
         if size < current:
             raise StoragePoolException(
@@ -551,6 +577,7 @@ class FileReflinkVolume(Volume):
         self.config["size"] = size
 
     def do_import_data(self, size: int) -> str:
+        """Begin an import of ``size`` bytes into a new image; its path."""
         self._refuse_snapshot("import into")
         self._refuse_in_use("import into")
         self.pool.check_file_size(self.vid, "import into", size)
@@ -561,6 +588,7 @@ class FileReflinkVolume(Volume):
         return self.path_import
 
     def do_import_data_end(self, success: bool) -> None:
+        """Commit the imported image, or drop it."""
         if not os.path.exists(self.path_import):
             raise StoragePoolException(f"volume {self.vid} has no import in progress")
         if not success:
@@ -571,6 +599,7 @@ class FileReflinkVolume(Volume):
         self.config["size"] = size
 
     def do_import_volume(self, src: Volume, path: str) -> None:
+        """Take the committed data of ``src`` as a new revision."""
         self._refuse_snapshot("import into")
         self._refuse_in_use("import into")
         fileops.remove_temp_files(self.path_import)
