@@ -41,6 +41,7 @@ import errno
 import glob
 import logging
 import os
+import re
 from typing import Any
 
 from qubes_core import exc
@@ -61,18 +62,25 @@ SNAPSHOT_XATTR = "user.qubes.snapshot-of"
 REVISION_TIME_FORMAT = "%Y-%m-%dT%H:%M:%SZ"
 
 
-def filesystem_type(path: str) -> str:
+def _mountinfo_path(field: bytes) -> str:
+    """A path field of mountinfo: space, tab, newline and backslash come as octal escapes
+    (``\\040``); every other byte is the path's own (UTF-8 or not)."""
+    raw = re.sub(rb"\\([0-7]{3})", lambda match: bytes([int(match.group(1), 8)]), field)
+    return os.fsdecode(raw)
+
+
+def filesystem_type(path: str, mountinfo: str = "/proc/self/mountinfo") -> str:
     """Type of the filesystem ``path`` is on (``ext4``, ``xfs``, ...), from mountinfo."""
     real = os.path.realpath(path)
     best, fstype = "", "unknown"
-    with open("/proc/self/mountinfo", encoding="utf-8") as mounts:
+    with open(mountinfo, "rb") as mounts:
         for line in mounts:
             fields = line.split()
-            mount_point = fields[4].encode().decode("unicode_escape")
-            sep = fields.index("-")
+            mount_point = _mountinfo_path(fields[4])
+            sep = fields.index(b"-")
             if (real == mount_point or real.startswith(mount_point.rstrip("/") + "/")) \
                     and len(mount_point) >= len(best):
-                best, fstype = mount_point, fields[sep + 1]
+                best, fstype = mount_point, os.fsdecode(fields[sep + 1])
     return fstype
 
 

@@ -227,3 +227,17 @@ def test_kernel_pool_keeps_no_revisions(tmp_path):
     with pytest.raises(StoragePoolException, match="no revisions"):
         pool.revisions_to_keep = 2
     assert pool.config == {"dir_path": str(tmp_path)}
+
+
+def test_filesystem_type_reads_non_ascii_and_escaped_mount_points(tmp_path):
+    """mountinfo escapes only space, tab, newline and backslash; other bytes are the path's."""
+    from qubes_core.storage.reflink import filesystem_type
+
+    fake = tmp_path / "mountinfo"
+    fake.write_bytes(
+        b"22 1 8:1 / / rw - ext4 /dev/sda1 rw\n"
+        b"40 22 7:0 / /mnt/caf\xc3\xa9\\040pool rw - xfs /dev/loop0 rw\n"
+        b"41 22 7:1 / /mnt/raw\xff rw - btrfs /dev/loop1 rw\n")
+    assert filesystem_type("/mnt/café pool/appvms", str(fake)) == "xfs"
+    assert filesystem_type(os.fsdecode(b"/mnt/raw\xff/x"), str(fake)) == "btrfs"
+    assert filesystem_type("/mnt/café", str(fake)) == "ext4"
