@@ -33,6 +33,7 @@ BUILTIN: dict[str, dict[str, str]] = {
         "DispVM": "qubes_core.vm.dispvm:DispVM",
     },
     EXTENSION_GROUP: {
+        "pools": "qubes_core.ext.pools:PoolsExtension",
         "services": "qubes_core.ext.services:ServicesExtension",
         "core_features": "qubes_core.ext.core_features:CoreFeaturesExtension",
         "admin_policy": "qubes_core.ext.admin_policy:AdminPolicyExtension",

@@ -494,22 +494,12 @@ def pool_drivers() -> dict[str, type[Pool]]:
 
 def make_pool(name: str, driver: str, **config: Any) -> Pool:
     """Instantiate a pool of ``driver``; an unknown driver gives an unusable placeholder."""
-    _register_app_handlers()
     cls = pool_drivers().get(driver)
     if cls is None:
         log.warning("pool %s: storage driver %r is not installed; the pool is unavailable",
                     name, driver)
         return UnavailablePool(name, driver, **config)
     return cls(name=name, **config)
-
-
-@functools.cache
-def _register_app_handlers() -> None:
-    """Hook pool setup into ``app.add_pool`` (imported late: the app imports this module)."""
-    from qubes_core.app import Qubes
-
-    Qubes.add_class_handler("pool-pre-add", _on_pool_pre_add)
-    Qubes.add_class_handler("app-loaded", _on_app_loaded)
 
 
 def check_pool_name(name: Any) -> str:
@@ -522,26 +512,6 @@ def check_pool_name(name: Any) -> str:
             f"invalid pool name {shown}: use up to 64 ASCII letters, digits, '_' and '-', "
             "a letter or digit first")
     return name
-
-
-def _on_pool_pre_add(app: Any, event: str, pool: Pool) -> None:
-    """Check the name and options, then set the pool up, before it joins the app;
-    raising here vetoes the add (a failed setup has removed what it created)."""
-    check_pool_name(pool.name)
-    pool.check_options()
-    try:
-        pool.setup()
-    except OSError as err:
-        raise StoragePoolException(f"pool {pool.name!r}: setup failed: {err}") from err
-
-
-def _on_app_loaded(app: Any, event: str) -> None:
-    """Warn of pool options in qubes.xml that the driver does not know (kept, not used)."""
-    for pool in app.pools.values():
-        for option in pool.unknown_options():
-            log.warning("pool %s: option %s is not known to driver %s (%s); it is kept in "
-                        "qubes.xml but not used", pool.name, option, pool.driver,
-                        pool.describe_known_options())
 
 
 def __getattr__(name: str) -> Any:

@@ -241,3 +241,18 @@ def test_filesystem_type_reads_non_ascii_and_escaped_mount_points(tmp_path):
     assert filesystem_type("/mnt/café pool/appvms", str(fake)) == "xfs"
     assert filesystem_type(os.fsdecode(b"/mnt/raw\xff/x"), str(fake)) == "btrfs"
     assert filesystem_type("/mnt/café", str(fake)) == "ext4"
+
+
+def test_storage_does_not_import_the_app():
+    """Storage is below the model: the pool handlers of the app live in an extension."""
+    import subprocess
+    import sys
+
+    code = ("import sys, qubes_core.storage, qubes_core.storage.reflink, qubes_core.storage.file,"
+            " qubes_core.storage.kernel, qubes_core.storage.vmstorage;"
+            "qubes_core.storage.make_pool('p', 'file-reflink', dir_path='/nonexistent');"
+            "print(sorted(m for m in sys.modules if m.startswith('qubes_core.')))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         check=True).stdout
+    assert "qubes_core.storage.reflink" in out
+    assert "'qubes_core.app'" not in out and "qubes_core.vm" not in out
