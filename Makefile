@@ -28,8 +28,9 @@ $(STAMP_APT): Makefile
 	else echo "not root or no apt-get: skipping Debian packages ($(DEB_PACKAGES))"; fi
 	@touch $@
 
-# fastquery.py is installed as a generated script (not a link to the source): reinstall on change.
-$(STAMP_PIP): setup.py qubes_core/client/fastquery.py $(STAMP_APT)
+# fastquery.py is installed as a generated script (not a link to the source), and the
+# entry points come from plugins.py: reinstall when either changes.
+$(STAMP_PIP): setup.py qubes_core/client/fastquery.py qubes_core/plugins.py $(STAMP_APT)
 	@[ -x $(VPY) ] || $(PYTHON) -m venv $(VENV)
 	$(VPY) -m pip install -q --upgrade pip 2>/dev/null || true
 	$(VPY) -m pip install -q -e '.[test]'
