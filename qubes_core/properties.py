@@ -345,6 +345,16 @@ class PropertyHolder(Emitter):
         self.property_get_def(name)
         return name not in self._property_values
 
+    def property_is_set(self, name: str) -> bool:
+        """Whether ``name`` holds a value of its own (not its default); no error for a
+        property this holder does not have."""
+        return name in self._property_values
+
+    def property_own_value(self, name: str) -> Any:
+        """The value set on ``name`` (None when it follows its default), without computing
+        the default: what qubes.xml and references see."""
+        return self._property_values.get(name)
+
     def property_get_default(self, name: str) -> Any:
         return self.property_get_def(name).get_default(self)
 

@@ -24,7 +24,7 @@ def system_info(app: Any) -> dict[str, Any]:
             "default_dispvm": _name(getattr(vm, "default_dispvm", None)),
             "management_dispvm": _name(getattr(vm, "management_dispvm", None)),
             "template": _name(getattr(vm, "template", None)),
-            "icon": vm.label.icon if vm._property_values.get("label") or vm.qid == 0 else "",
+            "icon": vm.label.icon if vm.property_own_value("label") or vm.qid == 0 else "",
             "power_state": vm.get_power_state(),
             "uuid": str(vm.uuid),
         }

@@ -37,7 +37,7 @@ def value_text(holder: Any, prop: Property) -> str | None:
 def describe(holder: Any, prop: Property, escape: bool = False) -> str:
     """``default=True|False type=T VALUE`` for ``prop`` of ``holder``."""
     text = value_text(holder, prop)
-    is_default = prop.__name__ not in holder._property_values
+    is_default = not holder.property_is_set(prop.__name__)
     if text is None:
         return f"default=True type={prop.api_type} "
     if escape:
@@ -90,7 +90,7 @@ def _property_reset(call: ApiCall) -> None:
     if not prop.has_default:
         raise exc.QubesValueError(
             f"property {prop.__name__!r} of {holder} has no default: set a value instead")
-    if prop.__name__ in holder._property_values:
+    if holder.property_is_set(prop.__name__):
         holder.property_reset(prop.__name__)
 
 

@@ -38,7 +38,7 @@ def based_on(vm: Any) -> list[Any]:
         found.append(current)
         pending.extend(other for other in current.app.domains
                        if other is not current and other.volume_config
-                       and other._property_values.get("template") is current)
+                       and other.property_own_value("template") is current)
     return found
 
 
@@ -46,7 +46,7 @@ def follows_default(vm: Any) -> bool:
     """Whether the VM's template is the global ``default_template`` (not set on the VM)."""
     prop = getattr(type(vm), "template", None)
     return (prop is not None and getattr(prop, "has_default", False)
-            and "template" not in vm._property_values and bool(vm.volume_config))
+            and not vm.property_is_set("template") and bool(vm.volume_config))
 
 
 def _refuse_running(vms: list[Any], what: str) -> None:

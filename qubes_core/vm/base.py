@@ -91,7 +91,7 @@ class BaseVM(PropertyHolder):
         super().__init__(**kwargs)
 
     def __str__(self) -> str:
-        name = self._property_values.get("name")
+        name = self.property_own_value("name")
         return name if name is not None else f"<unnamed {type(self).__name__}>"
 
     def __repr__(self) -> str:

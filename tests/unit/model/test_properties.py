@@ -111,3 +111,13 @@ def test_clone_copies_only_set_properties():
     dst.clone_properties(src)
     assert dst.count == 99
     assert dst.property_is_default("flag")
+
+
+def test_property_is_set_and_own_value_do_not_compute_defaults(basic_app):
+    work = basic_app.domains["work"]
+    assert not work.property_is_set("template") and work.property_own_value("template") is None
+    assert work.template is basic_app.default_template  # the default, computed
+    work.template = basic_app.domains["debian-12"]
+    assert work.property_is_set("template")
+    assert work.property_own_value("template") is basic_app.domains["debian-12"]
+    assert not work.property_is_set("no_such_property")
