@@ -77,7 +77,9 @@ def run_dom0_only(args: Any, paths: Paths, config: Path) -> int:
                              log_path(paths, "dom0"))
     printer = Printer(args, saltconf.minion_opts(config))
     returns = report.parse_json_output(text)
-    print(printer.rendered(args.command[0], text) if returns is not None else text.rstrip())
+    shown = printer.rendered(args.command[0], text) if returns is not None else text.rstrip()
+    if shown:
+        print(shown)
     for problem in outcome.problems[:MAX_PROBLEMS]:
         print(f"qubesctl: {problem}", file=sys.stderr)
     return outcome.exit_code

@@ -39,6 +39,14 @@ MAX_NAME = 31
 BUNDLE = "/tmp/qubesctl"
 NO_CONNECTOR = 127
 REMOVAL_TIMEOUT = 60.0
+# salt-ssh's cache in the management DispVM. A DispVM's root starts as its template's, so
+# a thin built there once (prebuild_thin) is not built and compressed again per target.
+THIN_CACHE = "/var/cache/salt/qubesctl"
+PREBUILD = (
+    "for py in /opt/salt/bin/python3 /usr/bin/python3; do "
+    "if $py -c 'import salt.utils.thin' 2>/dev/null; then exec $py -c "
+    "'import salt.utils.thin as t; print(t.gen_thin(\"" + THIN_CACHE + "\"))'; fi; done; "
+    "echo 'no Salt in this template' >&2; exit 127")
 FIX_MGMT_DVM = ("set one (qvm-prefs TARGET management_dispvm NAME), or create the default "
                 "with its formula: qubesctl top.enable qvm.default-mgmt-dvm && qubesctl "
                 "state.highstate")
@@ -133,10 +141,11 @@ exec salt-ssh -c "$here/conf" --roster-file="$here/conf/roster" -w --ignore-host
 
 
 def master_config(opts: dict[str, Any], roots: dict[str, list[str]]) -> dict[str, Any]:
-    """salt-ssh's configuration inside the DispVM: the bundle's trees, dom0's merge rules."""
+    """salt-ssh's configuration inside the DispVM: the bundle's trees, dom0's merge rules,
+    and the cache in the template's file system, where a pre-built thin may wait."""
     root = f"{BUNDLE}/root"
     return {
-        "root_dir": root, "cachedir": f"{root}/cache", "pki_dir": f"{root}/pki",
+        "root_dir": root, "cachedir": THIN_CACHE, "pki_dir": f"{root}/pki",
         "sock_dir": f"{root}/sock", "log_file": f"{root}/master.log",
         "ssh_log_file": f"{root}/ssh.log", "pidfile": f"{root}/master.pid",
         "file_roots": roots, "pillar_roots": {"base": [f"{BUNDLE}/pillar"]},
@@ -342,3 +351,23 @@ class Session:
 
 def _quote(word: str) -> str:
     return "'" + word.replace("'", "'\\''") + "'"
+
+
+def prebuild_thin(paths: Paths, template: str) -> str:
+    """Build salt-ssh's thin inside ``template`` (a management DispVM's template), then shut
+    the template down if it was not running; the thin's path in it."""
+    from qubes_core.client.app import Qubes
+
+    with Qubes(None if paths.production else paths.base_dir) as app:
+        was_running = app.domains[template].is_running()
+        argv = [sys.executable, "-m", "qubes_core.cli.qvm_run", "--pass-io", "--user", "root"]
+        if not paths.production:
+            argv += ["--base-dir", str(paths.base_dir)]
+        result = subprocess.run([*argv, template, PREBUILD], capture_output=True, text=True,
+                                check=False)
+        if not was_running:
+            app.domains[template].shutdown(wait=True)
+    if result.returncode != 0:
+        raise exc.QubesException(f"building salt-ssh's thin in {template} failed: "
+                                 f"{result.stderr.strip() or result.returncode}")
+    return result.stdout.strip()
