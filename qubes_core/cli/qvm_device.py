@@ -6,13 +6,15 @@ DESCRIPTION USED BY``), ``assign VMNAME BACKEND:PORT[:DEVICE_ID]`` (from the qub
 next start; ``--required``, ``--ask``, ``-o KEY=VALUE``), ``unassign``, ``attach``
 and ``detach`` (now, while it runs), ``info VMNAME BACKEND:PORT``.
 
-The wire format is Qubes 4.4's: reply lines start with the port (``Available``)
-or ``BACKEND+PORT:DEVICE_ID`` (``Assigned``/``Attached``) followed by
-``key='value'`` words (quote and backslash escaped by a backslash); requests name a
-device as ``BACKEND+PORT:DEVICE_ID`` with the assignment in the same ``key='value'``
-form. A qubesd without the 4.4 methods (no ``Attached``) gets the older plain
-``key=value`` options. A class that no qubesd method serves is reported as such
-(no backend offers it here), not as an error of the command line.
+The wire format is Qubes 4.4's: reply lines start with ``PORT:DEVICE_ID``
+(``Available``) or ``BACKEND+PORT:DEVICE_ID`` (``Assigned``/``Attached``) followed by
+``key='value'`` words (a quote escaped by a backslash); requests name a device as
+``BACKEND+PORT+DEVICE_ID`` (``*``, any device in the port, written ``_``) with the
+assignment in the same ``key='value'`` form. PCI assignments default to ``required``
+(a PCI device cannot come and go), others to ``auto-attach``. A qubesd without the
+4.4 methods (no ``Attached``) gets the older plain ``key=value`` options. A class
+that no qubesd method serves is reported as such (no backend offers it here), not
+as an error of the command line.
 """
 
 from __future__ import annotations
@@ -152,7 +154,12 @@ class DeviceApi:
         return self._wire_44
 
     def available(self, backend: str) -> list[tuple[str, dict[str, str]]]:
-        return [parse_line(line) for line in self.call("Available", backend).splitlines()]
+        """(port, fields) of each device ``backend`` offers (``PORT:DEVICE_ID`` heads)."""
+        found = []
+        for line in self.call("Available", backend).splitlines():
+            head, fields = parse_line(line)
+            found.append((head.split(":", 1)[0], fields))
+        return found
 
     def used(self, vm: str, what: str) -> list[tuple[str, dict[str, str]]]:
         """``Assigned`` or ``Attached`` lines of ``vm`` (none where the method is missing)."""
@@ -164,8 +171,11 @@ class DeviceApi:
             raise
 
     def assignment_arg(self, vm: str, device: tuple[str, str, str]) -> str:
+        """The method argument naming the device (``:`` and ``*`` are not argument chars)."""
         backend, port, device_id = device
-        return f"{backend}+{port}:{device_id}" if self.wire_44(vm) else f"{backend}+{port}"
+        if not self.wire_44(vm):
+            return f"{backend}+{port}"
+        return f"{backend}+{port}+{device_id.replace('*', '_')}"
 
     def assignment_payload(self, vm: str, device: tuple[str, str, str], mode: str,
                            options: dict[str, str]) -> str:
@@ -217,7 +227,8 @@ def device_command(args: argparse.Namespace, app: Any, devclass: str) -> int:
                                    "option")
         if args.ro:
             options["read-only"] = "True"
-        mode = (args.mode or "auto-attach") if command == "assign" else "manual"
+        default = "required" if devclass == "pci" else "auto-attach"
+        mode = (args.mode or default) if command == "assign" else "manual"
         api.call("Assign" if command == "assign" else "Attach", vm, arg,
                  api.assignment_payload(vm, args.device, mode, options))
     else:
