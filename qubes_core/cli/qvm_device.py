@@ -259,6 +259,8 @@ def list_devices(api: DeviceApi, app: Any, frontend: str | None) -> int:
                                                         for u in used_by)):
             rows.append([name, "(not present)", ", ".join(used_by)])
     print_table(rows)
+    if not offered and not users:
+        print(f"no backend offers {api.devclass} devices here", file=sys.stderr)
     return 0
 
 
