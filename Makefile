@@ -8,9 +8,10 @@ STAMP_APT := $(VENV)/.apt-done
 STAMP_PIP := $(VENV)/.pip-done
 
 # Debian packages the suite and the demo need (tools for real filesystems, libvirt
-# headers for libvirt-python, the sandbox runtime and template builder).
+# headers for libvirt-python, the sandbox runtime and template builder, the C compiler
+# for the fast query client, man to check the generated pages).
 DEB_PACKAGES := xfsprogs btrfs-progs e2fsprogs util-linux libvirt-dev pkg-config \
-                bubblewrap debootstrap socat
+                bubblewrap debootstrap socat gcc libc6-dev man-db
 
 .PHONY: all demo test lint bench clean
 
@@ -28,12 +29,15 @@ $(STAMP_APT): Makefile
 	else echo "not root or no apt-get: skipping Debian packages ($(DEB_PACKAGES))"; fi
 	@touch $@
 
-# fastquery.py is installed as a generated script (not a link to the source), and the
-# entry points come from plugins.py: reinstall when either changes.
-$(STAMP_PIP): setup.py qubes_core/client/fastquery.py qubes_core/plugins.py $(STAMP_APT)
+# fastquery.c is compiled and the man pages are generated from the tools' parsers at
+# install time, and the entry points come from plugins.py: reinstall when any changes.
+# An editable install leaves setup.py's data_files out, so the pages it built are
+# copied into the venv here.
+$(STAMP_PIP): setup.py qubes_core/client/fastquery.c qubes_core/plugins.py $(wildcard qubes_core/cli/*.py) $(STAMP_APT)
 	@[ -x $(VPY) ] || $(PYTHON) -m venv $(VENV)
 	$(VPY) -m pip install -q --upgrade pip 2>/dev/null || true
 	$(VPY) -m pip install -q -e '.[test]'
+	@mkdir -p $(VENV)/share/man && cp -r build/man/. $(VENV)/share/man/
 	@touch $@
 
 venv: $(STAMP_PIP)

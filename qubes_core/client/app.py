@@ -450,11 +450,14 @@ class Qubes(PropertyHolderClient):
                  src: str = "dom0", start: bool = False, runtime: str | None = None,
                  create: bool = False):
         super().__init__(self, "dom0", "admin.property.")
-        from qubes_core.client.embedded import EmbeddedQubesd, find_socket
+        from qubes_core.paths import resolve
 
-        path = Path(socket_path) if socket_path is not None else find_socket(base_dir)
+        path = Path(socket_path) if socket_path is not None else resolve(base_dir).admin_socket
         embedded = None
         if start and socket_path is None:
+            # Imported only here: a client of a running qubesd need not load it.
+            from qubes_core.client.embedded import EmbeddedQubesd
+
             embedded = EmbeddedQubesd.start_if_needed(base_dir, runtime=runtime, create=create)
         object.__setattr__(self, "_embedded", embedded)
         object.__setattr__(self, "transport", Transport(path, src))

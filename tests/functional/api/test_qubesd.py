@@ -10,7 +10,6 @@ import subprocess
 import sys
 import threading
 import time
-from pathlib import Path
 
 import pytest
 
@@ -214,33 +213,6 @@ def test_command_line_clients_stream_events(qubesd, tool):
         process.terminate()
         process.wait(10)
         process.stdout.close()
-
-
-def test_fast_client_is_installed_to_run_without_site():
-    from qubes_core.client import fastquery
-
-    script = Path(sys.executable).parent / "qubesd-query-fast"
-    shebang, _, body = script.read_text().partition("\n")
-    interpreter, _, flags = shebang[2:].partition(" ")
-    assert flags == "-IS" and os.access(interpreter, os.X_OK), shebang
-    assert body == Path(fastquery.__file__).read_text(), (
-        "the installed script is older than its module: run pip install -e .")
-
-
-def test_fast_client_stands_alone(qubesd, tmp_path):
-    """Run by itself with -I -S from anywhere, it needs nothing of this project or site."""
-    from qubes_core.client import fastquery
-
-    alone = tmp_path / "fast"
-    alone.write_bytes(Path(fastquery.__file__).read_bytes())
-    out = subprocess.run([sys.executable, "-I", "-S", "-X", "importtime", str(alone), "-e",
-                          "dom0", "admin.vm.property.Get", "vm1", "label"],
-                         capture_output=True, env=in_base_env(qubesd.base_dir), timeout=60,
-                         cwd=tmp_path)
-    assert out.stdout == b"0\x00default=False type=label blue", out.stderr
-    imported = {line.rsplit("|", 1)[-1].strip() for line in out.stderr.decode().splitlines()
-                if line.startswith("import time:")}
-    assert not {"site", "qubes_core", "socket", "enum", "selectors"} & imported, imported
 
 
 def test_embedded_qubesd_for_one_command(tmp_path):

@@ -1,0 +1,62 @@
+"""qvm-features: list, get, set and unset the features of a qube.
+
+``qvm-features VM`` prints ``NAME  VALUE`` lines; ``qvm-features VM NAME`` the value
+alone, or nothing and exit 1 when the feature is not set (scripts test for it);
+``qvm-features VM NAME VALUE`` sets it; ``--unset`` removes it (removing an unset
+feature is not an error, as in the reference).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from typing import Any
+
+from qubes_core import exc
+from qubes_core.cli.common import get_vm, print_table, tool_main, tool_parser
+
+
+def parser() -> argparse.ArgumentParser:
+    """qvm-features's command line."""
+    parser = tool_parser("qvm-features", "List, get or set the features of a qube.")
+    parser.add_argument("--unset", "--default", "--delete", "-D", dest="unset",
+                        action="store_true", help="remove the feature")
+    parser.add_argument("domain", metavar="VMNAME", help="the qube")
+    parser.add_argument("feature", metavar="FEATURE", nargs="?", help="the feature")
+    parser.add_argument("value", metavar="VALUE", nargs="?", help="the new value")
+    return parser
+
+
+def features(args: argparse.Namespace, app: Any, tool: argparse.ArgumentParser) -> int:
+    """Do what the command line asks."""
+    if args.feature is None:
+        if args.unset:
+            tool.error("--unset needs a FEATURE")
+        vm = get_vm(app, args.domain)
+        print_table(sorted(vm.features.items()))
+        return 0
+    vm = app.domains.get_blind(args.domain)
+    if args.unset:
+        if args.value is not None:
+            tool.error("--unset takes no VALUE")
+        try:
+            del vm.features[args.feature]
+        except exc.QubesFeatureNotFoundError:
+            pass
+        return 0
+    if args.value is not None:
+        vm.features[args.feature] = args.value
+        return 0
+    try:
+        print(vm.features[args.feature])
+    except exc.QubesFeatureNotFoundError:
+        return 1
+    return 0
+
+
+#: Entry point of ``qvm-features``.
+main = tool_main(parser, features)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
