@@ -79,6 +79,8 @@ setup(
             "qrexec-policy-explain = qubes_core.policy.explain:main",
             "qubes-policy-install = qubes_core.policy.install:main",
             "qubesctl = qubes_core.qubesctl.cli:main",
+            "qubes-template-build = qubes_core.template_build:main",
+            "qvm-run = qubes_core.cli.qvm_run:main",
         ],
         **PLUGINS,
     },

@@ -20,7 +20,7 @@ from typing import Any
 
 from qubes_core import exc
 
-RUNTIME_NAMES = ("offline", "test", "xen")
+RUNTIME_NAMES = ("offline", "test", "xen", "sandbox")
 
 
 class Runtime:
@@ -126,7 +126,7 @@ def default_runtime_name() -> str:
 
 
 def make_runtime(name: str, **options: Any) -> Runtime:
-    """The runtime called ``name`` (``offline``, ``test`` or ``xen``).
+    """The runtime called ``name`` (``offline``, ``test``, ``xen`` or ``sandbox``).
 
     ``test`` is libvirt's in-process test driver (``test:///default``), ``xen``
     libvirt's Xen driver (``xen:///``); ``uri=`` overrides the libvirt URI.
@@ -142,6 +142,10 @@ def make_runtime(name: str, **options: Any) -> Runtime:
 
         uri = options.pop("uri", "test:///default" if name == "test" else "xen:///")
         return LibvirtRuntime(uri, name=name, **options)
+    if name == "sandbox":
+        from qubes_core.backend.sandbox import SandboxRuntime
+
+        return SandboxRuntime(**options)
     raise exc.QubesValueError(
         f"no such runtime: {name!r} (known: {', '.join(RUNTIME_NAMES)})"
     )

@@ -1,0 +1,221 @@
+"""The keeper of one sandbox VM: a process apart from qubesd that holds the VM's mounts.
+
+Invariant: a VM's loop mounts exist only in its keeper's private mount namespace, so
+they vanish with it whatever happens to qubesd, and no other VM or host process sees
+them. The keeper detaches from qubesd (double fork, new session), mounts the VM's
+volumes (root, private, volatile), starts bubblewrap with the VM's init as pid 1,
+writes the VM's record (pids, their start ticks, namespaces) for qubesd to find it
+again after a restart, waits for the sandbox to end, writes the init's exit code into
+the record, unmounts (the loop devices, set to autoclear, detach) and exits. qubesd
+reads what happened from the record and the process exits, never from the keeper's
+word alone.
+
+Run as ``python KEEPER_FILE SPEC_JSON`` (by path: it imports nothing of the project);
+the status pipe is the spec's ``status_fd``: one JSON line ``{"init-pid": N, ...}``
+or ``{"error": TEXT}``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+CLONE_NEWNS = 0x00020000
+EXT_MAGIC_OFFSET = 1080
+EXT_MAGIC = b"\x53\xef"
+INIT = "/usr/lib/qubes-sandbox/init"
+
+
+class KeeperError(Exception):
+    """A step of the start failed; the text says which and why."""
+
+
+def has_ext_fs(image: str) -> bool:
+    """Whether ``image`` holds an ext2/3/4 file system (its superblock magic)."""
+    with open(image, "rb") as file:
+        file.seek(EXT_MAGIC_OFFSET)
+        return file.read(2) == EXT_MAGIC
+
+
+def run(*argv: str) -> None:
+    """Run a tool; its last error line as a :class:`KeeperError` if it fails."""
+    result = subprocess.run(argv, capture_output=True, text=True, check=False)
+    if result.returncode != 0:
+        detail = (result.stderr or result.stdout).strip().splitlines()
+        raise KeeperError(f"{argv[0]} failed: {detail[-1] if detail else result.returncode}")
+
+
+def make_fs(image: str, label: str) -> None:
+    """A new, empty ext4 file system on ``image``."""
+    run("mkfs.ext4", "-q", "-F", "-L", label, "-E",
+        "nodiscard,lazy_itable_init=1,lazy_journal_init=1", image)
+
+
+def private_namespace() -> None:
+    """Move this process into a mount namespace of its own, shared with no one."""
+    libc = ctypes.CDLL(None, use_errno=True)
+    if libc.unshare(CLONE_NEWNS) != 0:
+        raise KeeperError(f"unshare of the mount namespace failed: "
+                          f"{os.strerror(ctypes.get_errno())}")
+    run("mount", "--make-rprivate", "/")
+
+
+def start_ticks(pid: int) -> int:
+    """The start time of ``pid`` in clock ticks since boot (guards against pid reuse)."""
+    with open(f"/proc/{pid}/stat", encoding="ascii") as stat:
+        return int(stat.read().rsplit(")", 1)[1].split()[19])
+
+
+def write_record(path: str, record: dict) -> None:
+    """Replace the record at ``path`` atomically (fsynced, then renamed)."""
+    temp = f"{path}~{os.getpid()}"
+    with open(temp, "w", encoding="utf-8") as file:
+        json.dump(record, file)
+        file.flush()
+        os.fsync(file.fileno())
+    os.replace(temp, path)
+
+
+def mount_volumes(spec: dict) -> list[str]:
+    """Loop-mount the VM's volumes; the mount points, in mount order."""
+    mounted: list[str] = []
+    mnt = spec["mount_dir"]
+    root = spec["root"]
+    if not has_ext_fs(root):
+        raise KeeperError("its root volume holds no ext4 file system (build templates with "
+                          "qubes-template-build)")
+    volumes = [("root", root, "rw")]
+    if spec.get("private"):
+        if not has_ext_fs(spec["private"]):
+            make_fs(spec["private"], "private")
+        volumes.append(("rw", spec["private"], "rw"))
+    if spec.get("volatile"):
+        make_fs(spec["volatile"], "volatile")  # fresh each start, as the volume itself
+        volumes.append(("volatile", spec["volatile"], "rw"))
+    try:
+        for name, image, mode in volumes:
+            point = os.path.join(mnt, name)
+            os.makedirs(point, exist_ok=True)
+            run("mount", "-o", f"loop,{mode},noatime", image, point)
+            mounted.append(point)
+    except BaseException:
+        unmount(mounted)
+        raise
+    if not os.access(os.path.join(mnt, "root", INIT.lstrip("/")), os.F_OK):
+        unmount(mounted)
+        raise KeeperError(f"its root volume has no {INIT} (not a template built by "
+                          "qubes-template-build)")
+    return mounted
+
+
+def unmount(points: list[str]) -> None:
+    """Unmount ``points`` in reverse order (loop devices set to autoclear detach)."""
+    for point in reversed(points):
+        subprocess.run(["umount", point], capture_output=True, check=False)
+
+
+def bwrap_argv(spec: dict, status_fd: int) -> list[str]:
+    """The bubblewrap command line of the VM: its namespaces and binds."""
+    mnt = spec["mount_dir"]
+    argv = ["bwrap", "--as-pid-1", "--unshare-pid", "--unshare-net", "--unshare-ipc",
+            "--unshare-uts", "--hostname", spec["name"],
+            "--bind", os.path.join(mnt, "root"), "/",
+            "--proc", "/proc", "--dev", "/dev", "--tmpfs", "/run"]
+    if spec.get("private"):
+        argv += ["--bind", os.path.join(mnt, "rw"), "/rw"]
+    if spec.get("volatile"):
+        argv += ["--bind", os.path.join(mnt, "volatile"), "/tmp"]
+    else:
+        argv += ["--tmpfs", "/tmp"]
+    argv += ["--bind", spec["channel_dir"], "/run/qubes-sandbox",
+             "--json-status-fd", str(status_fd), "--chdir", "/",
+             "--setenv", "PATH", "/usr/sbin:/usr/bin:/sbin:/bin",
+             "--", INIT]
+    return argv
+
+
+def keep(spec: dict, status: int) -> int:
+    """The keeper's life: mount, start, record, wait, unmount."""
+    private_namespace()
+    mounted = mount_volumes(spec)
+    bwrap = None
+    init_pid = None
+    try:
+        bwrap_status_r, bwrap_status_w = os.pipe()
+        bwrap = subprocess.Popen(bwrap_argv(spec, bwrap_status_w), pass_fds=[bwrap_status_w],
+                                 stdin=subprocess.DEVNULL)
+        os.close(bwrap_status_w)
+        lines = os.fdopen(bwrap_status_r, "rb")
+        first = lines.readline()
+        if not first:
+            code = bwrap.wait()
+            raise KeeperError(f"bubblewrap exited ({code}) before the VM's init ran "
+                              "(see the guest log)")
+        info = json.loads(first)
+        init_pid = int(info["child-pid"])
+        record = {"keeper-pid": os.getpid(), "keeper-ticks": start_ticks(os.getpid()),
+                  "init-pid": init_pid, "init-ticks": start_ticks(init_pid),
+                  "pid-namespace": info.get("pid-namespace"), "started": time.time()}
+        write_record(spec["record"], record)
+        try:
+            os.write(status, (json.dumps(record) + "\n").encode())
+            os.close(status)
+        except OSError:
+            pass  # qubesd is gone: it finds the VM again from the record
+    except BaseException:
+        if init_pid is not None:  # pid 1 of its namespace: all the VM dies with it
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(init_pid, signal.SIGKILL)
+        if bwrap is not None:
+            with contextlib.suppress(ProcessLookupError):
+                bwrap.kill()
+            bwrap.wait()
+        unmount(mounted)
+        raise
+    try:
+        exit_code = None
+        for line in lines:  # bubblewrap's last line carries the init's exit code
+            try:
+                exit_code = json.loads(line).get("exit-code", exit_code)
+            except ValueError:
+                pass
+        code = bwrap.wait()
+        record["exit-code"] = exit_code if exit_code is not None else code
+        write_record(spec["record"], record)
+    finally:
+        unmount(mounted)
+    return 0
+
+
+def main() -> int:
+    """Detach from qubesd, then keep the VM described by ``argv[1]``."""
+    spec = json.loads(sys.argv[1])
+    if os.fork():
+        return 0  # the first child: qubesd reaps it at once
+    os.setsid()
+    if os.fork():
+        os._exit(0)
+    status = int(spec["status_fd"])
+    try:
+        return keep(spec, status)
+    except (KeeperError, OSError, ValueError, KeyError) as error:
+        message = (str(error) if isinstance(error, KeeperError)
+                   else f"{type(error).__name__}: {error}")
+        print(f"keeper of {spec.get('name')}: {message}", file=sys.stderr, flush=True)
+        try:
+            os.write(status, (json.dumps({"error": message}) + "\n").encode())
+        except OSError:
+            pass
+        return 1
+
+
+if __name__ == "__main__":
+    code = main()
+    sys.stdout.flush()
+    os._exit(code)
