@@ -214,9 +214,12 @@ class SandboxRuntime(Runtime):
         return run_root(vm.app) / str(vm.uuid)
 
     def _live(self, vm: Any) -> Sandbox | None:
+        """The sandbox of ``vm``; a VM object of a reopened app takes it over."""
         box = self._sandboxes.get(str(vm.uuid))
-        if box is not None and box.vm is not vm and vm.app is not box.vm.app:
-            return None
+        if box is not None and box.vm is not vm:
+            if box.dir != self._dir(vm):
+                return None  # the same uuid in another installation
+            box.vm = vm
         return box
 
     async def forget(self, box: Sandbox) -> None:

@@ -1,4 +1,9 @@
-"""VM lifecycle end to end: model, file-reflink storage and libvirt's test driver."""
+"""VM lifecycle end to end: model, file-reflink storage and a runtime.
+
+The tests that hold for any runtime run on libvirt's test driver and on the sandbox
+(VMs that really run, on a bookworm image); those about libvirt itself (its domain
+XML, a squatting domain, a shutdown that is immediate) run on the test driver only.
+"""
 
 from __future__ import annotations
 
@@ -14,11 +19,22 @@ from lxml import etree
 from qubes_core import exc
 from qubes_core.app import Qubes
 from tests.support import wait_until_async
+from tests.integration.support import bookworm_image, sandbox_app  # noqa: F401
 from tests.unit.runtime.support import EventLog
+from tests.unit.runtime.support import lifecycle_app as libvirt_app  # noqa: F401
+
+LIBVIRT_ONLY = pytest.mark.parametrize("lifecycle_app", ["test"], indirect=True)
 
 LIFECYCLE_EVENTS = ("domain-pre-start", "domain-start", "domain-qdb-create", "domain-stopped",
                     "domain-shutdown", "domain-paused", "domain-unpaused",
                     "domain-start-failed")
+
+
+@pytest.fixture(params=["test", "sandbox"])
+def lifecycle_app(request: pytest.FixtureRequest) -> Any:
+    """The basic installation on libvirt's test driver, or on the sandbox."""
+    return request.getfixturevalue("sandbox_app" if request.param == "sandbox"
+                                   else "libvirt_app")
 
 
 def running(app: Any) -> list[str]:
@@ -78,6 +94,7 @@ async def test_shutdown_without_wait_is_reported_later(lifecycle_app: Any) -> No
     assert work.get_power_state() == "Halted"
 
 
+@LIBVIRT_ONLY
 async def test_start_right_after_shutdown_keeps_events_in_order(lifecycle_app: Any) -> None:
     work = lifecycle_app.domains["work"]
     work.netvm = None
@@ -175,6 +192,7 @@ async def test_a_netvm_that_cannot_start_stops_the_start(lifecycle_app: Any) -> 
     assert not work.volumes["private"].is_dirty()
 
 
+@LIBVIRT_ONLY
 async def test_failed_start_undoes_storage(lifecycle_app: Any) -> None:
     work = lifecycle_app.domains["work"]
     work.netvm = None
@@ -197,6 +215,7 @@ async def test_failed_start_undoes_storage(lifecycle_app: Any) -> None:
     assert conn.lookupByName("work").UUIDString() == str(work.uuid)
 
 
+@LIBVIRT_ONLY
 async def test_running_domain_matches_the_vm(lifecycle_app: Any) -> None:
     work = lifecycle_app.domains["work"]
     work.memory = 700
@@ -216,6 +235,7 @@ async def test_running_domain_matches_the_vm(lifecycle_app: Any) -> None:
     assert state["mem_static_max"] >= state["mem"]
 
 
+@LIBVIRT_ONLY
 async def test_dispvm_with_auto_cleanup_is_removed_when_it_stops(lifecycle_app: Any) -> None:
     app = lifecycle_app
     work = app.domains["work"]
@@ -264,6 +284,7 @@ async def test_dispvm_cleanup_defers_saving_to_a_save_request_handler(
     assert disp.name in reloaded.xpath("//property[@name='name']/text()")
 
 
+@LIBVIRT_ONLY
 async def test_dispvm_with_auto_cleanup_that_fails_to_start_is_removed(
         lifecycle_app: Any) -> None:
     work = lifecycle_app.domains["work"]

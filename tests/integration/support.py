@@ -1,0 +1,114 @@
+"""Sandbox templates for the tests: built once per run from the cached root file systems.
+
+The root file systems come from ``qubes-template-build``'s cache (outside the
+checkout, so a fresh clone on the same machine reuses them; the first run
+debootstraps, ~2 min per suite). Each test installation gets the image through the
+storage layer's import, as a template built by the command would.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.requirements import require, require_root, require_tool
+
+GiB = 1024**3
+IMAGE_SIZE = 2 * GiB
+
+
+def require_sandbox() -> None:
+    """Root, bubblewrap, debootstrap and e2fsprogs: what the sandbox runtime needs."""
+    require_root()
+    require_tool("bwrap", "debootstrap", "mkfs.ext4", "mount", "umount")
+    require(Path("/dev/loop-control").exists(), "needs loop devices (/dev/loop-control)")
+
+
+def build_image(suite: str, dest: Path, with_salt: bool = False) -> Path:
+    """An ext4 root image of ``suite`` (cached root file system + the in-VM side)."""
+    from qubes_core import template_build
+
+    progress = template_build.Progress(quiet=True)
+    tarball = template_build.cached_root(suite, with_salt, template_build.default_cache_dir(),
+                                         template_build.apt_mirror(), progress)
+    image = dest / f"{suite}{'-salt' if with_salt else ''}.img"
+    if not image.exists():
+        work = dest / f"work-{suite}"
+        work.mkdir()
+        image.touch()
+        template_build.make_image(tarball, str(image), IMAGE_SIZE, work, progress)
+        subprocess.run(["rm", "-rf", str(work)], check=True)
+    return image
+
+
+async def import_root(template: Any, image: Path) -> None:
+    """Put ``image`` into the template's root volume through the storage import."""
+    volume = template.volumes["root"]
+    path = await volume.import_data(max(volume.size, os.path.getsize(image)))
+    subprocess.run(["cp", "--sparse=always", "--reflink=auto", str(image), path], check=True)
+    await volume.import_data_end(True)
+
+
+def mounts_and_loops() -> tuple[list[str], list[str]]:
+    """The host's mount table and attached loop devices (backing files), for leak checks."""
+    with open("/proc/self/mountinfo", encoding="utf-8") as mountinfo:
+        mounts = sorted(line.split()[4] for line in mountinfo)
+    loops = []
+    for entry in sorted(Path("/sys/block").glob("loop*")):
+        try:
+            loops.append((entry / "loop" / "backing_file").read_text().strip())
+        except OSError:
+            continue
+    return mounts, loops
+
+
+def leaks_under(base: Path) -> list[str]:
+    """Mounts and loop devices (anywhere in the system) that refer to files under ``base``."""
+    mounts, loops = mounts_and_loops()
+    found = [f"mount {m}" for m in mounts if m.startswith(str(base))]
+    found += [f"loop {b}" for b in loops if b.startswith(str(base))]
+    # Mounts inside other mount namespaces (a keeper left alive) show as processes.
+    for pid in os.listdir("/proc"):
+        if not pid.isdigit():
+            continue
+        try:
+            cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
+        except OSError:
+            continue
+        if b"keeper.py" in cmdline and str(base).encode() in cmdline:
+            found.append(f"keeper process {pid}")
+    return found
+
+
+@pytest.fixture(scope="session")
+def bookworm_image(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The bookworm root image, built once per test run."""
+    require_sandbox()
+    return build_image("bookworm", tmp_path_factory.mktemp("images"))
+
+
+@pytest.fixture
+async def sandbox_app(basic_app: Any, bookworm_image: Path) -> Any:
+    """``basic_app`` on the sandbox runtime, its template holding the bookworm image.
+
+    Every VM still running at the end is killed, and nothing of the installation may
+    stay mounted or attached to a loop device.
+    """
+    from qubes_core.backend import make_runtime
+
+    runtime = make_runtime("sandbox")
+    basic_app.runtime = runtime
+    for vm in basic_app.domains:
+        if vm.qid != 0:
+            await vm.storage.create()
+    await import_root(basic_app.domains["debian-12"], bookworm_image)
+    yield basic_app
+    for vm in list(basic_app.domains):
+        if vm.qid != 0 and vm.get_power_state() != "Halted":
+            await vm.kill()
+    runtime.close()
+    assert leaks_under(Path(basic_app.base_dir)) == []
