@@ -104,6 +104,8 @@ def mount_volumes(spec: dict) -> list[str]:
             os.makedirs(point, exist_ok=True)
             run("mount", "-o", f"loop,{mode},noatime", image, point)
             mounted.append(point)
+            if name == "volatile":
+                os.chmod(point, 0o1777)  # the VM's /tmp
     except BaseException:
         unmount(mounted)
         raise

@@ -1,0 +1,179 @@
+"""VMs that really run, end to end: qubesd on the sandbox runtime, bookworm and trixie."""
+
+from __future__ import annotations
+
+import os
+import signal
+import time
+
+import pytest
+
+from tests.integration.conftest import Installation
+
+
+def test_rw_persists_root_resets_and_private_gets_a_revision(installation: Installation
+                                                             ) -> None:
+    inst = installation
+    vm = inst.new_appvm()
+    inst.call("admin.vm.volume.Set.revisions_to_keep", vm, "private", "2")
+    assert inst.sh(vm, "echo kept > /rw/file; echo gone > /etc/file; hostname",
+                   user="root") == f"{vm}\n"
+    inst.call("admin.vm.Shutdown", vm, "wait")
+    assert inst.state(vm) == "Halted"
+    assert inst.call("admin.vm.volume.ListSnapshots", vm, "private").strip() != ""
+    out = inst.sh(vm, "cat /rw/file; test -e /etc/file && echo still-there; echo end")
+    assert out == "kept\nend\n"
+    inst.call("admin.vm.Kill", vm)
+
+
+def test_a_template_change_outdates_a_running_appvm(installation: Installation) -> None:
+    inst = installation
+    vm = inst.new_appvm()
+    inst.call("admin.vm.Start", vm)
+    assert "is_outdated=False" in inst.call("admin.vm.volume.Info", vm, "root")
+    inst.sh(inst.template, "echo new > /etc/template-change", user="root")
+    inst.call("admin.vm.Shutdown", inst.template, "wait")
+    assert "is_outdated=True" in inst.call("admin.vm.volume.Info", vm, "root")
+    inst.call("admin.vm.Kill", vm)
+    # The next start sees the template's new root.
+    assert inst.sh(vm, "cat /etc/template-change") == "new\n"
+    inst.call("admin.vm.Kill", vm)
+
+
+def test_a_dispvm_vanishes_with_its_files(installation: Installation) -> None:
+    inst = installation
+    base = inst.new_appvm("dvm", template_for_dispvms="True")
+    before = set(inst.names())
+    result = inst.qvm_run("-p", f"--dispvm={base}",
+                          "echo secret > /rw/secret; echo root > /root-file; hostname")
+    assert result.returncode == 0, result.stderr
+    dispvm = result.stdout.decode().strip()
+    assert dispvm.startswith("disp")
+    assert set(inst.names()) == before
+    assert not (inst.base / "appvms" / dispvm).exists()
+
+
+def test_vms_see_nothing_of_each_other(installation: Installation) -> None:
+    inst = installation
+    first, second = inst.new_appvm(), inst.new_appvm()
+    inst.sh(second, "echo private-of-second > ~/mine; test -f /rw/home/user/mine")
+    script = ("echo found:; grep -rl private-of-second / --exclude-dir=proc --exclude-dir=sys "
+              "2>/dev/null; echo devices:; ls /dev | grep -E '^(loop|sd|vd|xvd|dm-)'; "
+              "echo channel:; ls /run/qubes-sandbox; echo processes:; "
+              "ls /proc | grep -c '^[0-9]'")
+    out = inst.sh(first, script, user="root").split()
+    assert out[:3] == ["found:", "devices:", "channel:"]  # no file, no disk of anyone
+    assert out[3:6] == ["agent.sock", "qubesd.sock", "processes:"]
+    assert int(out[6]) < 20  # its own few processes, not the host's or the other VM's
+    for vm in (first, second):
+        inst.call("admin.vm.Kill", vm)
+
+
+def test_calls_between_vms_follow_the_policy(installation: Installation) -> None:
+    inst = installation
+    caller, callee = inst.new_appvm(), inst.new_appvm()
+    call = f"echo 'cat; echo from-$(hostname); exit 7' | qrexec-client-vm {callee} qubes.VMShell"
+    refused = inst.qvm_run("-p", caller, f"{call}; echo rc=$?")
+    assert refused.stdout.decode().strip().endswith("rc=126")
+    assert b"denied" in refused.stderr
+    assert inst.state(callee) == "Halted"  # a denied call starts nothing
+    inst.policy("10-test", f"qubes.VMShell * {caller} {callee} allow\n")
+    allowed = inst.qvm_run("-p", caller, f"{call}; echo rc=$?")
+    assert allowed.stdout.decode().splitlines() == [f"from-{callee}", "rc=7"]
+    redirected = inst.new_appvm()
+    inst.policy("10-test", f"qubes.VMShell * {caller} {callee} allow target={redirected}\n")
+    out = inst.sh(caller, f"echo 'echo from-$(hostname)' | qrexec-client-vm {callee} "
+                          "qubes.VMShell")
+    assert out == f"from-{redirected}\n"
+    (inst.base / "etc/qubes/policy.d/10-test.policy").unlink()
+    for vm in (caller, callee, redirected):
+        inst.call("admin.vm.Kill", vm)
+
+
+def test_qvm_run_exit_codes(installation: Installation) -> None:
+    inst = installation
+    vm = inst.new_appvm()
+    assert inst.qvm_run(vm, "exit 3").returncode == 3
+    assert inst.qvm_run("-p", vm, "cat", input=b"piped\n").stdout == b"piped\n"
+    assert inst.qvm_run("-p", "-u", "root", vm, "id", "-u").stdout == b"0\n"
+    missing = inst.qvm_run("no-such-vm", "true")
+    assert missing.returncode == 126 and b"no VM 'no-such-vm'" in missing.stderr
+    inst.call("admin.vm.Kill", vm)
+    halted = inst.qvm_run("--no-autostart", vm, "true")
+    assert halted.returncode == 126 and b"not running" in halted.stderr
+    assert inst.state(vm) == "Halted"
+    usage = inst.qvm_run(vm)
+    assert usage.returncode == 2
+
+
+def test_a_vm_killed_from_outside_is_seen_halted_and_committed(installation: Installation
+                                                                ) -> None:
+    inst = installation
+    vm = inst.new_appvm()
+    inst.sh(vm, "echo before-kill > ~/file; sync")
+    os.kill(inst.record(vm)["init-pid"], signal.SIGKILL)
+    inst.wait_state(vm, "Halted")
+    dirty = inst.base / "appvms" / vm / "private-dirty.img"
+    deadline = time.monotonic() + 30
+    while dirty.exists():  # the stop is being handled: the commit follows the halt
+        assert time.monotonic() < deadline, "private was not committed"
+        time.sleep(0.05)
+    assert inst.sh(vm, "cat ~/file") == "before-kill\n"
+    inst.call("admin.vm.Kill", vm)
+
+
+def test_vms_survive_a_qubesd_restart(installation: Installation) -> None:
+    inst = installation
+    vm = inst.new_appvm()
+    inst.call("admin.vm.Start", vm)
+    started = inst.call("admin.vm.property.Get", vm, "start_time")
+    inst.sh(vm, "echo alive > /tmp/mark")
+    inst.stop_qubesd(signal.SIGKILL)  # a crash, not a clean stop
+    inst.start_qubesd()
+    assert inst.state(vm) == "Running"
+    assert inst.call("admin.vm.property.Get", vm, "start_time") == started
+    assert inst.sh(vm, "cat /tmp/mark; qubesdb-read /name") == f"alive\n{vm}\n"
+    inst.call("admin.vm.Shutdown", vm, "wait")
+    assert inst.state(vm) == "Halted"
+
+
+def test_features_request_from_a_template(installation: Installation) -> None:
+    inst = installation
+    tpl = inst.template
+    inst.sh(tpl, "qvm-features-request os-distribution=debian os-version=12 --commit",
+            user="root")
+    assert inst.call("admin.vm.feature.Get", tpl, "os-distribution") == "debian"
+    bad = inst.qvm_run("-p", "-u", "root", tpl,
+                       "qvm-features-request 'os-version=$(reboot)' --commit")
+    assert inst.call("admin.vm.feature.Get", tpl, "os-version") == "12"
+    assert bad.returncode in (0, 1)
+    inst.call("admin.vm.Shutdown", tpl, "wait")
+
+
+def test_the_clock_comes_from_the_clockvm(installation: Installation) -> None:
+    inst = installation
+    clock, vm = inst.new_appvm("clock"), inst.new_appvm()
+    inst.call("admin.property.Set", "dom0", "clockvm", clock)
+    try:
+        out = inst.sh(vm, "qrexec-client-vm dom0 qubes.GetDate")
+        assert out.startswith("20") and "T" in out
+        assert inst.state(clock) == "Running"  # the redirect reached the clockvm
+    finally:
+        inst.call("admin.property.Set", "dom0", "clockvm", "")
+    for name in (clock, vm):
+        inst.call("admin.vm.Kill", name)
+
+
+@pytest.mark.parametrize("name", ["../etc/passwd", "a" * 200, "qubes.VMShell+../x",
+                                  "$(reboot)", "qubes.VMShell+-rf", ""])
+def test_hostile_service_names_are_refused(installation: Installation, name: str) -> None:
+    inst = installation
+    vm = inst.vm_for_faults()
+    inst.policy("10-any", "* * @anyvm @anyvm allow\n")
+    try:
+        result = inst.qvm_run("-p", vm, f"qrexec-client-vm dom0 '{name}' </dev/null; "
+                                        "echo rc=$?")
+    finally:
+        (inst.base / "etc/qubes/policy.d/10-any.policy").unlink()
+    assert result.stdout.decode().strip().endswith("rc=126"), result.stderr
+    assert b"invalid" in result.stderr or b"usage" in result.stderr
