@@ -60,9 +60,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 
 def shell_line(args: argparse.Namespace) -> bytes:
-    """What ``qubes.VMShell`` reads first: the command, then ``exit``."""
+    """What ``qubes.VMShell`` reads first: the command as a group, then ``exit`` (parsed
+    together, before the command runs: whatever follows is the command's own input; a
+    command ending in ``&`` or a comment still parses)."""
     command = shlex.join([args.command, *args.args]) if args.args or args.no_shell else args.command
-    return f"{command}; exit\n".encode()
+    return f"{{ {command}\n}}; exit\n".encode()
 
 
 def _feed(write_end: int, first: bytes, follow: int | None) -> None:

@@ -20,7 +20,12 @@ from typing import Any
 
 import pytest
 
-from tests.integration.support import leaks_under, require_sandbox
+from tests.integration.support import (  # noqa: F401
+    bookworm_image,
+    leaks_under,
+    require_sandbox,
+    sandbox_app,
+)
 
 SUITES = ("bookworm", "trixie")
 BIN = Path(sys.executable).parent

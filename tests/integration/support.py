@@ -8,6 +8,7 @@ storage layer's import, as a template built by the command would.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import subprocess
 from pathlib import Path
@@ -69,8 +70,9 @@ def mounts_and_loops() -> tuple[list[str], list[str]]:
 def leaks_under(base: Path) -> list[str]:
     """Mounts and loop devices (anywhere in the system) that refer to files under ``base``."""
     mounts, loops = mounts_and_loops()
-    found = [f"mount {m}" for m in mounts if m.startswith(str(base))]
-    found += [f"loop {b}" for b in loops if b.startswith(str(base))]
+    inside = str(base).rstrip("/") + "/"
+    found = [f"mount {m}" for m in mounts if m.startswith(inside)]
+    found += [f"loop {b}" for b in loops if b.startswith(inside)]
     # Mounts inside other mount namespaces (a keeper left alive) show as processes.
     for pid in os.listdir("/proc"):
         if not pid.isdigit():
@@ -112,3 +114,52 @@ async def sandbox_app(basic_app: Any, bookworm_image: Path) -> Any:
             await vm.kill()
     runtime.close()
     assert leaks_under(Path(basic_app.base_dir)) == []
+
+
+async def run_in(vm: Any, command: str, user: str | None = None, stdin: bytes = b""
+                 ) -> tuple[int, bytes, bytes]:
+    """Run ``command`` with bash in the running ``vm`` through the router, as dom0 would:
+    ``(exit code, stdout, stderr)``."""
+    import asyncio
+
+    router = vm.app.runtime.router(vm.app)
+    in_r, in_w = os.pipe()
+    out_r, out_w = os.pipe()
+    err_r, err_w = os.pipe()
+
+    def feed() -> None:
+        with contextlib.suppress(BrokenPipeError), os.fdopen(in_w, "wb") as pipe:
+            pipe.write(f"{{ {command}\n}}; exit\n".encode() + stdin)
+
+    def drain(fd: int) -> bytes:
+        with os.fdopen(fd, "rb") as pipe:
+            return pipe.read()
+
+    feeding = asyncio.to_thread(feed)
+    outputs = asyncio.gather(asyncio.to_thread(drain, out_r), asyncio.to_thread(drain, err_r))
+    fds = [in_r, out_w, err_w]
+    try:
+        reply = await router.execute(vm.name, "qubes.VMShell", "", "dom0", user, fds)
+    finally:
+        for fd in fds:  # those the call did not take
+            os.close(fd)
+    await feeding
+    out, err = await outputs
+    return reply.get("exit", 126), out, err + str(reply.get("error", "")).encode()
+
+
+def image_without_python(tarball: Path, dest: Path) -> Path:
+    """A root image with the in-VM side but no python3 (a template that cannot run it)."""
+    from qubes_core.agent.install import install
+
+    root = dest / "root"
+    root.mkdir()
+    subprocess.run(["tar", "--numeric-owner", "-xf", str(tarball), "-C", str(root)], check=True)
+    install(root)
+    (root / "usr/bin/python3").unlink()
+    image = dest / "no-python.img"
+    with open(image, "wb") as file:
+        file.truncate(IMAGE_SIZE)
+    subprocess.run(["mkfs.ext4", "-q", "-F", "-d", str(root), str(image)], check=True)
+    subprocess.run(["rm", "-rf", str(root)], check=True)
+    return image

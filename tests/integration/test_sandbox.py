@@ -10,6 +10,30 @@ import pytest
 
 from tests.integration.conftest import Installation
 
+FLOOD = r"""
+import socket, struct, sys, threading
+sys.path.insert(0, "/usr/lib/qubes-sandbox")
+from qubes_agent import wire, QUBESD_SOCKET
+from qubes_agent.tools import qdb
+results = {"full": 0, "ok": 0, "refused": 0}
+for i in range(5000):
+    reply = qdb("write", path=f"/flood/{i}", value="x" * 100)
+    results["full" if "error" in reply else "ok"] += 1
+def hammer():
+    try:
+        qdb("read", path="/name")
+    except (OSError, wire.WireError):
+        results["refused"] += 1
+threads = [threading.Thread(target=hammer) for _ in range(300)]
+for t in threads: t.start()
+for t in threads: t.join()
+for junk in (struct.pack(">I", 2**31) + b"x", b"\x00\x00\x00\x05hello", b"\x00\x00\x00\x02[]"):
+    s = wire.connect(QUBESD_SOCKET); s.sendall(junk); s.shutdown(socket.SHUT_WR)
+    s.recv(100); s.close()
+print(results["ok"], results["full"], qdb("read", path="/name")["value"])
+"""
+
+
 
 def test_rw_persists_root_resets_and_private_gets_a_revision(installation: Installation
                                                              ) -> None:
@@ -177,3 +201,36 @@ def test_hostile_service_names_are_refused(installation: Installation, name: str
         (inst.base / "etc/qubes/policy.d/10-any.policy").unlink()
     assert result.stdout.decode().strip().endswith("rc=126"), result.stderr
     assert b"invalid" in result.stderr or b"usage" in result.stderr
+
+
+def test_a_vm_flooding_qubesdb_and_its_socket_changes_nothing_else(installation: Installation
+                                                                   ) -> None:
+    inst = installation
+    vm = inst.new_appvm("flood")
+    result = inst.qvm_run("-p", vm, "python3 -", input=FLOOD.encode(), timeout=300)
+    assert result.returncode == 0, result.stderr
+    written, refused_full, name = result.stdout.decode().split()
+    assert int(refused_full) > 0 and int(written) + int(refused_full) == 5000
+    assert name == vm  # still served after the junk and the crowd
+    assert inst.sh(inst.vm_for_faults(), "qubesdb-read /name") == f"{inst.vm_for_faults()}\n"
+    inst.call("admin.vm.Kill", vm)
+
+
+def test_qrexec_floods_are_bounded(installation: Installation) -> None:
+    inst = installation
+    vm = inst.vm_for_faults()
+    script = ("for i in $(seq 60); do (sleep 2 | qrexec-client-vm dom0 qubes.GetDate "
+              ">/dev/null 2>&1; echo $?) & done; wait")
+    codes = inst.sh(vm, script).split()
+    assert len(codes) == 60 and set(codes) <= {"0", "126"}
+    assert inst.sh(vm, "echo alive") == "alive\n"
+
+
+def test_a_process_that_ignores_shutdown_is_killed_after_the_grace_time(
+        installation: Installation) -> None:
+    inst = installation
+    vm = inst.new_appvm()
+    inst.sh(vm, "(trap '' TERM; exec sleep 600) >/dev/null 2>&1 &", user="root")
+    inst.call("admin.vm.Shutdown", vm, "wait")
+    assert inst.state(vm) == "Halted"
+    assert not (inst.base / "appvms" / vm / "private-dirty.img").exists()

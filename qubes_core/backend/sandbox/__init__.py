@@ -36,6 +36,7 @@ log = logging.getLogger("qubes.backend.sandbox")
 KEEPER_SCRIPT = keeper.__file__
 STATUS_TIMEOUT = 30.0
 PAUSE_ROUNDS = 3
+SIGNAL_TIMEOUT = 5.0
 
 
 def run_root(app: Any) -> Path:
@@ -415,12 +416,23 @@ class SandboxRuntime(Runtime):
     async def pause(self, vm: Any) -> None:
         box = self._running_box(vm, "pause")
         await self._signal_all(box, signal.SIGSTOP)
+        await self._until_stopped_is(box, True)
         await vm.fire_event_async("domain-paused")
 
     async def unpause(self, vm: Any) -> None:
         box = self._running_box(vm, "unpause")
         await self._signal_all(box, signal.SIGCONT)
+        await self._until_stopped_is(box, False)
         await vm.fire_event_async("domain-unpaused")
+
+    async def _until_stopped_is(self, box: Sandbox, stopped: bool) -> None:
+        """A signal is delivered asynchronously: wait until the init's state shows it."""
+        deadline = time.monotonic() + SIGNAL_TIMEOUT
+        while (_proc_state(box.record["init-pid"]) in ("T", "t")) != stopped:
+            if box.init_exited.is_set() or time.monotonic() > deadline:
+                raise exc.QubesVMError(box.vm, f"{box.vm} did not "
+                                       f"{'stop' if stopped else 'continue'} on the signal")
+            await asyncio.sleep(0.001)
 
     async def wait_stopped(self, vm: Any, timeout: float) -> bool:
         box = self._live(vm)

@@ -58,12 +58,14 @@ def make_fs(image: str, label: str) -> None:
 
 
 def private_namespace() -> None:
-    """Move this process into a mount namespace of its own, shared with no one."""
+    """Move this process into a mount namespace of its own, whose mounts no one else sees."""
     libc = ctypes.CDLL(None, use_errno=True)
     if libc.unshare(CLONE_NEWNS) != 0:
         raise KeeperError(f"unshare of the mount namespace failed: "
                           f"{os.strerror(ctypes.get_errno())}")
-    run("mount", "--make-rprivate", "/")
+    # Slave, not private: the host's later unmounts reach this copy, so a keeper never
+    # pins a file system that the host unmounts; our mounts never reach the host.
+    run("mount", "--make-rslave", "/")
 
 
 def start_ticks(pid: int) -> int:
@@ -109,11 +111,25 @@ def mount_volumes(spec: dict) -> list[str]:
     except BaseException:
         unmount(mounted)
         raise
-    if not os.access(os.path.join(mnt, "root", INIT.lstrip("/")), os.F_OK):
+    problem = root_problem(os.path.join(mnt, "root"))
+    if problem:
         unmount(mounted)
-        raise KeeperError(f"its root volume has no {INIT} (not a template built by "
-                          "qubes-template-build)")
+        raise KeeperError(problem)
     return mounted
+
+
+def root_problem(root: str) -> str | None:
+    """Why the root file system at ``root`` cannot run the in-VM side, if it cannot."""
+    if not os.access(os.path.join(root, INIT.lstrip("/")), os.F_OK):
+        return (f"its root volume has no {INIT} (not a template built by "
+                "qubes-template-build)")
+    python = os.path.join(root, "usr/bin/python3")
+    target = os.readlink(python) if os.path.islink(python) else "python3"
+    if not os.path.lexists(python) or not os.path.exists(
+            os.path.join(root, "usr/bin", os.path.basename(target))):
+        return ("its root volume has no /usr/bin/python3, which the VM's init and qrexec "
+                "agent need (rebuild the template with qubes-template-build)")
+    return None
 
 
 def unmount(points: list[str]) -> None:
