@@ -28,8 +28,12 @@ threads = [threading.Thread(target=hammer) for _ in range(300)]
 for t in threads: t.start()
 for t in threads: t.join()
 for junk in (struct.pack(">I", 2**31) + b"x", b"\x00\x00\x00\x05hello", b"\x00\x00\x00\x02[]"):
-    s = wire.connect(QUBESD_SOCKET); s.sendall(junk); s.shutdown(socket.SHUT_WR)
-    s.recv(100); s.close()
+    s = wire.connect(QUBESD_SOCKET)
+    try:
+        s.sendall(junk); s.shutdown(socket.SHUT_WR); s.recv(100)
+    except OSError:
+        pass  # qubesd hangs up on junk
+    s.close()
 print(results["ok"], results["full"], qdb("read", path="/name")["value"])
 """
 
