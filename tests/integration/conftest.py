@@ -13,7 +13,6 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -26,6 +25,7 @@ from tests.integration.support import (  # noqa: F401
     require_sandbox,
     sandbox_app,
 )
+from tests.support import wait_until
 
 SUITES = ("bookworm", "trixie")
 BIN = Path(sys.executable).parent
@@ -118,12 +118,9 @@ class Installation:
         path = self.base / "run/sandbox" / uuid / "vm.json"
         return json.loads(path.read_text())
 
-    def wait_state(self, vm: str, state: str, timeout: float = 30) -> None:
-        """Wait until ``vm`` is in ``state`` (polled: it may change without us)."""
-        deadline = time.monotonic() + timeout
-        while (current := self.state(vm)) != state:
-            assert time.monotonic() < deadline, f"{vm} is {current}, not {state}"
-            time.sleep(0.05)
+    def wait_state(self, vm: str, state: str) -> None:
+        """Wait until ``vm`` is in ``state`` (it may change without us)."""
+        wait_until(lambda: self.state(vm) == state, what=f"{vm} {state}")
 
 
 @pytest.fixture(scope="session", params=SUITES)

@@ -18,8 +18,8 @@ from lxml import etree
 
 from qubes_core import exc
 from qubes_core.app import Qubes
-from tests.support import wait_until_async
 from tests.integration.support import bookworm_image, sandbox_app  # noqa: F401
+from tests.support import wait_until_async
 from tests.unit.runtime.support import EventLog
 from tests.unit.runtime.support import lifecycle_app as libvirt_app  # noqa: F401
 
