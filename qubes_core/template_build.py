@@ -163,7 +163,9 @@ def salt_requirements(wheel: Path) -> list[str]:
 
 def install_salt(root: Path, suite: str, progress: Progress) -> None:
     """Install Salt into ``root``: wheels from the host, pip inside, offline."""
-    with tempfile.TemporaryDirectory(dir=root / "tmp") as wheels_dir:
+    # Not under /tmp: the sandbox that installs them has a fresh /tmp.
+    (root / "opt").mkdir(exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=root / "opt", prefix="salt-wheels-") as wheels_dir:
         wheels = Path(wheels_dir)
         fetch_salt_wheels(SUITE_PYTHON[suite], wheels, progress)
         progress.step(f"installing Salt {SALT_VERSION} inside (offline)")

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
+import subprocess
+import threading
 
 import pytest
 
-from tests.integration.conftest import Installation
+from tests.integration.conftest import BIN, Installation
 from tests.support import wait_until
 
 FLOOD = r"""
@@ -236,3 +239,59 @@ def test_a_process_that_ignores_shutdown_is_killed_after_the_grace_time(
     inst.call("admin.vm.Shutdown", vm, "wait")
     assert inst.state(vm) == "Halted"
     assert not (inst.base / "appvms" / vm / "private-dirty.img").exists()
+
+
+def test_qubesd_killed_while_a_vm_starts_or_stops(installation: Installation) -> None:
+    inst = installation
+    vm = inst.new_appvm()
+    uuid = inst.call("admin.vm.property.Get", vm, "uuid").split()[-1]
+    record = inst.base / "run/sandbox" / uuid / "vm.json"
+    def start() -> None:
+        with contextlib.suppress(Exception):  # qubesd dies under the call
+            inst.call("admin.vm.Start", vm)
+
+    starter = threading.Thread(target=start, daemon=True)
+    starter.start()
+    wait_until(record.exists, what="the keeper's record")
+    inst.stop_qubesd(signal.SIGKILL)
+    starter.join(30)
+    inst.start_qubesd()
+    # Found again, running: the start went on without qubesd.
+    inst.wait_state(vm, "Running")
+    assert inst.sh(vm, "hostname") == f"{vm}\n"
+    inst.call("admin.vm.Shutdown", vm)
+    inst.stop_qubesd(signal.SIGKILL)
+    inst.start_qubesd()
+    inst.wait_state(vm, "Halted")
+    dirty = inst.base / "appvms" / vm / "private-dirty.img"
+    wait_until(lambda: not dirty.exists(), what="private committed by the new qubesd")
+
+
+def test_a_large_script_through_qubes_vmrootshell(installation: Installation) -> None:
+    """What salt-ssh does over qrexec: a big script piped into a root shell."""
+    inst = installation
+    manager, target = inst.new_appvm(), inst.new_appvm()
+    inst.policy("10-rootshell", f"qubes.VMRootShell * {manager} {target} allow user=root\n")
+    try:
+        script = "x=0\n" + "x=$((x+1))\n" * 20000 + "echo $x $(id -u)\n"
+        copied = inst.qvm_run("-p", manager, "cat > /tmp/script", input=script.encode())
+        assert copied.returncode == 0
+        out = inst.sh(manager, f"qrexec-client-vm {target} qubes.VMRootShell < /tmp/script")
+        assert out == "20000 0\n"
+    finally:
+        (inst.base / "etc/qubes/policy.d/10-rootshell.policy").unlink()
+    for vm in (manager, target):
+        inst.call("admin.vm.Kill", vm)
+
+
+def test_a_template_with_salt_runs_salt_call(installation: Installation) -> None:
+    inst = installation
+    name = f"salt-{inst.suite}"
+    build = subprocess.run([str(BIN / "qubes-template-build"), "--base-dir", str(inst.base),
+                            "--suite", inst.suite, "--with-salt", name], env=inst.env,
+                           capture_output=True, timeout=1800, check=False)
+    assert build.returncode == 0, build.stderr.decode()
+    out = inst.sh(name, "salt-call --local --out=json test.ping 2>/dev/null; "
+                        "command -v salt-ssh", user="root")
+    assert '"local": true' in out and "salt-ssh" in out
+    inst.call("admin.vm.Kill", name)
