@@ -87,6 +87,10 @@ class Channel:
                 await aiowire.send(conn, reply)
             except (OSError, wire.WireError, TimeoutError) as error:
                 log.warning("%s: bad request on its qubesd socket: %s", self.box.vm, error)
+            except Exception:  # one request never takes the channel down
+                log.exception("%s: request on its qubesd socket failed", self.box.vm)
+                with contextlib.suppress(OSError, wire.WireError):
+                    await aiowire.send(conn, {"error": "internal error in qubesd", "exit": 126})
             finally:
                 wire.close_all(fds)
 

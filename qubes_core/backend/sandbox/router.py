@@ -221,7 +221,7 @@ class Router:
     async def call_dom0(self, service: str, arg: str, source: str, fds: list[int]
                         ) -> dict[str, Any]:
         """A dom0 service: qubesd's own method of that name, on its socket."""
-        from qubes_core.api import protocol
+        from qubes_core import protocol
         from qubes_core.api.registry import get_method
 
         spec = get_method(service)
@@ -274,6 +274,10 @@ class Router:
                 await aiowire.send(conn, reply)
             except (OSError, wire.WireError) as error:
                 log.warning("bad request on dom0's qrexec socket: %s", error)
+            except Exception:
+                log.exception("a request on dom0's qrexec socket failed")
+                with contextlib.suppress(OSError, wire.WireError):
+                    await aiowire.send(conn, {"error": "internal error in qubesd", "exit": 126})
             finally:
                 wire.close_all(fds)
 
