@@ -218,8 +218,19 @@ def _default_bootmode(vm: Any) -> str:
 
 
 def _default_keyboard_layout(vm: Any) -> str:
+    """The layout set on the nearest guivm up the chain, else ``us++``.
+
+    The chain is walked, not recursed into: a VM may be its own guivm, or two VMs
+    each other's, and the default must still be found.
+    """
+    seen = {id(vm)}
     guivm = getattr(vm, "guivm", None)
-    return getattr(guivm, "keyboard_layout", "us++") if guivm is not None else "us++"
+    while guivm is not None and id(guivm) not in seen:
+        if guivm.property_is_set("keyboard_layout"):
+            return str(guivm.property_own_value("keyboard_layout"))
+        seen.add(id(guivm))
+        guivm = getattr(guivm, "guivm", None)
+    return "us++"
 
 
 def _xid(vm: Any) -> int:

@@ -104,6 +104,21 @@ def test_keyboard_layout_follows_the_guivm_and_is_checked(basic_app):
             work.keyboard_layout = bad
 
 
+def test_keyboard_layout_default_survives_a_guivm_loop(basic_app):
+    """A VM that is its own guivm (here through default_guivm), or two VMs that are
+    each other's, still has a default layout: the nearest one set, else us++."""
+    net, firewall = basic_app.domains["sys-net"], basic_app.domains["sys-firewall"]
+    basic_app.default_guivm = net
+    assert net.guivm is net
+    assert net.keyboard_layout == "us++"
+    net.guivm = firewall
+    firewall.guivm = net
+    assert net.keyboard_layout == "us++"
+    firewall.keyboard_layout = "fr++"
+    assert net.keyboard_layout == "fr++"
+    assert basic_app.domains["work"].keyboard_layout == "fr++"
+
+
 def test_devices_denied_is_kept_canonical(basic_app):
     work = basic_app.domains["work"]
     work.devices_denied = "u03****p0e****u03****"
