@@ -38,6 +38,9 @@ $(STAMP_PIP): setup.py qubes_core/client/fastquery.c qubes_core/plugins.py $(wil
 	$(VPY) -m pip install -q --upgrade pip 2>/dev/null || true
 	$(VPY) -m pip install -q -e '.[test]'
 	@mkdir -p $(VENV)/share/man && cp -r build/man/. $(VENV)/share/man/
+	@# qubes-extensions(7) imports the model, whose dependencies an isolated build
+	@# environment lacks: written again here by the installed interpreter.
+	$(VPY) -m qubes_core.cli.manpages $(VENV)/share/man >/dev/null
 	@touch $@
 
 venv: $(STAMP_PIP)
