@@ -155,10 +155,10 @@ def test_a_failing_state_in_a_target_is_a_non_zero_exit(managed: Installation) -
     assert missing.returncode != 0 and "No matching sls found" in missing.stderr
 
 
+# Runs once per test run, on the bookworm installation only.
+@pytest.mark.parametrize("installation", ["bookworm"], indirect=True)
 def test_dom0_and_four_targets_in_one_highstate(managed: Installation) -> None:
     inst = managed
-    if inst.suite != "bookworm":
-        pytest.skip("runs once per test run, on the bookworm installation")
     vms = [inst.new_appvm("hs") for _ in range(4)]
     idle = inst.new_appvm("idle")
     top = "user:\n  dom0:\n    - dom0mark\n" + "".join(f"  {vm}:\n    - mark\n" for vm in vms)
@@ -199,11 +199,11 @@ def parse_shown(stdout: str) -> dict[str, Any]:
     return found
 
 
+# Runs once per test run, on the bookworm installation only.
+@pytest.mark.parametrize("installation", ["bookworm"], indirect=True)
 @pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGKILL])
 def test_an_interrupted_run_leaves_nothing_behind(managed: Installation, signum: int) -> None:
     inst = managed
-    if inst.suite != "bookworm":
-        pytest.skip("runs once per test run, on the bookworm installation")
     vm = inst.new_appvm("slow")
     run = subprocess.Popen([sys.executable, "-m", "qubes_core.qubesctl.cli", "--base-dir",
                             str(inst.base), "--skip-dom0", f"--targets={vm}", "state.apply",
