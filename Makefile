@@ -48,12 +48,13 @@ venv: $(STAMP_PIP)
 demo: $(STAMP_PIP)
 	$(VPY) -m qubes_core.demo
 
-test: $(STAMP_PIP)
-	$(VPY) -m ruff check .
+test: lint
 	$(VPY) -m pytest tests $(PYTEST_ARGS)
 
+# ruff, then mypy over qubes_core (its settings and strict packages in pyproject.toml).
 lint: $(STAMP_PIP)
 	$(VPY) -m ruff check .
+	$(VPY) -m mypy
 
 bench: $(STAMP_PIP)
 	$(VPY) -m bench $(BENCH_ARGS)

@@ -97,6 +97,10 @@ class VMCollection:
     def keys(self) -> list[str]:
         return sorted(self._by_name)
 
+    def by_name(self, name: str) -> BaseVM | None:
+        """The VM named ``name`` (a name only: no qid or uuid lookup), else None."""
+        return self._by_name.get(name)
+
     def __delitem__(self, key: Any) -> None:
         vm = self[key]
         if vm.qid == 0:
@@ -353,8 +357,8 @@ class Qubes(PropertyHolder):
         extensions copy what they keep themselves (the firewall, for one).
         """
         vmclass = cls or type(src)
-        if "template" in src._property_values and "template" not in kwargs:
-            kwargs["template"] = src.template
+        if src.property_is_set("template") and "template" not in kwargs:
+            kwargs["template"] = src.property_own_value("template")
         vm = self.add_new_vm(vmclass, name=new_name, label=kwargs.pop("label", src.label),
                              **kwargs)
         try:

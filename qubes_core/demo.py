@@ -27,6 +27,7 @@ from pathlib import Path
 
 from qubes_core import paths
 from qubes_core.client import connect
+from qubes_core.client.app import Qubes
 
 TEMPLATE = "debian-12"
 SUITE = "bookworm"
@@ -74,7 +75,7 @@ def _text(value: object) -> str:
     return "-" if value in (None, "") else str(value)
 
 
-def table(app: object) -> str:
+def table(app: Qubes) -> str:
     """The VM table: one aligned row per VM, read under one client cache."""
     rows = [tuple(column.upper() for column in COLUMNS)]
     with app.cache():
@@ -92,7 +93,7 @@ def table(app: object) -> str:
                      for row in rows)
 
 
-def make_template(app: object, base: Path, sandbox: bool) -> str:
+def make_template(app: Qubes, base: Path, sandbox: bool) -> str:
     """The template the formulas build on (built only once); what was done."""
     if TEMPLATE in app.domains:
         return f"{TEMPLATE} was there already"

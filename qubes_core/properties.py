@@ -314,6 +314,11 @@ class LabelProperty(Property):
 class PropertyHolder(Emitter):
     """An object whose state is its properties (the app, a VM)."""
 
+    #: Every property of the class, sorted by name (filled by :meth:`property_list`).
+    _property_list_cache: list[Property]
+    #: Properties read from qubes.xml that no class declares, written back as they were.
+    unknown_properties: dict[str, str]
+
     def __init__(self, **kwargs: Any) -> None:
         super().__init__()
         self._property_values: dict[str, Any] = {}

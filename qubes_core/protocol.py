@@ -128,7 +128,7 @@ def parse_exception(body: bytes) -> ExceptionReply:
 
 def split_events(buffer: bytearray) -> list[tuple[str, str, dict[str, str]]]:
     """Take the complete events off the front of ``buffer`` (which must start with one)."""
-    events = []
+    events: list[tuple[str, str, dict[str, str]]] = []
     while True:
         end = buffer.find(b"\x00\x00", 2)
         # The record ends with an empty field: find NUL NUL at a field boundary.

@@ -80,9 +80,9 @@ class Progress:
             print(f"qubes-template-build: {text}", file=sys.stderr, flush=True)
 
 
-def run(argv: list[str], what: str, **kwargs: object) -> None:
+def run(argv: list[str], what: str) -> None:
     """Run a build step; its last output lines in a :class:`BuildError` if it fails."""
-    result = subprocess.run(argv, capture_output=True, text=True, check=False, **kwargs)
+    result = subprocess.run(argv, capture_output=True, text=True, check=False)
     if result.returncode != 0:
         tail = (result.stderr or result.stdout).strip().splitlines()[-5:]
         raise BuildError(f"{what} failed (exit {result.returncode}): " + " | ".join(tail))

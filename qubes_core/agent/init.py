@@ -90,7 +90,7 @@ def clock_loop() -> None:
 
 def reap_all() -> list[int]:
     """Reap every exited child (init adopts all orphans); their pids."""
-    reaped = []
+    reaped: list[int] = []
     while True:
         try:
             pid, _status = os.waitpid(-1, os.WNOHANG)

@@ -29,6 +29,7 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import contextlib
+import functools
 import grp
 import logging
 import os
@@ -159,7 +160,7 @@ class Connection:
         with select.epoll() as watch:
             watch.register(sock.fileno(), 0)
             loop.add_reader(watch.fileno(),
-                            lambda: hung_up.done() or hung_up.set_result(None))
+                            lambda: None if hung_up.done() else hung_up.set_result(None))
             try:
                 await hung_up
             finally:
@@ -207,7 +208,7 @@ class QubesdServer:
         for kind, path in self.socket_paths().items():
             path.parent.mkdir(parents=True, exist_ok=True)
             server = await asyncio.start_unix_server(
-                lambda r, w, kind=kind: self._serve(r, w, kind),
+                functools.partial(self._serve, kind=kind),
                 sock=_restricted_socket(path, self.socket_group), limit=protocol.MAX_REQUEST + 1)
             self._servers.append(server)
             log.info("listening on %s (%s methods, at most %d connections at once)", path,
@@ -367,7 +368,7 @@ class QubesdServer:
         if call.src.qid != 0 and not granted and not call.spec.vm_facing:
             raise exc.PermissionDenied(f"no policy grants {call.method} to {call.src}")
 
-    async def _write_call(self, call: ApiCall) -> str | bytes | None:
+    async def _write_call(self, call: ApiCall) -> str | bytes | None | NoReply:
         """Apply the change under the write lock; reply once a save covers it."""
         async with self.write_lock:
             task = asyncio.current_task()

@@ -53,6 +53,8 @@ class _AsyncIOImpl(libvirtaio.virEventAsyncIOImpl):
     to the process).
     """
 
+    loop: asyncio.AbstractEventLoop
+
     def move_to(self, loop: asyncio.AbstractEventLoop) -> None:
         """Run every file and timer callback on ``loop`` from now on."""
         old, self.loop = self.loop, loop

@@ -16,7 +16,7 @@ import os
 import socket
 import sys
 from collections.abc import Callable, Iterable, Sequence
-from typing import Any, TextIO
+from typing import Any, Protocol, TextIO
 
 from qubes_core import exc
 
@@ -102,9 +102,15 @@ def run(parser: argparse.ArgumentParser, argv: Sequence[str] | None,
             app.close()
 
 
+class ToolMain(Protocol):
+    """A tool's entry point: the command line (``sys.argv[1:]`` by default) -> exit code."""
+
+    def __call__(self, argv: Sequence[str] | None = None) -> int: ...
+
+
 def tool_main(build: Callable[[], argparse.ArgumentParser],
               body: Callable[[argparse.Namespace, Any, argparse.ArgumentParser], int | None]
-              ) -> Callable[[Sequence[str] | None], int]:
+              ) -> ToolMain:
     """A tool's entry point: build its parser, then :func:`run` ``body(args, app, parser)``."""
     def main(argv: Sequence[str] | None = None) -> int:
         parser = build()
@@ -115,7 +121,7 @@ def tool_main(build: Callable[[], argparse.ArgumentParser],
 def fail(prog: str, message: str, args: argparse.Namespace | None = None,
          code: int = EXIT_FAILED) -> int:
     """Print ``PROG: error: MESSAGE`` (and the traceback when verbose); the exit code."""
-    if args is not None and getattr(args, "verbose", 0):
+    if args is not None and getattr(args, "verbose", False):
         import traceback
 
         traceback.print_exc()
@@ -165,12 +171,13 @@ def selected_vms(parser: argparse.ArgumentParser, args: argparse.Namespace, app:
 
 def print_table(rows: Iterable[Sequence[str]], out: TextIO | None = None) -> None:
     """Columns aligned on the widest cell, two spaces apart, no trailing blanks."""
-    rows = [[str(cell) for cell in row] for row in rows]
-    if not rows:
+    cells_of = [[str(cell) for cell in row] for row in rows]
+    if not cells_of:
         return
-    widths = [max(len(row[i]) for row in rows if i < len(row)) for i in range(len(rows[0]))]
+    widths = [max(len(row[i]) for row in cells_of if i < len(row))
+              for i in range(len(cells_of[0]))]
     stream = out or sys.stdout
-    for row in rows:
+    for row in cells_of:
         cells = [cell.ljust(widths[i]) for i, cell in enumerate(row[:-1])] + row[-1:]
         stream.write("  ".join(cells).rstrip() + "\n")
 

@@ -56,8 +56,9 @@ def capture_parser(name: str, entry: Callable[..., Any]) -> argparse.ArgumentPar
     def intercept(self: argparse.ArgumentParser, *args: Any, **kwargs: Any) -> Any:
         raise _Captured(self)
 
-    saved = (argparse.ArgumentParser.parse_args, argparse.ArgumentParser.parse_known_args,
-             sys.argv)
+    parse_args, parse_known_args = (argparse.ArgumentParser.parse_args,
+                                    argparse.ArgumentParser.parse_known_args)
+    argv = sys.argv
     argparse.ArgumentParser.parse_args = intercept  # type: ignore[method-assign]
     argparse.ArgumentParser.parse_known_args = intercept  # type: ignore[method-assign]
     sys.argv = [name]
@@ -68,8 +69,9 @@ def capture_parser(name: str, entry: Callable[..., Any]) -> argparse.ArgumentPar
         captured.parser.prog = name
         return captured.parser
     finally:
-        (argparse.ArgumentParser.parse_args, argparse.ArgumentParser.parse_known_args,
-         sys.argv) = saved
+        argparse.ArgumentParser.parse_args = parse_args  # type: ignore[method-assign]
+        argparse.ArgumentParser.parse_known_args = parse_known_args  # type: ignore[method-assign]
+        sys.argv = argv
     raise ValueError(f"{name}: its entry point returned without parsing arguments")
 
 
@@ -88,9 +90,8 @@ def _option_lines(parser: argparse.ArgumentParser) -> list[str]:
         if action.option_strings:
             metavar = ""
             if action.nargs != 0:
-                metavar = " " + (action.metavar or action.dest.upper())
-                if isinstance(metavar, tuple):
-                    metavar = " " + " ".join(metavar)
+                shown = action.metavar or action.dest.upper()
+                metavar = " " + (" ".join(shown) if isinstance(shown, tuple) else shown)
             names = ", ".join(f"\\fB{roff(option)}\\fR" for option in action.option_strings)
             lines += [".TP", names + (f" \\fI{roff(metavar.strip())}\\fR" if metavar else "")]
         else:
@@ -172,7 +173,7 @@ def extensions_page(date: str) -> str:
 
 def handled_events(cls: type) -> list[tuple[str, str, str, str]]:
     """(event, vm|app, method, first docstring line) of each handler of an extension."""
-    found = []
+    found: list[tuple[str, str, str, str]] = []
     for attr in sorted(dir(cls)):
         func = getattr(cls, attr, None)
         for target, events in getattr(func, "_ext_events", ()):
@@ -197,7 +198,10 @@ def write_pages(out: Path, entries: Iterable[str]) -> list[Path]:
     man1.mkdir(parents=True, exist_ok=True)
     man7.mkdir(parents=True, exist_ok=True)
     written = []
-    specs = dict((part.strip() for part in entry.split("=", 1)) for entry in entries)
+    specs: dict[str, str] = {}
+    for entry in entries:
+        name, spec = (part.strip() for part in entry.split("=", 1))
+        specs[name] = spec
     for name, spec in sorted(specs.items()):
         if name in ALIASES:
             continue

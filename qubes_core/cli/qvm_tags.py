@@ -50,8 +50,8 @@ def tags(args: argparse.Namespace, app: Any, tool: argparse.ArgumentParser) -> i
         for tag in args.tags:
             vm.tags.add(tag)
         return 0
-    present = set(vm.tags)
-    missing = [tag for tag in args.tags if tag not in present]
+    have = set(vm.tags)
+    missing = [tag for tag in args.tags if tag not in have]
     if missing:
         raise ToolError(f"{vm.name} has no tag {missing[0]!r}")
     for tag in args.tags:

@@ -67,7 +67,7 @@ class Label(str):
         return self.app.call("admin.label.Get", arg=str(self))  # type: ignore[attr-defined]
 
     @property
-    def index(self) -> int:
+    def index(self) -> int:  # type: ignore[override]  # the label's number, as in qubesadmin
         return int(self.app.call("admin.label.Index", arg=str(self)))  # type: ignore
 
 

@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import socket
 import sys
+from typing import BinaryIO, TextIO
 
 from qubes_core import protocol
 
@@ -41,14 +42,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
-def run_call(sock_path: str, request: bytes, fail: bool, out: object, err: object) -> int:
+def run_call(sock_path: str, request: bytes, fail: bool, out: BinaryIO, err: TextIO) -> int:
     """Send ``request``, copy the reply to ``out``; return the exit code."""
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     try:
         sock.connect(sock_path)
     except OSError as error:
         print(f"qubesd-query: cannot connect to {sock_path}: {error.strerror}",
-              file=err)  # type: ignore[arg-type]
+              file=err)
         return 1
     with sock:
         sock.sendall(request)
@@ -56,27 +57,27 @@ def run_call(sock_path: str, request: bytes, fail: bool, out: object, err: objec
         return copy_reply(sock, fail, out, err)
 
 
-def copy_reply(sock: socket.socket, fail: bool, out: object, err: object) -> int:
+def copy_reply(sock: socket.socket, fail: bool, out: BinaryIO, err: TextIO) -> int:
     """Copy the reply to ``out`` as it comes (events stream); the exit code.
 
     With ``fail`` the ``0\\0`` of a success reply is left out and an exception reply
     goes to ``err`` as ``TYPE: message`` (exit 1); no reply at all exits 2.
     """
-    write = out.write  # type: ignore[attr-defined]
+    write = out.write
     head = b""
     while len(head) < 2:
         chunk = sock.recv(65536)
         if not chunk:
             if not head:
                 print("qubesd-query: qubesd closed the connection without a reply",
-                      file=err)  # type: ignore[arg-type]
+                      file=err)
                 return EXIT_NO_REPLY
             break
         head += chunk
     if fail and head.startswith(protocol.EXCEPTION):
         data = head + _read_all(sock)
         reply = protocol.parse_exception(data[2:])
-        print(f"{reply.type_name}: {reply.message}", file=err)  # type: ignore[arg-type]
+        print(f"{reply.type_name}: {reply.message}", file=err)
         return 1
     if fail and head.startswith(protocol.OK):
         head = head[2:]

@@ -10,6 +10,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
+from qubes_core.events import Emitter
 from qubes_core.plugins import EXTENSION_GROUP, load_plugin, plugin_specs
 
 _loaded: dict[str, Extension] = {}
@@ -36,12 +37,12 @@ def app_handler(*events: str) -> Callable[[Callable[..., Any]], Callable[..., An
 class Extension:
     """Base of extensions; instantiate once, then :meth:`register`."""
 
-    def _handlers(self) -> list[tuple[type, str, Callable[..., Any]]]:
+    def _handlers(self) -> list[tuple[type[Emitter], str, Callable[..., Any]]]:
         from qubes_core.app import Qubes
         from qubes_core.vm.base import BaseVM
 
-        targets = {"vm": BaseVM, "app": Qubes}
-        found = []
+        targets: dict[str, type[Emitter]] = {"vm": BaseVM, "app": Qubes}
+        found: list[tuple[type[Emitter], str, Callable[..., Any]]] = []
         for attr in dir(type(self)):
             func = getattr(type(self), attr, None)
             for target, events in getattr(func, "_ext_events", ()):

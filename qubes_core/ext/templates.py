@@ -30,7 +30,8 @@ def _in_model(vm: Any) -> bool:
 
 def based_on(vm: Any) -> list[Any]:
     """``vm`` and every VM built on it in turn (the DispVMs of an AppVM), each once."""
-    found, pending = [], [vm]
+    found: list[Any] = []
+    pending = [vm]
     while pending:
         current = pending.pop()
         if any(current is seen for seen in found):

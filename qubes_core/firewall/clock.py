@@ -11,7 +11,21 @@ from __future__ import annotations
 import asyncio
 import time
 import weakref
-from typing import Any
+from collections.abc import Awaitable
+from typing import Any, Protocol
+
+
+class Clock(Protocol):
+    """What expiry needs of a clock."""
+
+    def time(self) -> float:
+        """Wall-clock seconds since the epoch."""
+
+    def monotonic(self) -> float:
+        """Seconds on a clock that never jumps."""
+
+    def sleep(self, seconds: float) -> Awaitable[None]:
+        """Done once ``seconds`` passed on this clock."""
 
 
 class SystemClock:
@@ -54,8 +68,12 @@ class ManualClock:
             future.set_result(None)
             return future
         self._sleepers.append(entry)
-        future.add_done_callback(lambda _: entry in self._sleepers
-                                 and self._sleepers.remove(entry))
+
+        def forget(_: object) -> None:
+            if entry in self._sleepers:
+                self._sleepers.remove(entry)
+
+        future.add_done_callback(forget)
         return future
 
     def advance(self, seconds: float) -> None:
@@ -71,15 +89,15 @@ class ManualClock:
         self._wall += seconds
 
 
-_clocks: weakref.WeakKeyDictionary[Any, Any] = weakref.WeakKeyDictionary()
+_clocks: weakref.WeakKeyDictionary[Any, Clock] = weakref.WeakKeyDictionary()
 SYSTEM_CLOCK = SystemClock()
 
 
-def clock_of(app: Any) -> Any:
+def clock_of(app: Any) -> Clock:
     """The clock of ``app`` (the system clock unless one was set)."""
     return _clocks.get(app, SYSTEM_CLOCK)
 
 
-def set_clock(app: Any, clock: Any) -> None:
+def set_clock(app: Any, clock: Clock) -> None:
     """Make ``clock`` decide expiry for every firewall of ``app``."""
     _clocks[app] = clock

@@ -73,10 +73,10 @@ def _text(field: str, value: Any) -> str:
 
 
 def _choice(field: str, value: Any, choices: tuple[str, ...]) -> str:
-    value = _text(field, value)
-    if value not in choices:
-        raise RuleError(field, f"{value!r} is not one of {', '.join(choices)}")
-    return value
+    text = _text(field, value)
+    if text not in choices:
+        raise RuleError(field, f"{text!r} is not one of {', '.join(choices)}")
+    return text
 
 
 def _number(field: str, value: Any, low: int, high: int, what: str) -> int:

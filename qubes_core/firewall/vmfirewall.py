@@ -50,7 +50,8 @@ class Firewall:
         """``DIR/firewall.xml``; None when the app has no qubes.xml (nothing is stored)."""
         if self.vm.app.store is None:
             return None
-        return self.vm.dir_path / FILE_NAME
+        path: Path = self.vm.dir_path / FILE_NAME
+        return path
 
     def now(self) -> float:
         """The app's wall clock now (expiry is decided by it)."""

@@ -49,7 +49,7 @@ def _without_expire(rule: Rule) -> str:
 
 def wanted_texts(current: list[str], rules: Iterable[Any], now: float) -> list[str]:
     """The rule texts to have: a relative expiry keeps a matching live rule as it is."""
-    live = {}
+    live: dict[str, str] = {}
     for line in current:
         try:
             rule = Rule.from_api(line, now)

@@ -11,7 +11,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from qubes_core.policy.parser import parse_policy
 from qubes_core.policy.rules import Rule
@@ -27,6 +27,9 @@ from qubes_core.policy.tokens import (
     normalise_source,
     normalise_target,
 )
+
+if TYPE_CHECKING:
+    from qubes_core.app import Qubes
 
 
 @dataclass(frozen=True)
@@ -94,11 +97,11 @@ def domain_info(vm: Any) -> DomainInfo:
 class ModelSystem:
     """The live model of an app: every lookup reads the current VMs."""
 
-    def __init__(self, app: Any):
+    def __init__(self, app: Qubes):
         self.app = app
 
     def domain(self, name: str) -> DomainInfo | None:
-        vm = self.app.domains._by_name.get(name)
+        vm = self.app.domains.by_name(name)
         return domain_info(vm) if vm is not None else None
 
     def names(self) -> list[str]:

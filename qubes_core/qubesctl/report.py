@@ -100,6 +100,7 @@ def parse_json_output(text: str) -> dict[str, Any] | None:
 def settle(outcome: Outcome, function: str, salt_exit: int, stdout: str) -> Outcome:
     """Fill ``outcome`` from Salt's exit code and JSON output."""
     returns = parse_json_output(stdout)
+    problems: list[str]
     if returns is None:
         outcome.problems.append("no JSON output from Salt")
         problems, changes = ([], 0)

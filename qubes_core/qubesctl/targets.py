@@ -50,14 +50,14 @@ def select(domains: dict[str, str], args: Any) -> list[Target]:
         if klass in classes:
             wanted[name] = klass
     for name in args.target_names:
-        klass = domains.get(name)
-        if klass is None:
+        named = domains.get(name)
+        if named is None:
             raise exc.QubesValueError(f"--targets: no VM named {name!r}")
-        if klass not in SELECTABLE:
+        if named not in SELECTABLE:
             raise exc.QubesValueError(
-                f"--targets: {name} is a {klass}; only TemplateVM, StandaloneVM and AppVM "
+                f"--targets: {name} is a {named}; only TemplateVM, StandaloneVM and AppVM "
                 "can be targets (dom0 runs unless --skip-dom0)")
-        wanted[name] = klass
+        wanted[name] = named
     return order([Target(name, klass) for name, klass in wanted.items()])
 
 

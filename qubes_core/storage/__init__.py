@@ -24,7 +24,7 @@ import functools
 import logging
 import re
 from collections.abc import Callable
-from typing import Any
+from typing import Any, NoReturn
 
 from qubes_core import exc
 from qubes_core.exc import StoragePoolException
@@ -433,7 +433,7 @@ class Volume:
 
     # --- driver hooks (blocking, called with the lock held, in a thread) ---
 
-    def _unsupported(self, what: str) -> Any:
+    def _unsupported(self, what: str) -> NoReturn:
         raise StoragePoolException(
             f"volume {self.vid}: pool {self.pool.name} ({self.pool.driver}) cannot {what}")
 

@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import Any
 
 from qubes_core import exc, paths
+from qubes_core.fsutil import fsync_dir
 from qubes_core.storage import fileops, make_pool
 from qubes_core.storage.reflink import filesystem_type
 
@@ -114,7 +115,7 @@ def backup_store(path: Path) -> Path:
         counter += 1
     shutil.copy2(path, backup)
     fileops.fsync_path(backup)
-    fileops.fsync_dir(path.parent)
+    fsync_dir(path.parent)
     return backup
 
 

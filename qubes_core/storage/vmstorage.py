@@ -13,7 +13,7 @@ import asyncio
 import logging
 from typing import Any
 
-from qubes_core.storage import StoragePoolException, Volume
+from qubes_core.storage import Pool, StoragePoolException, Volume
 
 log = logging.getLogger("qubes.storage")
 
@@ -25,7 +25,7 @@ def find_source(app: Any, pool_name: str, vid: str) -> Volume:
             if (config.get("vid") == vid and config.get("pool") in app.pools
                     and not config.get("snap_on_start")):
                 return vm_storage(vm).volumes[config["name"]]
-    pool = app.pools.get(pool_name)
+    pool: Pool | None = app.pools.get(pool_name)
     if pool is None:
         raise StoragePoolException(f"source volume {vid!r}: no such pool {pool_name!r}")
     return pool.get_volume(vid)
@@ -33,7 +33,7 @@ def find_source(app: Any, pool_name: str, vid: str) -> Volume:
 
 def vm_storage(vm: Any) -> Storage:
     """The (cached) storage of ``vm``."""
-    storage = vm.__dict__.get("_storage")
+    storage: Storage | None = vm.__dict__.get("_storage")
     if storage is None:
         storage = Storage(vm)
         vm.__dict__["_storage"] = storage
@@ -95,7 +95,7 @@ class Storage:
     def _init_volume(self, name: str, config: dict[str, Any]) -> Volume:
         app = self.vm.app
         pool_name = config.get("pool")
-        pool = app.pools.get(pool_name)
+        pool: Pool | None = app.pools.get(pool_name)
         if pool is None:
             raise StoragePoolException(
                 f"volume {name} of {self.vm}: no such pool {pool_name!r} "

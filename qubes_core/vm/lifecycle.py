@@ -20,12 +20,13 @@ from __future__ import annotations
 import asyncio
 import logging
 import shutil
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from qubes_core import exc
-from qubes_core.events import Emitter, handler
+from qubes_core.events import handler
 from qubes_core.qubesdb import InMemoryQubesDB
 from qubes_core.vm import pending
+from qubes_core.vm.base import BaseVM
 
 log = logging.getLogger("qubes.vm")
 
@@ -36,8 +37,19 @@ RUNNING_STATES = ("Running", "Transient", "Paused", "Suspended")
 DNS_SERVERS = ("10.139.1.1", "10.139.1.2")
 
 
-class LifecycleMixin(Emitter):
+class LifecycleMixin(BaseVM):
     """``start``, ``shutdown``, ``kill``, ``pause`` and ``unpause`` of a VM that runs."""
+
+    if TYPE_CHECKING:
+        # What the lifecycle reads of the VM beyond BaseVM: QubesVM and its
+        # NetworkMixin declare them as properties.
+        debug: bool
+        netvm: LifecycleMixin | None
+        ip: str | None
+        mac: str
+
+        @property
+        def connected_vms(self) -> list[BaseVM]: ...
 
     # --- helpers ----------------------------------------------------------------
 

@@ -143,7 +143,7 @@ class Sandbox:
     async def wait_keeper(self) -> None:
         """Until the keeper exited (its mounts, and so the loop devices, are gone)."""
         pid = self.record.get("keeper-pid")
-        if not self.keeper_alive():
+        if pid is None or not self.keeper_alive():
             return
         try:
             pidfd = os.pidfd_open(pid)
@@ -154,7 +154,7 @@ class Sandbox:
                 return
             loop = asyncio.get_running_loop()
             done = loop.create_future()
-            loop.add_reader(pidfd, lambda: done.done() or done.set_result(None))
+            loop.add_reader(pidfd, lambda: None if done.done() else done.set_result(None))
             try:
                 await done
             finally:

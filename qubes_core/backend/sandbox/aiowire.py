@@ -19,7 +19,7 @@ from qubes_core.agent import wire
 async def _readable(sock: socket.socket) -> None:
     loop = asyncio.get_running_loop()
     future = loop.create_future()
-    loop.add_reader(sock.fileno(), lambda: future.done() or future.set_result(None))
+    loop.add_reader(sock.fileno(), lambda: None if future.done() else future.set_result(None))
     try:
         await future
     finally:

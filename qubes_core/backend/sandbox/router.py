@@ -310,7 +310,7 @@ async def _ready(fd: int, writing: bool) -> None:
     future = loop.create_future()
     add, remove = ((loop.add_writer, loop.remove_writer) if writing
                    else (loop.add_reader, loop.remove_reader))
-    add(fd, lambda: future.done() or future.set_result(None))
+    add(fd, lambda: None if future.done() else future.set_result(None))
     try:
         await future
     finally:
