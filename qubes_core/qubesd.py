@@ -19,6 +19,7 @@ import sys
 from typing import Any
 
 from qubes_core import exc
+from qubes_core.vm import dispvm
 
 log = logging.getLogger("qubes.qubesd")
 
@@ -49,44 +50,6 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
-async def remove_stale_dispvms(app: Any) -> list[str]:
-    """Remove the auto_cleanup DispVMs that are not running (left by an unclean stop).
-
-    One that cannot be removed (another VM or a global property still refers to
-    it, say as netvm) stays, and the log says why: it never stops qubesd from
-    starting. Returns the names of those removed.
-    """
-    stale = [vm for vm in app.domains
-             if vm.klass == "DispVM" and getattr(vm, "auto_cleanup", False)
-             and not vm.is_running()]
-    removed: list[str] = []
-    refusals: dict[str, str] = {}
-    progress = True
-    while stale and progress:  # one stale DispVM may be the netvm of another
-        progress = False
-        for vm in list(stale):
-            try:
-                await vm.remove()
-            except exc.QubesException as error:
-                refusals[vm.name] = str(error)
-                continue
-            except Exception:
-                log.exception("keeping %s, a disposable VM left behind by an unclean stop: "
-                              "removing it failed", vm.name)
-                stale.remove(vm)
-                continue
-            log.info("removed %s: a disposable VM left behind by an unclean stop", vm.name)
-            stale.remove(vm)
-            removed.append(vm.name)
-            progress = True
-    for vm in stale:
-        log.warning("keeping %s, a disposable VM left behind by an unclean stop: %s",
-                    vm.name, refusals.get(vm.name, "unknown reason"))
-    if removed:
-        app.save()
-    return removed
-
-
 def open_app(paths: Any, runtime: Any, create: bool) -> Any:
     """Load (and lock) the installation's qubes.xml; with ``create``, make an empty one first
     if there is none.
@@ -115,7 +78,7 @@ async def serve(args: argparse.Namespace) -> int:
     try:
         runtime.bind(app)
         await pending.clean_up(app)
-        await remove_stale_dispvms(app)
+        await dispvm.remove_stale(app)
         server = QubesdServer(app, paths, debug=args.debug,
                               group_commit=not args.save_each_write)
         await server.start()

@@ -15,7 +15,9 @@ from qubes_core import exc
 from qubes_core.api.call import ApiCall
 from qubes_core.api.registry import method
 from qubes_core.api.untrusted import parse_key_values
-from qubes_core.vm import vm_classes, volumes
+from qubes_core.vm import vm_classes
+from qubes_core.vm.base import BaseVM
+from qubes_core.vm.dispvm import DispVM
 
 log = logging.getLogger("qubes.api.vm")
 
@@ -47,17 +49,10 @@ def _forget(app: Any, vm: Any) -> None:
         log.exception("cannot take the half-created %s out of the model", vm)
 
 
-def _class_volumes(cls: type) -> set[str] | None:
-    """Names of the volumes a new VM of ``cls`` gets (None: not known before it exists)."""
-    for klass in cls.__mro__:
-        if klass.__name__ in volumes.CLASS_VOLUMES:
-            return set(volumes.CLASS_VOLUMES[klass.__name__])
-    return None
-
-
-def _check_pools(call: ApiCall, cls: type, pools: dict[str, str]) -> None:
-    """Refuse unknown pools and volumes before the VM joins the model."""
-    names = _class_volumes(cls)
+def _check_pools(call: ApiCall, cls: type[BaseVM], pools: dict[str, str]) -> None:
+    """Refuse unknown pools and volumes before the VM joins the model (the volumes of a
+    class that declares none are known only once it exists)."""
+    names = None if cls.volume_layout is None else set(cls.volume_layout)
     for key, pool in pools.items():
         if pool not in call.app.pools:
             raise exc.QubesValueError(f"no such pool: {pool!r}")
@@ -101,7 +96,7 @@ async def _create(call: ApiCall, in_pool: bool) -> None:
     elif vmclass == "AppVM" and call.app.default_template is None:
         raise exc.QubesValueError(
             "no template given (admin.vm.Create.AppVM+TEMPLATE) and no default_template")
-    elif vmclass == "DispVM":
+    elif issubclass(classes[vmclass], DispVM):
         raise exc.QubesValueError("a DispVM needs its AppVM: admin.vm.Create.DispVM+APPVM")
     if call.arg and "template" not in {p.__name__ for p in classes[vmclass].property_list()}:
         raise exc.QubesValueError(f"a {vmclass} has no template")
@@ -149,7 +144,7 @@ async def create_disposable(call: ApiCall) -> str:
     if not getattr(appvm, "template_for_dispvms", False):
         raise exc.QubesValueError(
             f"{appvm} is not a template for DispVMs (set its template_for_dispvms first)")
-    vm = call.app.add_new_vm("DispVM", template=appvm, auto_cleanup=True)
+    vm = DispVM.from_appvm(appvm, auto_cleanup=True)
     try:
         await vm.create_on_disk()
     except BaseException:

@@ -15,6 +15,7 @@ from qubes_core.firewall.expiry import schedule_of
 from qubes_core.firewall.export import export_of
 from qubes_core.firewall.vmfirewall import firewall_of
 from qubes_core.firewall.xmlfile import FirewallFileError
+from qubes_core.vm.dispvm import DispVM
 
 log = logging.getLogger("qubes.ext.firewall")
 
@@ -66,10 +67,9 @@ class FirewallExtension(Extension):
     @app_handler("domain-add")
     def on_domain_add(self, app: Any, event: str, vm: Any, **kwargs: Any) -> None:
         """A new DispVM takes its AppVM's firewall (FACTS: DispVM)."""
-        template = getattr(vm, "template", None)
-        if type(vm).__name__ != "DispVM" or template is None:
+        if not isinstance(vm, DispVM) or vm.template is None:
             return
-        source = firewall_of(template)
+        source = firewall_of(vm.template)
         if not source.has_file():
             return
         try:

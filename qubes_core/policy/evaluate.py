@@ -85,7 +85,7 @@ class FixedSystem:
 def domain_info(vm: Any) -> DomainInfo:
     """What the policy needs of a VM of the model."""
     default_dispvm = getattr(vm, "default_dispvm", None)
-    template = getattr(vm, "template", None) if type(vm).__name__ == "DispVM" else None
+    template = vm.template if vm.disposable else None
     return DomainInfo(
         name=vm.name, klass=type(vm).__name__, tags=frozenset(vm.tags),
         default_dispvm=default_dispvm.name if default_dispvm is not None else None,

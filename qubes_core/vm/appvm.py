@@ -7,6 +7,7 @@ from typing import Any
 from qubes_core import exc
 from qubes_core.events import handler
 from qubes_core.properties import Property, VMProperty
+from qubes_core.vm import volumes
 from qubes_core.vm.qubesvm import QubesVM
 from qubes_core.vm.templatevm import TemplateVM
 
@@ -16,6 +17,8 @@ class AppVM(QubesVM):
 
     With ``template_for_dispvms`` it is the base DispVMs are made from.
     """
+
+    volume_layout = volumes.TEMPLATE_BASED
 
     template = VMProperty(
         "template", vmclass=TemplateVM, load_stage=4,
@@ -29,10 +32,19 @@ class AppVM(QubesVM):
         doc="Whether DispVMs may be created from this VM.",
     )
 
+    def persistence(self) -> str:
+        return "rw-only" if self.template is not None else "full"
+
+    def icon_name(self) -> str:
+        if self.template_for_dispvms:
+            return "templatevm-" + self.label.name
+        return super().icon_name()
+
     @property
     def dispvms(self) -> list[Any]:
-        return [vm for vm in self.app.domains
-                if type(vm).__name__ == "DispVM" and vm.template is self]
+        from qubes_core.vm.dispvm import DispVM  # it is built on this class
+
+        return [vm for vm in self.app.domains if isinstance(vm, DispVM) and vm.template is self]
 
     @handler("property-pre-reset:template_for_dispvms")
     def _on_pre_reset_dispvm_template(self, event: str, name: str,

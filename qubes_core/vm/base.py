@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import re
 import uuid as uuidlib
-from typing import Any
+from typing import Any, ClassVar
 
 from qubes_core import exc
 from qubes_core.devices import DeviceManager
@@ -12,6 +12,7 @@ from qubes_core.events import handler
 from qubes_core.features import Features, Tags
 from qubes_core.properties import LabelProperty, Property, PropertyHolder, StatelessProperty
 from qubes_core.qubesdb import InMemoryQubesDB
+from qubes_core.vm import volumes
 
 MAX_NAME_LENGTH = 31
 NAME_RE = re.compile(r"^[a-zA-Z][a-zA-Z0-9_.-]*$")
@@ -76,8 +77,17 @@ class BaseVM(PropertyHolder):
     icon = StatelessProperty("icon", lambda vm: vm.icon_name(), type=str,
                              doc="Freedesktop icon name of the VM (class and label).")
 
-    # Volumes a VM of this class has by default; see qubes_core.vm.volumes.
-    default_volumes: tuple[str, ...] = ()
+    #: The volumes a new VM of this class gets (qubes_core.vm.volumes); None: none
+    #: known before it exists.
+    volume_layout: ClassVar[volumes.Layout | None] = None
+    #: Directory of the class's VMs: their volumes' in a pool, their own files' in
+    #: the installation (``appvms``; ``vm-templates`` for templates).
+    vid_dir: ClassVar[str] = "appvms"
+    #: Whether VMs of the class are disposable: DispVM and its subclasses (for those
+    #: that do not import the model, such as the policy).
+    disposable: ClassVar[bool] = False
+    #: Qubes' icon of the class, before the label: ``appvm-red``, ``dispvm-red``...
+    icon_kind: ClassVar[str] = "appvm"
 
     def __init__(self, app: Any, **kwargs: Any) -> None:
         self.app = app
@@ -106,16 +116,12 @@ class BaseVM(PropertyHolder):
         self.change_counter += 1
 
     def icon_name(self) -> str:
-        """``appvm-red``, ``templatevm-black``, ``servicevm-red``, ...: as Qubes names them."""
+        """``appvm-red``, ``servicevm-red``, ``dispvm-red``, ...: as Qubes names them
+        (templates, and AppVMs DispVMs are made of, have ``templatevm-``)."""
         label = self.label.name
-        klass = type(self).__name__
-        if klass == "TemplateVM" or getattr(self, "template_for_dispvms", False) and (
-                klass == "AppVM"):
-            return "templatevm-" + label
         if self.features.get("servicevm", False):
             return "servicevm-" + label
-        prefix = {"DispVM": "dispvm", "StandaloneVM": "standalonevm"}.get(klass, "appvm")
-        return f"{prefix}-{label}"
+        return f"{self.icon_kind}-{label}"
 
     def get_power_state(self) -> str:
         return self.app.runtime.state(self)

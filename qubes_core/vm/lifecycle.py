@@ -3,15 +3,15 @@
 The runtime (``vm.app.runtime``) does the work and reports what happened by
 firing events on the VM; this mixin checks the rules first (state, netvm chain,
 VMs that depend on a netvm), starts and stops the VM's storage, recreates its
-QubesDB at start, and after a stop fires ``domain-shutdown`` and removes a
-DispVM whose ``auto_cleanup`` is set. It also creates and removes the VM on disk,
+QubesDB at start, and after a stop fires ``domain-shutdown`` and then lets the
+class finish (:meth:`LifecycleMixin.after_run`: a DispVM with ``auto_cleanup``
+removes itself, ``qubes_core.vm.dispvm``). It also creates and removes the VM on disk,
 and removes a VM from the model: under the same startup lock as a start, so that
 a VM is never removed half-way through its start nor started once removed.
 
 Events fired here: ``domain-pre-start`` (async, vetoable), ``domain-qdb-create``,
 ``domain-start-failed`` (``reason``), ``domain-pre-shutdown`` (async, vetoable,
-``force``), ``domain-shutdown`` (``reason``); on the app, ``save-request`` after
-a DispVM was cleaned up. The runtime fires ``domain-start``,
+``force``), ``domain-shutdown`` (``reason``). The runtime fires ``domain-start``,
 ``domain-stopped``, ``domain-paused`` and ``domain-unpaused``.
 """
 
@@ -192,8 +192,15 @@ class LifecycleMixin(BaseVM):
                     log.error("%s: undoing the start of a volume failed: %s", self, result)
         self._set_volumes_in_use(False)
         await self.fire_event_async("domain-start-failed", reason=str(error))
-        if getattr(self, "auto_cleanup", False):
-            await self._remove_disposable()
+        await self.after_run()
+
+    async def after_run(self) -> None:
+        """What the class does once a run of the VM ended (its stop handled, after the
+        handlers of ``domain-shutdown``; or its start failed): nothing here.
+
+        It runs while the VM cannot start nor be removed (the startup lock is held,
+        or its volumes are still in use).
+        """
 
     def create_qdb_entries(self) -> None:
         """A fresh QubesDB with the VM's identity and network, then ``domain-qdb-create``."""
@@ -203,7 +210,7 @@ class LifecycleMixin(BaseVM):
         self.qdb.write("/type", type(self).__name__)
         self.qdb.write("/qubes-vm-type", type(self).__name__)
         self.qdb.write("/qubes-vm-updateable", str(template is None))
-        self.qdb.write("/qubes-vm-persistence", _persistence(self))
+        self.qdb.write("/qubes-vm-persistence", self.persistence())
         self.qdb.write("/qubes-base-template", template.name if template is not None else "")
         self.qdb.write("/qubes-debug-mode", "1" if self.debug else "0")
         if self.netvm is not None:
@@ -282,28 +289,14 @@ class LifecycleMixin(BaseVM):
                     log.error("%s: stopping its storage failed: %s", self, error)
             log.info("%s stopped (%s)", self, reason)
             await self.fire_event_async("domain-shutdown", reason=reason)
-            if getattr(self, "auto_cleanup", False):
-                await self._remove_disposable()
+            await self.after_run()
         finally:
             self._set_volumes_in_use(False)
 
-    async def _remove_disposable(self) -> None:
-        """Remove a DispVM with ``auto_cleanup``: its entry, its volumes; save qubes.xml.
-
-        The caller holds the startup lock or handles the VM's stop (its volumes are
-        in use): :meth:`remove` is refused meanwhile.
-        """
-        app = self.app
-        if app.domains.get(self.qid) is not self:
-            return
-        try:
-            del app.domains[self]
-        except exc.QubesException as error:
-            log.error("cannot remove disposable %s: %s (it stays, with its files)", self, error)
-            return
-        await self._remove_files_of_removed()
-        log.info("removed disposable %s (auto_cleanup)", self)
-        await save_app(app)
+    def persistence(self) -> str:
+        """What of the VM survives a restart, as its QubesDB tells it: everything
+        (``full``; ``rw-only`` on a template, ``none`` for a DispVM)."""
+        return "full"
 
     # --- on disk ----------------------------------------------------------------------
 
@@ -351,10 +344,11 @@ class LifecycleMixin(BaseVM):
                     self, f"cannot remove {self}: its volumes are in use (its stop is still "
                           "being handled); try again")
             del self.app.domains[self]
-            await self._remove_files_of_removed()
+            await self.remove_files_of_removed()
         log.info("removed %s", self)
 
-    async def _remove_files_of_removed(self) -> None:
+    async def remove_files_of_removed(self) -> None:
+        """Remove the files of a VM already out of the model; a failure is logged."""
         try:
             await self.remove_from_disk()
         except Exception:
@@ -372,10 +366,3 @@ async def save_app(app: Any) -> None:
         return
     if app.store is not None:
         app.save()
-
-
-def _persistence(vm: Any) -> str:
-    """What survives a restart: everything, only /rw (template-based), or nothing."""
-    if type(vm).__name__ == "DispVM":
-        return "none"
-    return "rw-only" if getattr(vm, "template", None) is not None else "full"

@@ -16,8 +16,9 @@ import re
 from typing import Any
 
 from qubes_core import exc
-from qubes_core.events import Emitter, handler
+from qubes_core.events import handler
 from qubes_core.properties import Property, StatelessProperty, VMProperty
+from qubes_core.vm.base import BaseVM
 
 MAC_RE = re.compile(r"^([0-9a-f]{2}:){5}[0-9a-f]{2}$")
 IPV6_PREFIX = "fd09:24ef:4179:0000"
@@ -133,18 +134,15 @@ def is_networked(vm: Any) -> bool:
 def _default_ip(vm: Any) -> str | None:
     if not is_networked(vm):
         return None
-    dispid = getattr(vm, "dispid", None)
-    if dispid is not None and type(vm).__name__ == "DispVM":
-        return vmid_to_ipv4("10.138", dispid)
-    return vmid_to_ipv4("10.137", vm.qid)
+    prefix, _group, number = vm.address_number()
+    return vmid_to_ipv4(prefix, number)
 
 
 def _default_ip6(vm: Any) -> str | None:
     if not is_networked(vm) or not vm.features.check_with_netvm("ipv6", False):
         return None
-    if type(vm).__name__ == "DispVM":
-        return str(ipaddress.IPv6Address(f"{IPV6_PREFIX}::a8a:{vm.dispid:x}"))
-    return str(ipaddress.IPv6Address(f"{IPV6_PREFIX}::a89:{vm.qid:x}"))
+    _prefix, group, number = vm.address_number()
+    return str(ipaddress.IPv6Address(f"{IPV6_PREFIX}::{group}:{number:x}"))
 
 
 def _netmask(vm: Any) -> str | None:
@@ -185,7 +183,7 @@ def _dns(vm: Any) -> tuple[str, ...] | None:
     return DNS_SERVERS if vm.netvm is not None or vm.provides_network else None
 
 
-class NetworkMixin(Emitter):
+class NetworkMixin(BaseVM):
     """The network properties every running VM class has."""
 
     netvm = VMProperty(
@@ -223,12 +221,17 @@ class NetworkMixin(Emitter):
     @property
     def connected_vms(self) -> list[Any]:
         """VMs whose netvm (set or default) is this one."""
-        return [vm for vm in self.app.domains  # type: ignore[attr-defined]
+        return [vm for vm in self.app.domains
                 if vm is not self and getattr(vm, "netvm", None) is self]
 
     def is_networked(self) -> bool:
         """Whether the VM can reach a network: it has a netvm or provides network."""
         return is_networked(self)
+
+    def address_number(self) -> tuple[str, str, int]:
+        """What the default addresses are made of: the IPv4 /16 (``10.137``), the IPv6
+        group (``a89``) and the VM's number in them (its qid)."""
+        return ("10.137", "a89", self.qid)
 
     @handler("property-pre-set:provides_network")
     def _on_pre_set_provides_network(self, event: str, name: str, newvalue: bool,

@@ -252,8 +252,6 @@ def _stubdom_uuid(vm: Any) -> str:
 class QubesVM(NetworkMixin, LifecycleMixin, BaseVM):
     """A VM that can run."""
 
-    default_volumes = ("root", "private", "volatile", "kernel")
-
     guivm = VMProperty(
         "guivm", allow_none=True, load_stage=4, default=lambda vm: vm.app.default_guivm,
         doc="VM that shows this VM's windows (dom0 by default); tagged guivm-NAME.")
@@ -355,8 +353,9 @@ class QubesVM(NetworkMixin, LifecycleMixin, BaseVM):
 
     @property
     def dir_path(self) -> Path:
-        """Directory of the VM's own files (firewall.xml, logs): ``BASE/appvms/NAME``."""
-        return self.app.base_dir / volumes.VID_DIRS.get(type(self).__name__, "appvms") / self.name
+        """Directory of the VM's own files (firewall.xml, logs): ``BASE/appvms/NAME``
+        (the class's ``vid_dir``)."""
+        return self.app.base_dir / self.vid_dir / self.name
 
     # --- networking -------------------------------------------------------
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from qubes_core.properties import Property, VMProperty
+from qubes_core.vm import volumes
 from qubes_core.vm.qubesvm import QubesVM, validate_bootmode, validate_netvm
 
 
@@ -17,6 +18,9 @@ class TemplateVM(QubesVM):
     unless one is set.
     """
 
+    volume_layout = volumes.SELF_CONTAINED
+    vid_dir = "vm-templates"
+
     appvm_default_bootmode = Property(
         "appvm_default_bootmode", type=str, load_stage=4, setter=validate_bootmode,
         default=_default_appvm_bootmode,
@@ -26,6 +30,9 @@ class TemplateVM(QubesVM):
         load_stage=4,
         doc="Templates have no network by default: they update through a proxy.",
     )
+
+    def icon_name(self) -> str:
+        return "templatevm-" + self.label.name
 
     @property
     def appvms(self) -> list[QubesVM]:

@@ -1,7 +1,9 @@
 """Default volume configuration of each VM class (see FACTS: Classes).
 
-The config is plain data, persisted in ``<volume-config>``; the storage layer
-turns it into volumes of the named pools.
+Each class declares its layout (``volume_layout``, one of those below) and the
+directory of its volumes in a pool (``vid_dir``); a subclass installed as a
+plugin inherits both. The config is plain data, persisted in
+``<volume-config>``; the storage layer turns it into volumes of the named pools.
 """
 
 from __future__ import annotations
@@ -12,42 +14,37 @@ GiB = 1024**3
 
 DEFAULT_SIZES = {"root": 20 * GiB, "private": 2 * GiB, "volatile": 10 * GiB}
 
-# For each class: volume name -> (snap_on_start, save_on_stop, rw, source volume of the
-# template); "template" means the VM's template property, whose volume of the same name
-# is the snapshot source.
-CLASS_VOLUMES: dict[str, dict[str, tuple[bool, bool, bool, bool]]] = {
-    "AppVM": {
-        "root": (True, False, True, True),
-        "private": (False, True, True, False),
-        "volatile": (False, False, True, False),
-        "kernel": (False, False, False, False),
-    },
-    "TemplateVM": {
-        "root": (False, True, True, False),
-        "private": (False, True, True, False),
-        "volatile": (False, False, True, False),
-        "kernel": (False, False, False, False),
-    },
-    "StandaloneVM": {
-        "root": (False, True, True, False),
-        "private": (False, True, True, False),
-        "volatile": (False, False, True, False),
-        "kernel": (False, False, False, False),
-    },
-    "DispVM": {
-        "root": (True, False, True, True),
-        "private": (True, False, True, True),
-        "volatile": (False, False, True, False),
-        "kernel": (False, False, False, False),
-    },
-}
+#: The volumes of a new VM of a class (its ``volume_layout``): volume name ->
+#: (snap_on_start, save_on_stop, rw, snapshot of the template's volume of that name).
+Layout = dict[str, tuple[bool, bool, bool, bool]]
 
-VID_DIRS = {"TemplateVM": "vm-templates"}
+#: Root a snapshot of the template's; private and volatile its own (AppVM).
+TEMPLATE_BASED: Layout = {
+    "root": (True, False, True, True),
+    "private": (False, True, True, False),
+    "volatile": (False, False, True, False),
+    "kernel": (False, False, False, False),
+}
+#: Root and private its own, kept at stop (TemplateVM, StandaloneVM).
+SELF_CONTAINED: Layout = {
+    "root": (False, True, True, False),
+    "private": (False, True, True, False),
+    "volatile": (False, False, True, False),
+    "kernel": (False, False, False, False),
+}
+#: Root and private snapshots of its AppVM's, nothing kept at stop (DispVM).
+DISPOSABLE: Layout = {
+    "root": (True, False, True, True),
+    "private": (True, False, True, True),
+    "volatile": (False, False, True, False),
+    "kernel": (False, False, False, False),
+}
 
 
 def vid_for(vm: Any, volume: str) -> str:
-    """The volume id inside its pool: ``appvms/NAME/VOL`` or ``vm-templates/NAME/VOL``."""
-    return f"{VID_DIRS.get(type(vm).__name__, 'appvms')}/{vm.name}/{volume}"
+    """The volume id inside its pool: ``appvms/NAME/VOL`` or ``vm-templates/NAME/VOL``
+    (the directory is the class's ``vid_dir``)."""
+    return f"{vm.vid_dir}/{vm.name}/{volume}"
 
 
 def pool_for(vm: Any, volume: str) -> str | None:
@@ -94,15 +91,10 @@ def rebase_snapshots(vm: Any) -> list[str]:
 
 
 def default_config(vm: Any) -> dict[str, dict[str, Any]]:
-    """The volume config a new VM of ``vm``'s class starts with."""
-    layout = CLASS_VOLUMES.get(type(vm).__name__)
+    """The volume config a new VM of ``vm``'s class starts with (its ``volume_layout``)."""
+    layout = vm.volume_layout
     if layout is None:
-        for klass in type(vm).__mro__:
-            if klass.__name__ in CLASS_VOLUMES:
-                layout = CLASS_VOLUMES[klass.__name__]
-                break
-        else:
-            return {}
+        return {}
     config: dict[str, dict[str, Any]] = {}
     template = getattr(vm, "template", None)
     for name, (snap_on_start, save_on_stop, rw, from_template) in layout.items():

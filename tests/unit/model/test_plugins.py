@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import importlib.metadata
 import sys
-import textwrap
 
 import pytest
 
@@ -29,28 +28,15 @@ class Appliance(StandaloneVM):
 
 
 @pytest.fixture
-def installed_plugin(tmp_path, monkeypatch):
+def installed_plugin(install_plugin):
     """A package with entry points, installed on sys.path like pip would."""
-    (tmp_path / "audit_plugin.py").write_text(PLUGIN)
-    dist = tmp_path / "audit_plugin-1.0.dist-info"
-    dist.mkdir()
-    (dist / "METADATA").write_text("Metadata-Version: 2.1\nName: audit-plugin\nVersion: 1.0\n")
-    (dist / "entry_points.txt").write_text(textwrap.dedent("""\
+    install_plugin("audit_plugin", PLUGIN, """\
         [qubes_core.ext]
         audit = audit_plugin:AuditExtension
 
         [qubes_core.vm]
         Appliance = audit_plugin:Appliance
-        """))
-    monkeypatch.syspath_prepend(str(tmp_path))
-    importlib.invalidate_caches()
-    vm.vm_classes.cache_clear()
-    yield sys.modules.get("audit_plugin")
-    loaded = ext.load_extensions()
-    if "audit" in loaded:
-        loaded.pop("audit").unregister()
-    vm.vm_classes.cache_clear()
-    sys.modules.pop("audit_plugin", None)
+        """)
 
 
 def test_own_plugins_are_declared_as_entry_points_from_the_one_table():
