@@ -8,6 +8,7 @@ made through properties and collections (which fire events) and persisted by
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import os
 import random
@@ -208,6 +209,14 @@ def _template_class() -> Any:
 def _dom0(app: Qubes) -> Any:
     return app.domains.get(0)
 
+
+
+def _set_up(pool: Pool) -> None:
+    """The pool's own set-up (blocking); a failure that left nothing behind is refused."""
+    try:
+        pool.setup()
+    except OSError as err:
+        raise exc.StoragePoolException(f"pool {pool.name!r}: setup failed: {err}") from err
 
 class Qubes(PropertyHolder):
     """One installation's model."""
@@ -413,13 +422,35 @@ class Qubes(PropertyHolder):
     # --- pools ------------------------------------------------------------
 
     def add_pool(self, name: str, driver: str, **config: Any) -> Pool:
+        """Add a pool: checked (``pool-pre-add`` may veto), set up, then joined.
+
+        The set-up (its directory, the driver's checks of the filesystem) blocks:
+        in qubesd, :meth:`add_pool_async` does it in a worker thread.
+        """
+        pool = self._new_pool(name, driver, config)
+        _set_up(pool)
+        return self._join_pool(pool)
+
+    async def add_pool_async(self, name: str, driver: str, **config: Any) -> Pool:
+        """:meth:`add_pool` with the set-up in a worker thread: the loop stays free."""
+        pool = self._new_pool(name, driver, config)
+        await asyncio.to_thread(_set_up, pool)
+        return self._join_pool(pool)
+
+    def _new_pool(self, name: str, driver: str, config: dict[str, Any]) -> Pool:
+        """The pool, checked by the app and by the ``pool-pre-add`` handlers (not set up)."""
         if name in self.pools:
             raise exc.QubesValueError(f"pool {name!r} already exists")
         if not name or not name.replace("-", "").replace("_", "").isalnum():
             raise exc.QubesValueError(f"invalid pool name {name!r}")
         pool = make_pool(name, driver, **config)
         self.fire_event("pool-pre-add", pre_event=True, pool=pool)
-        self.pools[name] = pool
+        return pool
+
+    def _join_pool(self, pool: Pool) -> Pool:
+        if pool.name in self.pools:  # added by someone else while this one was set up
+            raise exc.QubesValueError(f"pool {pool.name!r} already exists")
+        self.pools[pool.name] = pool
         self.fire_event("pool-add", pool=pool)
         return pool
 

@@ -121,8 +121,9 @@ async def pool_add(call: ApiCall) -> None:
     name = options.pop("name", "")
     if not name:
         raise exc.QubesValueError("pool options: name= is missing")
-    # Sets the pool up (directory, reflink probe: a few small writes) or refuses.
-    call.app.add_pool(name, driver, **options)
+    # Sets the pool up (directory, reflink probe: a few small writes) in a worker
+    # thread, or refuses.
+    await call.app.add_pool_async(name, driver, **options)
 
 
 @method("admin.pool.Remove", scope="global", write=True, argument=True, dest="adminvm")

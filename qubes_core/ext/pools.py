@@ -1,9 +1,8 @@
-"""Pools: what the app does when a pool joins it, and when qubes.xml has loaded.
+"""Pools: what the app checks before a pool joins it, and warns of once qubes.xml loaded.
 
-A pool is set up (its directory, the reflink probe) before it joins the app;
-a pool that cannot be set up, or whose name or options are wrong, never
-joins (a failed setup has removed what it created). Options in qubes.xml that
-the driver does not know are kept and warned of once loaded. The storage
+A pool whose name or options are wrong never joins, nor is it set up (the app
+sets a pool up after these checks: ``Qubes.add_pool``). Options in qubes.xml
+that the driver does not know are kept and warned of once loaded. The storage
 layer knows nothing of the app: these handlers join the two.
 """
 
@@ -12,7 +11,6 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-from qubes_core.exc import StoragePoolException
 from qubes_core.ext import Extension, app_handler
 from qubes_core.storage import Pool, check_pool_name
 
@@ -20,17 +18,13 @@ log = logging.getLogger("qubes.storage")
 
 
 class PoolsExtension(Extension):
-    """Sets pools up as they are added; warns of options their driver does not know."""
+    """Checks pools as they are added; warns of options their driver does not know."""
 
     @app_handler("pool-pre-add")
     def on_pool_pre_add(self, app: Any, event: str, pool: Pool, **kwargs: Any) -> None:
-        """Check the name and options, then set the pool up; raising vetoes the add."""
+        """Check the name and options; raising vetoes the add."""
         check_pool_name(pool.name)
         pool.check_options()
-        try:
-            pool.setup()
-        except OSError as err:
-            raise StoragePoolException(f"pool {pool.name!r}: setup failed: {err}") from err
 
     @app_handler("app-loaded")
     def on_app_loaded(self, app: Any, event: str, **kwargs: Any) -> None:

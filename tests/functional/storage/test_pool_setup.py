@@ -2,16 +2,20 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import os
+import threading
 
 import pytest
 
 from qubes_core import exc
 from qubes_core.app import Qubes
 from qubes_core.storage import StoragePoolException
+from qubes_core.storage.reflink import FileReflinkPool
 from tests.functional.api.conftest import Harness
 from tests.functional.storage.conftest import fs_dir
+from tests.support import TIMEOUT, wait_until_async
 
 
 def tree(path) -> list[str]:
@@ -68,6 +72,31 @@ async def test_api_pool_add_that_fails_the_check_leaves_nothing(app, filesystems
                        payload=f"name=slow\ndir_path={ext4}/new/pool\n")
     assert tree(ext4) == []
     assert app.store.path.read_bytes() == before
+
+
+async def test_api_pool_add_sets_the_pool_up_off_the_loop(app, filesystems, tmp_path,
+                                                          monkeypatch):
+    """While a pool is set up (a directory, a reflink probe with its syncs), qubesd
+    answers other calls: the set-up is held until one has been answered."""
+    xfs = fs_dir(filesystems, "xfs", "offloop")
+    api = Harness(app, tmp_path)
+    entered, answered = threading.Event(), threading.Event()
+    real_setup = FileReflinkPool.setup
+
+    def held_setup(pool: FileReflinkPool) -> None:
+        entered.set()
+        assert answered.wait(TIMEOUT), "no call was answered during the set-up"
+        real_setup(pool)
+
+    monkeypatch.setattr(FileReflinkPool, "setup", held_setup)
+    add = asyncio.create_task(api.call("admin.pool.Add", arg="file-reflink",
+                                       payload=f"name=fast\ndir_path={xfs}/p\n"))
+    await wait_until_async(lambda: entered.is_set() or add.done(), what="the set-up")
+    assert "fast" not in await api.call("admin.pool.List")
+    answered.set()
+    await add
+    assert "fast" in (await api.call("admin.pool.List")).split()
+    assert (xfs / "p").is_dir()
 
 
 # --- each driver declares its options; unknown ones are refused when adding ----------
