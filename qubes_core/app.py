@@ -150,8 +150,8 @@ def vm_references(app: Qubes, target: BaseVM) -> list[tuple[Any, str]]:
         if vm is target:
             continue
         for prop in vm.property_list():
-            if (isinstance(prop, VMProperty) and prop.__name__ in vm._property_values
-                    and vm._property_values[prop.__name__] is target):
+            if (isinstance(prop, VMProperty) and vm.property_is_set(prop.__name__)
+                    and vm.property_own_value(prop.__name__) is target):
                 found.append((vm, prop.__name__))
     return found
 
@@ -173,7 +173,7 @@ def _validate_default_netvm(app: Qubes, prop: Any, value: Any) -> Any:
                 app, prop, value,
                 f"default_netvm: {value} would reach the network through {current}, which "
                 "itself follows default_netvm: a loop (set its netvm first)")
-        current = current._property_values.get("netvm")
+        current = current.property_own_value("netvm")
     return value
 
 
@@ -348,9 +348,9 @@ class Qubes(PropertyHolder):
             qid = self.domains.get_new_unused_qid()
         kwargs.setdefault("uuid", uuidlib.uuid4())
         vm = vmclass(self, qid=qid, **kwargs)
-        if not getattr(vm, "_property_values", {}).get("name"):
+        if not vm.property_own_value("name"):
             raise exc.QubesValueError("a new VM needs a name")
-        if "label" not in vm._property_values and not vm.property_get_def("label").has_default:
+        if not vm.property_is_set("label") and not vm.property_get_def("label").has_default:
             raise exc.QubesValueError(f"a new VM needs a label ({vm.name})")
         if hasattr(vm, "init_volume_config"):
             vm.init_volume_config()
@@ -413,7 +413,7 @@ class Qubes(PropertyHolder):
         label = self.get_label(name)
         if label.index <= 8:
             raise exc.QubesValueError(f"label {name!r} is a default label and cannot be removed")
-        users = [vm.name for vm in self.domains if vm._property_values.get("label") is label]
+        users = [vm.name for vm in self.domains if vm.property_own_value("label") is label]
         if users:
             raise exc.QubesValueError(f"label {name!r} is used by: {', '.join(sorted(users))}")
         del self.labels[label.index]

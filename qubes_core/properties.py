@@ -291,6 +291,14 @@ class VMProperty(Property):
     def serialize(self, value: Any) -> str:
         return "" if value is None else value.name
 
+    def load(self, holder: Any, text: str | None) -> None:
+        """Store a VM name read from qubes.xml; an empty one is no VM where that is
+        allowed (stored as it is: the setter's checks are for what a user sets)."""
+        if not text and self.allow_none:
+            holder._property_values[self.__name__] = None
+        else:
+            super().load(holder, text)
+
 
 class LabelProperty(Property):
     """A label, given by name, index or object."""

@@ -365,7 +365,7 @@ class XmlLoader:
                 if name in props and hasattr(vmclass, name):
                     self._load_one(vm, name, props[name], where)
             for name in ("qid", "name"):
-                if name not in vm._property_values:
+                if not vm.property_is_set(name):
                     self.fail(where, f'lacks <property name="{name}">')
             if ident != f"domain-{vm.qid}":
                 self.fail(where, f"the id does not match the qid {vm.qid}")
@@ -480,10 +480,7 @@ class XmlLoader:
                 log.warning("%s: %s=%s is not a template for DispVMs: unset", where, name, text)
                 text = ""
         try:
-            if text in (None, "") and getattr(prop, "allow_none", False):
-                holder._property_values[name] = None
-            else:
-                prop.load(holder, text or "")
+            prop.load(holder, text or "")
         except exc.QubesException as err:
             self.fail(where, f'<property name="{name}">: {err}')
 
@@ -506,8 +503,8 @@ def _properties_element(parent: Any, holder: Any) -> None:
             continue
         if is_dom0 and name == "label":
             _sub(props, "property", prop.serialize(holder.label), name=name)
-        elif prop.persisted and name in holder._property_values:
-            _sub(props, "property", prop.serialize(holder._property_values[name]) or None,
+        elif prop.persisted and holder.property_is_set(name):
+            _sub(props, "property", prop.serialize(holder.property_own_value(name)) or None,
                  name=name)
     for name, text in sorted(holder.unknown_properties.items()):
         _sub(props, "property", text or None, name=name)

@@ -55,5 +55,5 @@ class GuiAudioTagsExtension(Extension):
     def on_default(self, app: Any, event: str, name: str, **kwargs: Any) -> None:
         kind = name.removeprefix("default_")
         for vm in app.domains:
-            if kind not in vm._property_values:
+            if not vm.property_is_set(kind):
                 sync_tag(vm, kind)

@@ -72,7 +72,7 @@ def _default_netvm(vm: Any) -> Any:
         if current is vm:
             return None
         seen.add(id(current))
-        current = current._property_values.get("netvm")
+        current = current.property_own_value("netvm")
     return candidate
 
 
@@ -80,7 +80,7 @@ def follows_default_netvm(vm: Any) -> bool:
     """Whether ``vm``'s netvm is the global default_netvm (not set, and defaulting to it)."""
     prop = getattr(type(vm), "netvm", None)
     return (getattr(prop, "_default", None) is _default_netvm
-            and "netvm" not in vm._property_values)
+            and not vm.property_is_set("netvm"))
 
 
 def netvm_chain(vm: Any) -> list[Any]:
@@ -95,7 +95,7 @@ def netvm_chain(vm: Any) -> list[Any]:
 
 def netvm_loop(vm: Any) -> list[str]:
     """The names along a netvm loop that starts at ``vm``; empty when there is none."""
-    current = getattr(vm, "_property_values", {}).get("netvm")
+    current = vm.property_own_value("netvm")
     path, names = [vm], [vm.name]
     while current is not None:
         names.append(current.name)

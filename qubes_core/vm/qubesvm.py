@@ -108,7 +108,7 @@ def _validate_memory(vm: Any, prop: Any, value: int) -> int:
     _positive(vm, prop, value)
     if value > MAX_MEMORY_MIB:
         raise ValueError(f"{value} MiB is more than {MAX_MEMORY_MIB} MiB")
-    maxmem = vm._property_values.get("maxmem")  # a default maxmem follows memory
+    maxmem = vm.property_own_value("maxmem")  # a default maxmem follows memory
     if vm.events_enabled and maxmem and maxmem < value:
         raise exc.QubesPropertyValueError(
             vm, prop, value, f"memory of {vm} cannot be above its maxmem ({maxmem} MiB)")
@@ -370,7 +370,7 @@ class QubesVM(NetworkMixin, LifecycleMixin, BaseVM):
 
     @handler("device-pre-assign:pci")
     def _on_pre_assign_pci(self, event: str, device: Any) -> None:
-        if "virt_mode" in self._property_values and self.virt_mode == "pvh":
+        if self.property_is_set("virt_mode") and self.virt_mode == "pvh":
             raise exc.QubesValueError(
                 f"cannot assign PCI device {device.ident} to {self}: its virt_mode is pvh "
                 "(set it to hvm first)"
