@@ -161,7 +161,7 @@ def _validate_default_netvm(app: Qubes, prop: Any, value: Any) -> Any:
     VM on its own chain may follow the default (that VM would route through itself)."""
     if value is None:
         return None
-    if not getattr(value, "provides_network", False):
+    if not value.provides_network:
         raise exc.QubesValueError(f"default_netvm: {value} does not provide network")
     if not app.events_enabled:  # loading: the loader checks the whole graph afterwards
         return value

@@ -348,6 +348,12 @@ class PropertyHolder(Emitter):
         return cache
 
     @classmethod
+    def has_property(cls, name: str) -> bool:
+        """Whether the class declares the property ``name`` (a capability: a VM class
+        with ``netvm`` can be networked, one with ``template`` runs on a template)."""
+        return isinstance(getattr(cls, name, None), Property)
+
+    @classmethod
     def property_get_def(cls, name: str) -> Property:
         prop = getattr(cls, name, None) if isinstance(name, str) else None
         if not isinstance(prop, Property):

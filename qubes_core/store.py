@@ -475,7 +475,7 @@ class XmlLoader:
         prop = holder.property_get_def(name)
         if name in DISPOSABLE_TEMPLATE_PROPERTIES and text:
             target = self.app.domains.get(text)
-            if target is not None and not getattr(target, "template_for_dispvms", False):
+            if target is not None and not target.template_for_dispvms:
                 # As Qubes' loader: a value older releases allowed, dropped, not fatal.
                 log.warning("%s: %s=%s is not a template for DispVMs: unset", where, name, text)
                 text = ""

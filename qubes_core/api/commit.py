@@ -207,7 +207,7 @@ class GroupCommit:
 
 
 def _store_path(app: Any) -> Any:
-    return getattr(app.store, "path", "qubes.xml")
+    return app.store.path if app.store is not None else "qubes.xml"
 
 
 def _save_error(app: Any, err: Exception) -> exc.QubesException:

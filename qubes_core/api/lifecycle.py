@@ -70,7 +70,5 @@ async def vm_current_state(call: ApiCall) -> str:
     vm = call.dest
     state = {"mem": 0, "mem_static_max": 0, "cputime": 0,
              "power_state": vm.get_power_state()}
-    current = getattr(vm.app.runtime, "current_state", None)
-    if current is not None:
-        state.update(current(vm))
+    state.update(vm.app.runtime.current_state(vm))
     return " ".join(f"{key}={value}" for key, value in state.items())

@@ -22,10 +22,9 @@ MAX_UPDATE_COUNT_DIGITS = 9
 
 
 def _qdb(vm: Any) -> Any:
-    qdb = getattr(vm, "qdb", None)
-    if qdb is None:
+    if vm.qdb is None:
         raise exc.QubesVMError(vm, f"{vm} has no QubesDB to read its request from")
-    return qdb
+    return vm.qdb
 
 
 @method("qubes.FeaturesRequest", scope="local", write=True, dest="adminvm", vm_facing=True)
@@ -57,7 +56,7 @@ async def notify_updates(call: ApiCall) -> None:
         raise exc.ProtocolError("qubes.NotifyUpdates: payload must be a decimal count")
     count = int(untrusted_count)
     vm = call.src
-    template = getattr(vm, "template", None)
+    template = vm.template
     if template is None:
         vm.features["updates-available"] = bool(count)
         return
@@ -65,8 +64,7 @@ async def notify_updates(call: ApiCall) -> None:
     # template reports for itself, and an outdated VM saw an older root.
     if count == 0 or template.is_running():
         return
-    outdated = getattr(getattr(vm, "storage", None), "outdated_volumes", None)
-    if outdated is not None and (outdated() if callable(outdated) else outdated):
+    if vm.storage.outdated_volumes():
         return
     template.features["updates-available"] = True
 

@@ -132,7 +132,7 @@ async def pool_remove(call: ApiCall) -> None:
     whose teardown fails stays, as it was."""
     pool = _pool(call)
     users = sorted({vm.name for vm in call.app.domains
-                    for volume in getattr(vm, "volume_config", {}).values()
+                    for volume in vm.volume_config.values()
                     if volume.get("pool") == pool.name})
     if users:
         raise exc.QubesPoolInUseError(f"pool {pool.name!r} is used by: {', '.join(users)}")

@@ -136,12 +136,12 @@ _declare_create()
 @method("admin.vm.CreateDisposable", scope="global", write=True, dest="any")
 async def create_disposable(call: ApiCall) -> str:
     """A new DispVM (removed when it stops) of the destination, or of the caller's default."""
-    appvm = call.dest if call.dest.qid != 0 else getattr(call.src, "default_dispvm", None)
+    appvm = call.dest if call.dest.qid != 0 else call.src.default_dispvm
     if appvm is None:
         appvm = call.app.default_dispvm
     if appvm is None:
         raise exc.QubesValueError("no AppVM given and no default_dispvm to create a DispVM of")
-    if not getattr(appvm, "template_for_dispvms", False):
+    if not appvm.template_for_dispvms:
         raise exc.QubesValueError(
             f"{appvm} is not a template for DispVMs (set its template_for_dispvms first)")
     vm = DispVM.from_appvm(appvm, auto_cleanup=True)

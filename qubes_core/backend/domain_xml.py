@@ -42,7 +42,7 @@ def _environment() -> jinja2.Environment:
 
 def kernels_dir(app: Any) -> Path:
     """Where dom0's VM kernels live when no kernel pool says: ``BASE/vm-kernels``."""
-    store = getattr(app, "store", None)
+    store = app.store
     if store is None:
         return PRODUCTION_KERNELS
     return app.base_dir / "vm-kernels"

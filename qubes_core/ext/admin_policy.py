@@ -29,7 +29,7 @@ CLOCKVM_POLICY = "50-clockvm.policy"
 
 def paths_of(app: Any) -> Paths | None:
     """The installation paths of an app opened from a qubes.xml (None without one)."""
-    if getattr(app, "store", None) is None:
+    if app.store is None:
         return None
     base = Path(app.base_dir)
     if base == PRODUCTION_BASE:

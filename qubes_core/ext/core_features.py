@@ -79,7 +79,7 @@ class CoreFeaturesExtension(Extension):
     @vm_handler("features-request")
     def on_features_request(self, vm: Any, event: str,
                             untrusted_features: Mapping[Any, Any]) -> None:
-        if getattr(vm, "template", None) is not None:
+        if vm.template is not None:
             log.info("ignoring features request from %s: it is template-based", vm)
             return
         requested = parse_features_request(untrusted_features)

@@ -21,7 +21,7 @@ log = logging.getLogger("qubes.ext.firewall")
 
 
 def _has_firewall(vm: Any) -> bool:
-    return hasattr(type(vm), "netvm")
+    return bool(vm.has_property("netvm"))
 
 
 class FirewallExtension(Extension):
@@ -55,7 +55,7 @@ class FirewallExtension(Extension):
 
     @vm_handler("domain-qdb-create")
     def on_qdb_create(self, vm: Any, event: str, **kwargs: Any) -> None:
-        if getattr(vm, "provides_network", False):
+        if vm.provides_network:
             export_of(vm.app).netvm_started(vm)
 
     @vm_handler("domain-shutdown")

@@ -19,7 +19,7 @@ KINDS = ("guivm", "audiovm")
 
 def sync_tag(vm: Any, kind: str) -> None:
     """Make ``vm``'s ``KIND-*`` tags name its current KIND, and only that."""
-    if not hasattr(type(vm), kind):
+    if not vm.has_property(kind):
         return
     target = getattr(vm, kind)
     wanted = f"{kind}-{target.name}" if target is not None else None

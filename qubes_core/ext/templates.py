@@ -52,7 +52,7 @@ def follows_default(vm: Any) -> bool:
 
 def _refuse_running(vms: list[Any], what: str) -> None:
     busy = sorted(vm.name for vm in vms
-                  if not vm.is_halted() or getattr(vm, "volumes_in_use", False))
+                  if not vm.is_halted() or vm.volumes_in_use)
     if busy:
         raise exc.QubesVMNotHaltedError(
             vms[0], f"cannot {what}: {', '.join(busy)} must be halted first (a running VM "

@@ -34,7 +34,7 @@ JUMP_TOLERANCE = 0.5
 
 def firewall_vms(app: Any) -> list[Any]:
     """VMs that can have a firewall (every VM with a netvm property)."""
-    return [vm for vm in app.domains if hasattr(type(vm), "netvm")]
+    return [vm for vm in app.domains if vm.has_property("netvm")]
 
 
 class ExpirySchedule:
@@ -141,7 +141,7 @@ class ExpirySchedule:
             _, qid = heapq.heappop(self._heap)
             del self._scheduled[qid]
             vm = self.app.domains.get(qid)
-            if vm is None or not hasattr(type(vm), "netvm"):
+            if vm is None or not vm.has_property("netvm"):
                 continue
             if await firewall_of(vm).drop_expired_async():
                 changed.append(vm)

@@ -51,7 +51,7 @@ class FirewallExport:
         ``running`` and ``netvm_running`` override the runtime's word (a VM, or the
         netvm whose QubesDB was just made, is being started).
         """
-        netvm = getattr(vm, "netvm", None)
+        netvm = vm.netvm
         if running is None:
             running = netvm is not None and vm.is_running()
         if netvm is not None and netvm_running is None:

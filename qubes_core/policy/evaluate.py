@@ -84,12 +84,12 @@ class FixedSystem:
 
 def domain_info(vm: Any) -> DomainInfo:
     """What the policy needs of a VM of the model."""
-    default_dispvm = getattr(vm, "default_dispvm", None)
+    default_dispvm = vm.default_dispvm
     template = vm.template if vm.disposable else None
     return DomainInfo(
         name=vm.name, klass=type(vm).__name__, tags=frozenset(vm.tags),
         default_dispvm=default_dispvm.name if default_dispvm is not None else None,
-        template_for_dispvms=bool(getattr(vm, "template_for_dispvms", False)),
+        template_for_dispvms=bool(vm.template_for_dispvms),
         dispvm_template=template.name if template is not None else None,
     )
 

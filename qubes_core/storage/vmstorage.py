@@ -21,7 +21,7 @@ log = logging.getLogger("qubes.storage")
 def find_source(app: Any, pool_name: str, vid: str) -> Volume:
     """The volume with id ``vid``: another VM's volume if one has it, else a bare one."""
     for vm in app.domains:
-        for config in getattr(vm, "volume_config", {}).values():
+        for config in vm.volume_config.values():
             if (config.get("vid") == vid and config.get("pool") in app.pools
                     and not config.get("snap_on_start")):
                 return vm_storage(vm).volumes[config["name"]]

@@ -77,6 +77,17 @@ class BaseVM(PropertyHolder):
     icon = StatelessProperty("icon", lambda vm: vm.icon_name(), type=str,
                              doc="Freedesktop icon name of the VM (class and label).")
 
+    # Declared for every domain, as a domain that lacks them has them (dom0 has no
+    # template nor netvm): the classes that have them declare them as properties
+    # (:meth:`has_property` tells which).
+    template: BaseVM | None = None
+    netvm: BaseVM | None = None
+    provides_network: bool = False
+    template_for_dispvms: bool = False
+    default_dispvm: BaseVM | None = None
+    management_dispvm: BaseVM | None = None
+    guivm: BaseVM | None = None
+
     #: The volumes a new VM of this class gets (qubes_core.vm.volumes); None: none
     #: known before it exists.
     volume_layout: ClassVar[volumes.Layout | None] = None

@@ -28,7 +28,7 @@ MAX_DISPID = 9999
 
 
 def _validate_dispvm_template(vm: Any, prop: Any, value: Any) -> Any:
-    if not getattr(value, "template_for_dispvms", False):
+    if not value.template_for_dispvms:
         raise exc.QubesPropertyValueError(
             vm, prop, value,
             f"cannot create a DispVM from {value}: its template_for_dispvms is False",

@@ -20,6 +20,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import shutil
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from qubes_core import exc
@@ -27,6 +28,9 @@ from qubes_core.events import handler
 from qubes_core.qubesdb import InMemoryQubesDB
 from qubes_core.vm import pending
 from qubes_core.vm.base import BaseVM
+
+if TYPE_CHECKING:
+    from qubes_core.storage.vmstorage import Storage
 
 log = logging.getLogger("qubes.vm")
 
@@ -51,6 +55,12 @@ class LifecycleMixin(BaseVM):
         @property
         def connected_vms(self) -> list[BaseVM]: ...
 
+        @property
+        def storage(self) -> Storage: ...
+
+        @property
+        def dir_path(self) -> Path: ...
+
     # --- helpers ----------------------------------------------------------------
 
     @property
@@ -63,7 +73,7 @@ class LifecycleMixin(BaseVM):
 
     def _runtime(self, action: str) -> Any:
         runtime = self.app.runtime
-        if not getattr(runtime, "runs_vms", True):
+        if not runtime.runs_vms:
             raise exc.QubesVMError(
                 self, f"cannot {action} {self}: this installation is opened without a "
                       f"runtime ({runtime.name}); run qubesd with --runtime xen, test or sandbox",
@@ -75,7 +85,7 @@ class LifecycleMixin(BaseVM):
         needs is unusable (a driver not installed): such a VM keeps its settings but
         its volumes are neither created, started nor removed."""
         try:
-            storage = getattr(self, "storage", None)
+            storage = self.storage
         except exc.QubesException as error:
             log.debug("%s: its storage cannot be set up (%s); skipping it", self, error)
             return None
@@ -86,7 +96,7 @@ class LifecycleMixin(BaseVM):
             if name == "kernel" and not config.get("vid"):
                 continue  # no dom0 kernel: the VM boots its own
             pool = self.app.pools.get(config.get("pool"))
-            if pool is None or not getattr(pool, "usable", True):
+            if pool is None or not pool.usable:
                 log.debug("%s: pool %r of volume %s is not usable; skipping storage",
                           self, config.get("pool"), name)
                 return None
@@ -168,14 +178,13 @@ class LifecycleMixin(BaseVM):
             pass  # another VM using this netvm started it meanwhile
 
     async def _start_netvm(self) -> None:
-        netvm = getattr(self, "netvm", None)
+        netvm = self.netvm
         if netvm is None:
             return
-        starter = getattr(netvm, "_start_if_halted", None)
-        if starter is None:
+        if not isinstance(netvm, LifecycleMixin):
             raise exc.QubesVMError(self, f"cannot start {self}: its netvm {netvm} cannot run")
         try:
-            await starter()
+            await netvm._start_if_halted()
         except exc.QubesException as error:
             raise exc.QubesVMError(
                 self, f"cannot start {self}: its netvm {netvm} cannot start: {error}"
@@ -205,7 +214,7 @@ class LifecycleMixin(BaseVM):
     def create_qdb_entries(self) -> None:
         """A fresh QubesDB with the VM's identity and network, then ``domain-qdb-create``."""
         self.qdb = InMemoryQubesDB()
-        template = getattr(self, "template", None)
+        template = self.template
         self.qdb.write("/name", self.name)
         self.qdb.write("/type", type(self).__name__)
         self.qdb.write("/qubes-vm-type", type(self).__name__)
@@ -318,8 +327,8 @@ class LifecycleMixin(BaseVM):
         storage = self.usable_storage()
         if storage is not None:
             await storage.remove()
-        directory = getattr(self, "dir_path", None)
-        if (directory is not None and directory.is_dir()
+        directory = self.dir_path
+        if (directory.is_dir()
                 and self.app.base_dir in directory.parents):
             await asyncio.to_thread(shutil.rmtree, directory)
 

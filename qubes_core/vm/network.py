@@ -86,10 +86,10 @@ def follows_default_netvm(vm: Any) -> bool:
 def netvm_chain(vm: Any) -> list[Any]:
     """The VMs traffic of ``vm`` passes through: its netvm, that one's netvm, ..."""
     chain: list[Any] = []
-    current = getattr(vm, "netvm", None)
+    current = vm.netvm
     while current is not None and current not in chain:
         chain.append(current)
-        current = getattr(current, "netvm", None)
+        current = current.netvm
     return chain
 
 
@@ -104,7 +104,7 @@ def netvm_loop(vm: Any) -> list[str]:
         if current in path:
             return []  # a loop further up the chain: reported from its own VMs
         path.append(current)
-        current = getattr(current, "netvm", None)
+        current = current.netvm
     return []
 
 
@@ -115,7 +115,7 @@ def validate_netvm(vm: Any, prop: Any, value: Any) -> Any:
     """
     if value is None:
         return None
-    if not getattr(value, "provides_network", False):
+    if not value.provides_network:
         raise exc.QubesValueError(
             f"cannot set netvm of {vm} to {value}: {value} does not provide network "
             "(set its provides_network first)")
@@ -222,7 +222,7 @@ class NetworkMixin(BaseVM):
     def connected_vms(self) -> list[Any]:
         """VMs whose netvm (set or default) is this one."""
         return [vm for vm in self.app.domains
-                if vm is not self and getattr(vm, "netvm", None) is self]
+                if vm is not self and vm.netvm is self]
 
     def is_networked(self) -> bool:
         """Whether the VM can reach a network: it has a netvm or provides network."""

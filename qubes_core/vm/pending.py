@@ -30,7 +30,7 @@ DIRECTORY = "pending-creations"
 
 
 def _directory(app: Any) -> Path | None:
-    store = getattr(app, "store", None)
+    store = app.store
     return None if store is None else store.path.parent / DIRECTORY
 
 
@@ -41,7 +41,7 @@ def record(vm: Any) -> None:
         return
     entry = {
         "name": vm.name,
-        "dir_path": str(getattr(vm, "dir_path", "") or ""),
+        "dir_path": str(vm.dir_path),
         "volumes": [{"pool": config.get("pool"), "vid": config.get("vid")}
                     for name, config in sorted(vm.volume_config.items())
                     if name != "kernel" and config.get("vid")],

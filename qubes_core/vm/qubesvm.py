@@ -47,7 +47,7 @@ def from_template(name: str, fallback: Any) -> Any:
     """Default: the template's value if the VM has a template, else ``fallback``."""
 
     def default(vm: Any) -> Any:
-        template = getattr(vm, "template", None)
+        template = vm.template
         if template is not None:
             return getattr(template, name)
         return fallback(vm) if callable(fallback) else fallback
@@ -132,7 +132,7 @@ def _default_maxmem(vm: Any) -> int:
     own memory: a default must not make the VM's settings contradict each other."""
     if vm.devices["pci"]:
         return 0
-    template = getattr(vm, "template", None)
+    template = vm.template
     if template is not None:
         default = template.maxmem
     else:
@@ -173,7 +173,7 @@ def validate_keyboard_layout(vm: Any, prop: Any, value: str) -> str:
 
 def validate_disposable_template(holder: Any, prop: Any, value: Any) -> Any:
     """A default_dispvm or management_dispvm must be an AppVM made for DispVMs."""
-    if value is not None and not getattr(value, "template_for_dispvms", False):
+    if value is not None and not value.template_for_dispvms:
         raise exc.QubesPropertyValueError(
             holder, prop, value,
             f"{prop.__name__}: {value} is not a template for DispVMs "
@@ -194,7 +194,7 @@ def _validate_virt_mode(vm: Any, prop: Any, value: str) -> str:
 def _default_virt_mode(vm: Any) -> str:
     if vm.devices["pci"]:
         return "hvm"
-    template = getattr(vm, "template", None)
+    template = vm.template
     if template is not None:
         return template.virt_mode
     return "pvh"
@@ -208,7 +208,7 @@ def _default_bootmode(vm: Any) -> str:
             f"boot-mode.kernelopts.{active}", None) is not None):
         return active
     subject = vm
-    while getattr(subject, "template", None) is not None:
+    while subject.template is not None:
         mode = getattr(subject.template, "appvm_default_bootmode", None)
         if mode is not None and (mode == "default" or subject.features.check_with_template(
                 f"boot-mode.kernelopts.{mode}", None) is not None):
@@ -224,12 +224,12 @@ def _default_keyboard_layout(vm: Any) -> str:
     each other's, and the default must still be found.
     """
     seen = {id(vm)}
-    guivm = getattr(vm, "guivm", None)
+    guivm = vm.guivm
     while guivm is not None and id(guivm) not in seen:
         if guivm.property_is_set("keyboard_layout"):
             return str(guivm.property_own_value("keyboard_layout"))
         seen.add(id(guivm))
-        guivm = getattr(guivm, "guivm", None)
+        guivm = guivm.guivm
     return "us++"
 
 
@@ -324,7 +324,7 @@ class QubesVM(NetworkMixin, LifecycleMixin, BaseVM):
     )
     updateable = Property(
         "updateable", type=bool, setter=read_only, persisted=False,
-        default=lambda vm: not hasattr(type(vm), "template"),
+        default=lambda vm: not vm.has_property("template"),
         doc="Whether changes to the root volume persist (no template).")
     devices_denied = Property(
         "devices_denied", type=str, setter=lambda vm, prop, value: validate_denied_list(value),

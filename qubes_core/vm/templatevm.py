@@ -37,4 +37,4 @@ class TemplateVM(QubesVM):
     @property
     def appvms(self) -> list[QubesVM]:
         """VMs based on this template (set or by default)."""
-        return [vm for vm in self.app.domains if getattr(vm, "template", None) is self]
+        return [vm for vm in self.app.domains if vm.template is self]

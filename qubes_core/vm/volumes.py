@@ -74,7 +74,7 @@ def rebase_snapshots(vm: Any) -> list[str]:
     Only volumes whose source is the template's (those with a ``source``) move;
     the caller has made sure that none of them is in use.
     """
-    template = getattr(vm, "template", None)
+    template = vm.template
     if template is None:
         return []
     changed = []
@@ -96,7 +96,7 @@ def default_config(vm: Any) -> dict[str, dict[str, Any]]:
     if layout is None:
         return {}
     config: dict[str, dict[str, Any]] = {}
-    template = getattr(vm, "template", None)
+    template = vm.template
     for name, (snap_on_start, save_on_stop, rw, from_template) in layout.items():
         entry: dict[str, Any] = {
             "name": name,
