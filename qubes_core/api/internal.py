@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Iterable
 from typing import Any
 
 from qubes_core.api.call import ApiCall
@@ -13,10 +14,11 @@ def _name(vm: Any) -> str | None:
     return None if vm is None else vm.name
 
 
-def system_info(app: Any) -> dict[str, Any]:
-    """What the policy evaluator needs to know about each domain."""
+def system_info(vms: Iterable[Any], states: dict[int, str]) -> dict[str, Any]:
+    """What the policy evaluator needs to know about each domain (``states``: their
+    power states by qid)."""
     domains = {}
-    for vm in app.domains:
+    for vm in vms:
         domains[vm.name] = {
             "tags": list(vm.tags),
             "type": vm.klass,
@@ -25,7 +27,7 @@ def system_info(app: Any) -> dict[str, Any]:
             "management_dispvm": _name(vm.management_dispvm),
             "template": _name(vm.template),
             "icon": vm.label.icon if vm.property_own_value("label") or vm.qid == 0 else "",
-            "power_state": vm.get_power_state(),
+            "power_state": states[vm.qid],
             "uuid": str(vm.uuid),
         }
     return {"domains": domains}
@@ -34,4 +36,6 @@ def system_info(app: Any) -> dict[str, Any]:
 @method("internal.GetSystemInfo", scope="global", read=True, dest="adminvm")
 async def get_system_info(call: ApiCall) -> str:
     """Every domain's tags, type and DispVM settings as JSON, for the policy evaluator."""
-    return json.dumps(system_info(call.app), sort_keys=True)
+    vms = list(call.app.domains)
+    states = await call.app.runtime.power_states(vms)
+    return json.dumps(system_info(vms, states), sort_keys=True)

@@ -22,9 +22,10 @@ from qubes_core.vm.dispvm import DispVM
 log = logging.getLogger("qubes.api.vm")
 
 
-def vm_line(vm: Any) -> str:
-    """The VM's line in ``admin.vm.List`` (name, class, state, UUID), as clients parse it."""
-    return f"{vm.name} class={vm.klass} state={vm.get_power_state()} uuid={vm.uuid}\n"
+def vm_line(vm: Any, state: str) -> str:
+    """The VM's line in ``admin.vm.List`` (name, class, power state, UUID), as clients
+    parse it."""
+    return f"{vm.name} class={vm.klass} state={state} uuid={vm.uuid}\n"
 
 
 @method("admin.vmclass.List", scope="global", read=True, dest="adminvm")
@@ -38,7 +39,9 @@ async def vm_list(call: ApiCall) -> str:
     """Every VM the caller may see (dom0 as destination), or just the destination VM."""
     vms = sorted(call.app.domains, key=lambda vm: vm.name) if call.dest.qid == 0 else [
         call.dest]
-    return "".join(vm_line(vm) for vm in call.filter(vms))
+    shown = call.filter(vms)
+    states = await call.app.runtime.power_states(shown)
+    return "".join(vm_line(vm, states[vm.qid]) for vm in shown)
 
 
 def _forget(app: Any, vm: Any) -> None:

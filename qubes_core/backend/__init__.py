@@ -1,8 +1,11 @@
 """Runtimes: what actually runs VMs (libvirt with Xen or its test driver, the sandbox).
 
 The model asks its runtime for a VM's power state and start time and never
-caches them. :class:`OfflineRuntime` is the runtime of a qubes.xml edited with
-no hypervisor at hand (installation, recovery, unit tests): nothing runs.
+caches them; a listing asks for the states of all its VMs at once
+(:meth:`Runtime.power_states`), which a runtime whose reads wait for another
+process (libvirt) answers from a worker thread, so that the loop stays free.
+:class:`OfflineRuntime` is the runtime of a qubes.xml edited with no hypervisor
+at hand (installation, recovery, unit tests): nothing runs.
 
 Contract of a runtime that runs VMs: its ``start``/``shutdown``/``kill``/
 ``pause``/``unpause`` ask the hypervisor for the change; what actually happened
@@ -16,6 +19,7 @@ once their event was handled; ``shutdown`` only asks the VM to stop.
 from __future__ import annotations
 
 import os
+from collections.abc import Iterable
 from typing import Any
 
 from qubes_core import exc
@@ -36,6 +40,14 @@ class Runtime:
     def start_time(self, vm: Any) -> float | None:
         """When ``vm`` was started (seconds since the epoch); None unless it runs."""
         raise NotImplementedError
+
+    async def power_states(self, vms: Iterable[Any]) -> dict[int, str]:
+        """The power state of each of ``vms`` (dom0's included) by qid, for a listing.
+
+        Here each VM's own :meth:`state`: a runtime whose reads are quick (they ask
+        no other process) answers on the loop.
+        """
+        return {vm.qid: vm.get_power_state() for vm in vms}
 
     def xid(self, vm: Any) -> int:
         """Hypervisor id of the running ``vm``; -1 when the runtime has none for it."""

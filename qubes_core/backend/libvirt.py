@@ -22,6 +22,7 @@ import time
 import uuid as uuidlib
 import weakref
 from collections import defaultdict
+from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
@@ -256,6 +257,31 @@ class LibvirtRuntime(Runtime):
                 return "Halted"
             raise exc.QubesVMError(vm, f"cannot read the state of {vm}: {_message(error)}")
         return POWER_STATES.get(state, "Halted")
+
+    async def power_states(self, vms: Iterable[Any]) -> dict[int, str]:
+        """Every domain's state read at once in a worker thread (libvirtd answers each
+        read); dom0, which is no domain, answers itself."""
+        vms = list(vms)
+        by_uuid, by_name = await asyncio.to_thread(self._domain_states)
+        return {vm.qid: vm.get_power_state() if vm.qid == 0
+                else by_uuid.get(str(vm.uuid), "Halted") if vm.uuid is not None
+                else by_name.get(vm.name, "Halted") for vm in vms}
+
+    def _domain_states(self) -> tuple[dict[str, str], dict[str, str]]:
+        """The state of every libvirt domain, by its uuid and by its name (as
+        :meth:`state` finds a VM's domain)."""
+        by_uuid: dict[str, str] = {}
+        by_name: dict[str, str] = {}
+        for domain in self.connection().listAllDomains():
+            try:
+                state = POWER_STATES.get(domain.state()[0], "Halted")
+                by_uuid[domain.UUIDString()] = state
+                by_name[domain.name()] = state
+            except libvirt.libvirtError as error:
+                if not _is_missing(error):  # one undefined meanwhile is halted
+                    raise exc.QubesException(
+                        f"cannot read the state of the libvirt domains: {_message(error)}")
+        return by_uuid, by_name
 
     def xid(self, vm: Any) -> int:
         domain = self._lookup(vm)

@@ -1,0 +1,64 @@
+"""Listings read the VMs' power states from libvirt off the loop, all at once.
+
+``admin.vm.List`` and ``internal.GetSystemInfo`` show every VM's power state.
+libvirt answers each read over a connection, so a listing asks it for all the
+domains in a worker thread: qubesd answers other calls meanwhile. The test holds
+libvirt's answer until another call was answered (libvirt's test driver, real
+file-reflink storage).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import threading
+from pathlib import Path
+from typing import Any
+
+import libvirt
+import pytest
+
+from tests.functional.api.conftest import Harness
+from tests.support import TIMEOUT, wait_until_async
+
+
+def list_states(reply: str) -> dict[str, str]:
+    return {line.split()[0]: line.split()[2].removeprefix("state=")
+            for line in reply.splitlines()}
+
+
+def system_info_states(reply: str) -> dict[str, str]:
+    return {name: info["power_state"] for name, info in json.loads(reply)["domains"].items()}
+
+
+@pytest.mark.parametrize("method, kind, states_of", [
+    ("admin.vm.List", "admin", list_states),
+    ("internal.GetSystemInfo", "internal", system_info_states),
+])
+async def test_a_listing_asks_libvirt_off_the_loop(lifecycle_app: Any, tmp_path: Path,
+                                                   monkeypatch: pytest.MonkeyPatch,
+                                                   method: str, kind: str,
+                                                   states_of: Any) -> None:
+    app = lifecycle_app
+    api = Harness(app, tmp_path)
+    await app.domains["work"].start()
+    await app.domains["sys-firewall"].pause()
+    expected = {vm.name: vm.get_power_state() for vm in app.domains}
+    assert expected["work"] == "Running" and expected["sys-firewall"] == "Paused"
+    assert expected["debian-12"] == "Halted" and expected["dom0"] == "Running"
+
+    entered, answered = threading.Event(), threading.Event()
+    real_state = libvirt.virDomain.state
+
+    def held_state(domain: libvirt.virDomain, flags: int = 0) -> list[int]:
+        entered.set()
+        assert answered.wait(TIMEOUT), "no call was answered while libvirt was asked"
+        return real_state(domain, flags)
+
+    monkeypatch.setattr(libvirt.virDomain, "state", held_state)
+    listing = asyncio.create_task(api.call(method, "dom0", kind=kind))
+    await wait_until_async(lambda: entered.is_set() or listing.done(), what="the listing")
+    assert await api.call("admin.vm.property.Get", "work", "label") == \
+        "default=False type=label blue"
+    answered.set()
+    assert states_of(await listing) == expected
