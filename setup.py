@@ -131,6 +131,8 @@ setup(
         "jinja2>=3",
         "libvirt-python>=9",
         "asyncinotify>=4.0",
+        # TypeVar defaults (typed properties) before Python 3.13.
+        "typing_extensions>=4.6; python_version < '3.13'",
     ],
     extras_require={
         "test": [

@@ -113,7 +113,8 @@ class VMCollection:
         self.app.fire_event("domain-pre-delete", pre_event=True, vm=vm)
         del self._by_qid[vm.qid]
         del self._by_name[vm.name]
-        self._by_uuid.pop(vm.uuid, None)
+        if vm.uuid is not None:
+            self._by_uuid.pop(vm.uuid, None)
         self.app.fire_event("domain-delete", vm=vm)
 
     def get_new_unused_qid(self) -> int:

@@ -10,13 +10,27 @@ default fires ``property-pre-reset:NAME`` and ``property-reset:NAME``.
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Callable, Iterable
-from typing import Any
+from typing import Any, Generic, Self, overload
 
 from qubes_core import exc
 from qubes_core.events import Emitter
 
-_NO_DEFAULT = object()
+if sys.version_info >= (3, 13):
+    from typing import TypeVar
+else:
+    from typing_extensions import TypeVar
+
+#: The type of a property's value (Any when its declaration does not say).
+T = TypeVar("T", default=Any)
+
+class _NoDefault:
+    """Type of :data:`_NO_DEFAULT`."""
+
+
+#: The default of a property that has none (reading it unset is an AttributeError).
+_NO_DEFAULT = _NoDefault()
 
 # No property holds a number that does not fit in 64 signed bits (the runtime's and
 # libvirt's limit); a longer text is refused before it is converted.
@@ -79,8 +93,9 @@ API_TYPES: dict[Any, str] = {bool_type: "bool", int_type: "int", optional_int_ty
                              bool: "bool", int: "int"}
 
 
-class Property:
-    """A typed, evented attribute stored in qubes.xml."""
+class Property(Generic[T]):
+    """A typed, evented attribute stored in qubes.xml; read on a holder, it is a ``T``
+    (what its ``type`` returns, or its default)."""
 
     api_type = "str"
 
@@ -88,8 +103,8 @@ class Property:
         self,
         name: str,
         *,
-        type: Callable[[Any], Any] | None = None,  # noqa: A002
-        default: Any = _NO_DEFAULT,
+        type: Callable[[Any], T] | None = None,  # noqa: A002
+        default: T | Callable[[Any], T] | _NoDefault = _NO_DEFAULT,
         setter: Callable[[Any, Property, Any], Any] | None = None,
         choices: Iterable[str] | None = None,
         write_once: bool = False,
@@ -99,13 +114,14 @@ class Property:
         doc: str = "",
     ):
         self.__name__ = name
+        converter: Callable[[Any], Any] | None = type
         if type is bool:
-            type = bool_type
+            converter = bool_type
         elif type is int:
-            type = int_type
+            converter = int_type
         elif type is str:
-            type = str_type
-        self.type = type
+            converter = str_type
+        self.type = converter
         self._default = default
         self._setter = setter
         self.choices = tuple(choices) if choices is not None else None
@@ -114,8 +130,8 @@ class Property:
         self.persisted = persisted
         self.load_stage = load_stage
         self.__doc__ = doc
-        if type in API_TYPES:
-            self.api_type = API_TYPES[type]
+        if converter in API_TYPES:
+            self.api_type = API_TYPES[converter]
 
     def __repr__(self) -> str:
         return f"<{type(self).__name__} {self.__name__}>"
@@ -136,6 +152,12 @@ class Property:
         if callable(self._default):
             return self._default(holder)
         return self._default
+
+    @overload
+    def __get__(self, holder: None, owner: type | None = None) -> Self: ...
+
+    @overload
+    def __get__(self, holder: object, owner: type | None = None) -> T: ...
 
     def __get__(self, holder: Any, owner: type | None = None) -> Any:
         if holder is None:

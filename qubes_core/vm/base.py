@@ -68,9 +68,9 @@ class BaseVM(PropertyHolder):
                    setter=_validate_qid, doc="Internal, persistent identifier of the VM.")
     name = Property("name", type=str, write_once=True, clone=False, load_stage=1,
                     setter=validate_name, doc="User-facing name of the VM; cannot change.")
-    uuid = Property("uuid", write_once=True, clone=False, load_stage=0, type=None,
-                    setter=_validate_uuid, default=None,
-                    doc="UUID of the VM, assigned when it is created.")
+    uuid: Property[uuidlib.UUID | None] = Property(
+        "uuid", write_once=True, clone=False, load_stage=0, type=None, setter=_validate_uuid,
+        default=None, doc="UUID of the VM, assigned when it is created.")
     label = LabelProperty("label", doc="Colourful label of the VM's windows.")
     klass = StatelessProperty("klass", lambda vm: type(vm).__name__,
                               doc="Class of the VM (AppVM, TemplateVM, ...).")

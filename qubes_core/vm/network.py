@@ -195,11 +195,13 @@ class NetworkMixin(BaseVM):
         "provides_network", type=bool, default=False,
         doc="Whether this VM can be the netvm of other VMs.",
     )
-    ip = Property("ip", type=str, setter=_validate_ip, default=_default_ip, clone=False,
-                  doc="IPv4 address of the VM; computed from its qid (a DispVM's from its "
-                      "dispid) when it is networked.")
-    ip6 = Property("ip6", type=str, setter=_validate_ip6, default=_default_ip6, clone=False,
-                   doc="IPv6 address of the VM, when its netvm chain has the ipv6 feature.")
+    ip: Property[str | None] = Property(
+        "ip", type=str, setter=_validate_ip, default=_default_ip, clone=False,
+        doc="IPv4 address of the VM; computed from its qid (a DispVM's from its dispid) when "
+            "it is networked.")
+    ip6: Property[str | None] = Property(
+        "ip6", type=str, setter=_validate_ip6, default=_default_ip6, clone=False,
+        doc="IPv6 address of the VM, when its netvm chain has the ipv6 feature.")
     mac = Property("mac", type=str, setter=_validate_mac, default="00:16:3e:5e:6c:00",
                    doc="MAC address of the VM's network interface.")
     visible_ip = StatelessProperty("visible_ip", _visible_ip,
