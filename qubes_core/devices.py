@@ -152,7 +152,7 @@ class DeviceCollection:
         return bool(self._assigned)
 
 
-class DeviceManager(dict):
+class DeviceManager(dict[str, "DeviceCollection"]):
     """``vm.devices['pci']``: one collection per device class."""
 
     def __init__(self, vm: Any, classes: tuple[str, ...] = DEVICE_CLASSES):

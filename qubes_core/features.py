@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Iterator, MutableMapping
-from typing import Any
+from typing import Any, TypeVar, overload
 
 from qubes_core import exc
 
@@ -13,6 +13,9 @@ TAG_NAME_RE = re.compile(r"^[a-zA-Z0-9_-]{1,255}$")
 
 _NO_DEFAULT = object()
 
+
+#: What a check returns when the feature is nowhere (its ``default``).
+D = TypeVar("D")
 
 def feature_value(value: Any) -> str:
     """Features are strings: True is ``"1"`` and False is ``""``."""
@@ -76,13 +79,31 @@ class Features(MutableMapping[str, str]):
         """Set a value read from qubes.xml, without events."""
         self._values[key] = value
 
+    @overload
+    def check_with_template(self, key: str) -> str: ...
+
+    @overload
+    def check_with_template(self, key: str, default: D) -> str | D: ...
+
     def check_with_template(self, key: str, default: Any = _NO_DEFAULT) -> Any:
         """The value on this VM, else on its template, and so on up the chain."""
         return self._check_chain(key, default, "template")
 
+    @overload
+    def check_with_netvm(self, key: str) -> str: ...
+
+    @overload
+    def check_with_netvm(self, key: str, default: D) -> str | D: ...
+
     def check_with_netvm(self, key: str, default: Any = _NO_DEFAULT) -> Any:
         """The value on this VM, else on its netvm, and so on up the chain."""
         return self._check_chain(key, default, "netvm")
+
+    @overload
+    def check_with_adminvm(self, key: str) -> str: ...
+
+    @overload
+    def check_with_adminvm(self, key: str, default: D) -> str | D: ...
 
     def check_with_adminvm(self, key: str, default: Any = _NO_DEFAULT) -> Any:
         if key in self._values:

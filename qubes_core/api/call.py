@@ -9,9 +9,12 @@ from typing import TYPE_CHECKING, Any, Final, TypeVar
 
 from qubes_core import exc
 from qubes_core.api.untrusted import decode_text
+from qubes_core.vm.qubesvm import QubesVM
 
 if TYPE_CHECKING:
     from qubes_core.api.registry import MethodSpec
+    from qubes_core.app import Qubes
+    from qubes_core.vm.base import BaseVM
 
 T = TypeVar("T")
 
@@ -35,7 +38,7 @@ class ApiCall:
     the header (untrusted: decode it with :meth:`payload_text`).
     """
 
-    def __init__(self, app: Any, spec: MethodSpec, src: Any, dest: Any, arg: str,
+    def __init__(self, app: Qubes, spec: MethodSpec, src: BaseVM, dest: BaseVM, arg: str,
                  payload: bytes, server: Any = None):
         self.app = app
         self.spec = spec
@@ -90,3 +93,10 @@ class ApiCall:
         """Refuse a call whose destination is dom0."""
         if self.dest.qid == 0:
             raise exc.QubesVMError(self.dest, f"{self.method} does not apply to dom0")
+
+    def dest_vm(self) -> QubesVM:
+        """The destination, which must be a VM that runs (dom0 refused)."""
+        self.require_not_dom0()
+        if not isinstance(self.dest, QubesVM):
+            raise exc.QubesVMError(self.dest, f"{self.method} does not apply to {self.dest}")
+        return self.dest

@@ -42,6 +42,7 @@ from qubes_core.devices import (
     unpack,
     validate_denied_list,
 )
+from qubes_core.vm.base import BaseVM
 
 SYSFS_PCI = Path("/sys/bus/pci/devices")
 SYSFS_NAME_RE = re.compile(r"^0000:([0-9a-f]{2}):([0-9a-f]{2})\.([0-7])$")
@@ -184,7 +185,7 @@ async def device_assigned(call: ApiCall) -> str:
     return "".join(assignment_line(a, call.dest) for a in _select(call, assignments))
 
 
-def attached(vm: Any, devclass: str) -> list[DeviceAssignment]:
+def attached(vm: BaseVM, devclass: str) -> list[DeviceAssignment]:
     """What is attached to the running ``vm``: the PCI devices it started with."""
     if devclass != "pci" or vm.qid == 0 or not vm.is_running():
         return []

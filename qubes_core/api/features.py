@@ -52,7 +52,7 @@ async def feature_check_with_template_and_adminvm(call: ApiCall) -> str:
     found = call.dest.features.check_with_template(call.arg, None)
     if found is not None:
         return found
-    return call.dest.app.adminvm.features[call.arg]
+    return call.app.adminvm.features[call.arg]
 
 
 @method("admin.vm.feature.Set", scope="local", write=True, argument=True, payload=True)

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Iterator
-from typing import Any
 
 from qubes_core import exc
 from qubes_core.api.call import ApiCall
@@ -21,6 +20,8 @@ from qubes_core.firewall import (
     clock_of,
     parse_api_rules,
 )
+from qubes_core.firewall.vmfirewall import firewall_of
+from qubes_core.vm.qubesvm import QubesVM
 
 
 @contextlib.contextmanager
@@ -35,10 +36,9 @@ def _wire_errors() -> Iterator[None]:
 
 
 def _firewall(call: ApiCall) -> Firewall:
-    firewall: Any = getattr(call.dest, "firewall", None)
-    if firewall is None:
+    if not isinstance(call.dest, QubesVM):
         raise exc.QubesVMError(call.dest, f"{call.dest} has no firewall (it has no network)")
-    return firewall
+    return firewall_of(call.dest)
 
 
 @method("admin.vm.firewall.Get", scope="local", read=True)

@@ -14,6 +14,7 @@ from typing import Any
 from qubes_core import exc
 from qubes_core.api.call import ApiCall
 from qubes_core.api.registry import method
+from qubes_core.vm.qubesvm import QubesVM
 
 FEATURES_PREFIX = "/features-request/"
 TOOLS_PREFIX = "/qubes-tools/"
@@ -64,7 +65,7 @@ async def notify_updates(call: ApiCall) -> None:
     # template reports for itself, and an outdated VM saw an older root.
     if count == 0 or template.is_running():
         return
-    if vm.storage.outdated_volumes():
+    if isinstance(vm, QubesVM) and vm.storage.outdated_volumes():
         return
     template.features["updates-available"] = True
 

@@ -31,9 +31,9 @@ def sanitize_notes(text: str) -> str:
 @method("admin.vm.notes.Get", scope="local", read=True)
 async def notes_get(call: ApiCall) -> str:
     """The VM's notes; empty when it has none."""
-    call.require_not_dom0()
+    vm = call.dest_vm()
     try:
-        return (call.dest.dir_path / NOTES_FILE).read_text(encoding="utf-8")
+        return (vm.dir_path / NOTES_FILE).read_text(encoding="utf-8")
     except FileNotFoundError:
         return ""
     except (OSError, UnicodeDecodeError) as err:
@@ -44,12 +44,12 @@ async def notes_get(call: ApiCall) -> str:
         max_payload=protocol.MAX_REQUEST)
 async def notes_set(call: ApiCall) -> None:
     """Replace the VM's notes with the payload (UTF-8, made safe to display)."""
-    call.require_not_dom0()
+    vm = call.dest_vm()
     try:
         text = call.payload.decode("utf-8")
     except UnicodeDecodeError:
         raise exc.ProtocolError("notes must be UTF-8 text") from None
-    path = call.dest.dir_path / NOTES_FILE
+    path = vm.dir_path / NOTES_FILE
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         fsutil.write_atomic(path, sanitize_notes(text), mode=0o644)

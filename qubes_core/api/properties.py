@@ -14,14 +14,14 @@ from qubes_core import exc
 from qubes_core.api.call import ApiCall
 from qubes_core.api.registry import method
 from qubes_core.api.untrusted import escape_line_value
-from qubes_core.properties import Property
+from qubes_core.properties import Property, PropertyHolder
 
 
-def _holder(call: ApiCall) -> Any:
+def _holder(call: ApiCall) -> PropertyHolder:
     return call.app if call.method.startswith("admin.property.") else call.dest
 
 
-def _prop(holder: Any, name: str) -> Property:
+def _prop(holder: PropertyHolder, name: str) -> Property:
     return holder.property_get_def(name)
 
 

@@ -18,6 +18,7 @@ from qubes_core.api.untrusted import parse_key_values
 from qubes_core.vm import vm_classes
 from qubes_core.vm.base import BaseVM
 from qubes_core.vm.dispvm import DispVM
+from qubes_core.vm.qubesvm import QubesVM
 
 log = logging.getLogger("qubes.api.vm")
 
@@ -42,6 +43,13 @@ async def vm_list(call: ApiCall) -> str:
     shown = call.filter(vms)
     states = await call.app.runtime.power_states(shown)
     return "".join(vm_line(vm, states[vm.qid]) for vm in shown)
+
+
+def _runnable(vm: BaseVM) -> QubesVM:
+    """A VM just created: one of a class that runs (only those are created)."""
+    if not isinstance(vm, QubesVM):
+        raise exc.QubesVMError(vm, f"{vm} is not a VM that runs")
+    return vm
 
 
 def _forget(app: Any, vm: Any) -> None:
@@ -108,7 +116,7 @@ async def _create(call: ApiCall, in_pool: bool) -> None:
     vm = call.app.add_new_vm(vmclass, **kwargs)
     try:
         _apply_pools(call, vm, pools)
-        await vm.create_on_disk()
+        await _runnable(vm).create_on_disk()
     except BaseException:
         _forget(call.app, vm)
         raise
@@ -147,9 +155,9 @@ async def create_disposable(call: ApiCall) -> str:
     if not appvm.template_for_dispvms:
         raise exc.QubesValueError(
             f"{appvm} is not a template for DispVMs (set its template_for_dispvms first)")
-    vm = DispVM.from_appvm(appvm, auto_cleanup=True)
+    vm = call.app.add_new_vm("DispVM", template=appvm, auto_cleanup=True)
     try:
-        await vm.create_on_disk()
+        await _runnable(vm).create_on_disk()
     except BaseException:
         _forget(call.app, vm)
         raise
@@ -159,5 +167,4 @@ async def create_disposable(call: ApiCall) -> str:
 @method("admin.vm.Remove", scope="global", write=True, dest="vm")
 async def vm_remove(call: ApiCall) -> None:
     """Refused while the VM starts, runs or its volumes are in use (see ``vm.remove``)."""
-    call.require_not_dom0()
-    await call.dest.remove()
+    await call.dest_vm().remove()

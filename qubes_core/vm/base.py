@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import re
 import uuid as uuidlib
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
 from qubes_core import exc
 from qubes_core.devices import DeviceManager
@@ -13,6 +13,9 @@ from qubes_core.features import Features, Tags
 from qubes_core.properties import LabelProperty, Property, PropertyHolder, StatelessProperty
 from qubes_core.qubesdb import InMemoryQubesDB
 from qubes_core.vm import volumes
+
+if TYPE_CHECKING:
+    from qubes_core.storage import Volume
 
 MAX_NAME_LENGTH = 31
 NAME_RE = re.compile(r"^[a-zA-Z][a-zA-Z0-9_.-]*$")
@@ -87,6 +90,8 @@ class BaseVM(PropertyHolder):
     default_dispvm: BaseVM | None = None
     management_dispvm: BaseVM | None = None
     guivm: BaseVM | None = None
+    #: Every class declares it (dom0's and a VM's own defaults).
+    devices_denied: str
 
     #: The volumes a new VM of this class gets (qubes_core.vm.volumes); None: none
     #: known before it exists.
@@ -133,6 +138,11 @@ class BaseVM(PropertyHolder):
         if self.features.get("servicevm", False):
             return "servicevm-" + label
         return f"{self.icon_kind}-{label}"
+
+    @property
+    def volumes(self) -> dict[str, Volume]:
+        """The domain's volumes by name: none here (dom0's disks are not the model's)."""
+        return {}
 
     def get_power_state(self) -> str:
         return self.app.runtime.state(self)

@@ -12,7 +12,7 @@ from __future__ import annotations
 import functools
 import re
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from qubes_core import exc
 from qubes_core.devices import validate_denied_list
@@ -33,6 +33,9 @@ from qubes_core.vm.network import (  # noqa: F401  (re-exported for the VM class
     netvm_loop,
     validate_netvm,
 )
+
+if TYPE_CHECKING:
+    from qubes_core.storage import Volume
 
 VIRT_MODES = ("hvm", "pv", "pvh")
 KERNEL_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._+-]{0,127}$")
@@ -390,6 +393,6 @@ class QubesVM(NetworkMixin, LifecycleMixin, BaseVM):
         return vm_storage(self)
 
     @property
-    def volumes(self) -> dict[str, Any]:
+    def volumes(self) -> dict[str, Volume]:
         """The VM's volumes by name (``qubes_core.storage.Volume``)."""
         return self.storage.volumes
