@@ -18,6 +18,7 @@ from lxml import etree
 from qubes_core import exc
 from qubes_core.vm import dispvm
 from qubes_core.vm.dispvm import DispVM
+from tests.unit.runtime.support import squat
 
 PLUGIN = '''
 from qubes_core.vm.dispvm import DispVM
@@ -78,11 +79,7 @@ async def test_a_plugin_dispvm_that_fails_to_start_is_removed(kiosk_app: Any) ->
     kiosk = app.add_new_vm("KioskVM", template=app.domains["work"], label="red",
                            auto_cleanup=True)
     await kiosk.storage.create()
-    # A running domain of the same name makes libvirt refuse the start.
-    squatter = app.runtime.connection().defineXML(
-        f"<domain type='test'><name>{kiosk.name}</name><memory>1024</memory>"
-        "<os><type>hvm</type></os></domain>")
-    squatter.create()
+    squat(app, kiosk.name)  # a running domain of its name: libvirt refuses the start
     with pytest.raises(exc.QubesVMError, match="another libvirt domain"):
         await kiosk.start()
     assert kiosk.name not in app.domains

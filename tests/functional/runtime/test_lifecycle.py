@@ -20,7 +20,7 @@ from qubes_core import exc
 from qubes_core.app import Qubes
 from tests.integration.support import bookworm_image, sandbox_app  # noqa: F401
 from tests.support import wait_until_async
-from tests.unit.runtime.support import EventLog
+from tests.unit.runtime.support import EventLog, squat
 from tests.unit.runtime.support import lifecycle_app as libvirt_app  # noqa: F401
 
 LIBVIRT_ONLY = pytest.mark.parametrize("lifecycle_app", ["test"], indirect=True)
@@ -296,11 +296,7 @@ async def test_dispvm_with_auto_cleanup_that_fails_to_start_is_removed(
     seen: list[list[str]] = []
     disp.add_handler("domain-qdb-create",  # after its volumes started
                      lambda vm, event, **kw: seen.append(sorted(p.name for p in images.iterdir())))
-    # A running domain of the same name makes libvirt refuse the start.
-    squatter = lifecycle_app.runtime.connection().defineXML(
-        f"<domain type='test'><name>{disp.name}</name><memory>1024</memory>"
-        "<os><type>hvm</type></os></domain>")
-    squatter.create()
+    squat(lifecycle_app, disp.name)  # a running domain of its name: libvirt refuses
     with pytest.raises(exc.QubesVMError, match="another libvirt domain"):
         await disp.start()
     assert "private-dirty.img" in seen[0]

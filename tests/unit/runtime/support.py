@@ -73,3 +73,13 @@ class EventLog:
 
     def names(self, event: str) -> list[str]:
         return [vm for vm, recorded, _ in self.records if recorded == event]
+
+
+def squat(app: Any, name: str) -> Any:
+    """A running libvirt domain named ``name`` that is none of the model's: libvirt then
+    refuses to start a VM of that name (a failed start)."""
+    squatter = app.runtime.connection().defineXML(
+        f"<domain type='test'><name>{name}</name><memory>1024</memory>"
+        "<os><type>hvm</type></os></domain>")
+    squatter.create()
+    return squatter
