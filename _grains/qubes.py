@@ -3,24 +3,14 @@
 The sys-net formula assigns the network controllers to sys-net from
 ``pci_net_devs``; the lists come from the host's sysfs and are empty on a
 machine without such devices.
+
+The library is imported at the top: on a minion without it the import fails and
+Salt reports the module unavailable with the missing module's name as the reason.
 """
 
 from __future__ import annotations
 
-try:
-    from qubes_core.mgmt.grains import pci_grains
-
-    HAS_LIBRARY = True
-except ImportError:  # pragma: no cover - the minion lacks the library
-    HAS_LIBRARY = False
-
-__virtualname__ = "qubes"
-
-
-def __virtual__():
-    if not HAS_LIBRARY:
-        return False, "the qubes grains need the qubes_core package"
-    return __virtualname__
+from qubes_core.mgmt.grains import pci_grains
 
 
 def pci_devices():

@@ -14,42 +14,34 @@ under ``test=True`` nothing changes, ``changes`` is what would change and
 ``"test": True`` marks the dry run. Bad names and
 values raise ``SaltInvocationError``, failures ``CommandExecutionError``, each
 with one line saying what was wrong.
+
+The library is imported at the top: on a minion without it the import fails and
+Salt reports the module unavailable with the missing module's name as the reason.
 """
 
 from __future__ import annotations
 
 import functools
-import shutil
+import os
 import subprocess
+import sys
 from typing import Any
 
-try:
-    from qubes_core import exc
-    from qubes_core.mgmt import connection, storage, vms
-    from qubes_core.mgmt import firewall as vm_firewall
-    from qubes_core.mgmt.errors import UsageError
-    from qubes_core.mgmt.outcome import CheckStatus, Outcome
-    from qubes_core.mgmt.saltext import (
-        clean,
-        creation_args,
-        merged_mappings,
-        pop_flags,
-        pop_test,
-        salt_errors,
-    )
-    from qubes_core.mgmt.values import as_list, parse_bool
-
-    HAS_LIBRARY = True
-except ImportError:  # pragma: no cover - the minion lacks the library
-    HAS_LIBRARY = False
-
-__virtualname__ = "qvm"
-
-
-def __virtual__():
-    if not HAS_LIBRARY:
-        return False, "the qvm module needs the qubes_core package"
-    return __virtualname__
+from qubes_core import exc
+from qubes_core.mgmt import connection, storage, vms
+from qubes_core.mgmt import firewall as vm_firewall
+from qubes_core.mgmt.errors import UsageError
+from qubes_core.mgmt.outcome import CheckStatus, Outcome
+from qubes_core.mgmt.saltext import (
+    clean,
+    creation_args,
+    merged_mappings,
+    pop_flags,
+    pop_test,
+    salt_errors,
+    template_options,
+)
+from qubes_core.mgmt.values import as_list, parse_bool
 
 
 def _app():
@@ -460,38 +452,39 @@ def run(name, cmd, **kwargs):
     """
     Run a command in a VM with ``qvm-run`` (where the runtime can run
     commands); ``user`` picks the user, flag ``auto`` starts the VM first.
+    Returns the command's output; a non-zero exit is an error naming it.
 
     CLI Example:
 
     .. code-block:: bash
 
         salt-call qvm.run work 'touch /home/user/x' user=user
+        salt-call qvm.run work 'id -un' flags=[auto]
     """
     test = pop_test(kwargs, __opts__)
     flags = pop_flags(kwargs)
-    tool = shutil.which("qvm-run")
-    if tool is None:
-        raise exc.QubesException("qvm-run is not installed: install qubes_core's "
-                                     "command-line tools to run commands in VMs")
-    command = [tool, "--pass-io", "--no-gui"]
-    if kwargs.get("user"):
-        command += ["--user", str(kwargs["user"])]
+    user = kwargs.pop("user", None)
+    if kwargs:
+        raise UsageError(f"unknown option(s): {', '.join(sorted(kwargs))} (known: user, flags)")
+    if not cmd or not isinstance(cmd, str):
+        raise UsageError(f"a command line is needed, got {cmd!r}")
+    vms.get(_app(), name)
+    options = ["--pass-io"] + (["--user", str(user)] if user else [])
     if "auto" not in flags:
-        command.append("--no-autostart")
-    command += [name, str(cmd)]
+        options.append("--no-autostart")
+    shown = " ".join(["qvm-run", *options, name, repr(cmd)])
     if test:
-        return {"result": True, "test": True, "changes": {},
-                "comment": "would run: " + " ".join(command)}
-    env = None
+        return {"result": True, "test": True, "changes": {}, "comment": "would run: " + shown}
+    env = dict(os.environ)
     base_dir = connection.base_dir_from_opts(__opts__)
     if base_dir:
-        import os
-
-        env = {**os.environ, "QUBES_BASE_DIR": base_dir}
-    done = subprocess.run(command, capture_output=True, text=True, env=env, check=False)
+        env["QUBES_BASE_DIR"] = base_dir
+    done = subprocess.run([sys.executable, "-m", "qubes_core.cli.qvm_run", *options, "--",
+                           name, cmd], stdin=subprocess.DEVNULL, capture_output=True,
+                          text=True, env=env, check=False)
     if done.returncode != 0:
         raise exc.QubesException(f"{cmd!r} in {name} exited {done.returncode}: "
-                                     f"{(done.stderr or done.stdout).strip()[:200]}")
+                                 + " ".join((done.stderr or done.stdout).split())[:200])
     return {"result": True, "changes": {"cmd": {"old": None, "new": cmd}},
             "comment": done.stdout, "retcode": 0}
 
@@ -518,24 +511,22 @@ def template_info(name):
 @_adapter
 def template_install(name, **kwargs):
     """
-    Make sure a TemplateVM ``name`` exists (created with ``label``, default
-    black). Its root volume holds no system until an image is imported.
+    Make sure the TemplateVM ``name`` exists: when missing, build it with
+    ``qubes-template-build`` (Debian ``suite``, by default from the name:
+    ``debian-12`` is bookworm, ``debian-13`` trixie; ``with_salt=True``
+    installs Salt inside; ``cache_dir`` holds the built root file systems;
+    ``label``, default black). ``test=True`` says what would be built.
 
     CLI Example:
 
     .. code-block:: bash
 
         salt-call qvm.template_install debian-12
+        salt-call qvm.template_install tpl-salt suite=trixie with_salt=True
     """
     test = pop_test(kwargs, __opts__)
-    app = _app()
-    if vms.exists(app, name):
-        vm = vms.get(app, name)
-        if vm.klass != "TemplateVM":
-            raise UsageError(f"{name!r} exists as {vm.klass}, not as a TemplateVM")
-        return _result(Outcome(comments=[f"[SKIP] template {name} is installed"]), test)
-    return _result(vms.create(app, name, vmclass="TemplateVM",
-                              label=kwargs.get("label", "black"), test=test), test)
+    return _result(vms.install_template(_app(), name, **template_options(kwargs, __opts__),
+                                        test=test), test)
 
 
 @_adapter

@@ -6,26 +6,16 @@ next ``state.highstate`` applies it; ``top.disable`` undoes that. With
 ``pillar=True`` the same is done for the pillar tree. The work is in
 :mod:`qubes_core.mgmt.tops`; the tree is the one of the installation the
 minion's ``qubes.base_dir`` option names (``/srv`` in production).
+
+The library is imported at the top: on a minion without it the import fails and
+Salt reports the module unavailable with the missing module's name as the reason.
 """
 
 from __future__ import annotations
 
-try:
-    from qubes_core.mgmt import connection, layout, tops
-    from qubes_core.mgmt.saltext import salt_errors
-    from qubes_core.mgmt.values import parse_bool
-
-    HAS_LIBRARY = True
-except ImportError:  # pragma: no cover - the minion lacks the library
-    HAS_LIBRARY = False
-
-__virtualname__ = "top"
-
-
-def __virtual__():
-    if not HAS_LIBRARY:
-        return False, "the top module needs the qubes_core package"
-    return __virtualname__
+from qubes_core.mgmt import connection, layout, tops
+from qubes_core.mgmt.saltext import salt_errors
+from qubes_core.mgmt.values import parse_bool
 
 
 def _tree():

@@ -4,30 +4,20 @@ Configured as ``ext_pillar: [{qubes: {}}]`` (see
 :func:`qubes_core.mgmt.layout.minion_config`); the minion id is the VM's name.
 An id that names no VM gets no ``qubes`` key; an installation that cannot be
 reached is logged and gives nothing, so other pillar data still renders.
+
+The library is imported at the top: on a minion without it the import fails and
+Salt reports the module unavailable with the missing module's name as the reason.
 """
 
 from __future__ import annotations
 
 import logging
 
-try:
-    from qubes_core import exc
-    from qubes_core.mgmt import connection
-    from qubes_core.mgmt.pillar import vm_pillar
-
-    HAS_LIBRARY = True
-except ImportError:  # pragma: no cover - the master lacks the library
-    HAS_LIBRARY = False
+from qubes_core import exc
+from qubes_core.mgmt import connection
+from qubes_core.mgmt.pillar import vm_pillar
 
 log = logging.getLogger(__name__)
-
-__virtualname__ = "qubes"
-
-
-def __virtual__():
-    if not HAS_LIBRARY:
-        return False, "the qubes ext_pillar needs the qubes_core package"
-    return __virtualname__
 
 
 def ext_pillar(minion_id, pillar, *args, **kwargs):

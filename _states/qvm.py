@@ -11,33 +11,28 @@ anything (every state works out its changes first and stops there), ``present``
 enforces label, template and properties on an existing VM, and values are
 compared in their property's type so a second run reports no change. The work
 is in :mod:`qubes_core.mgmt`; this module only shapes Salt's returns.
+
+The library is imported at the top: on a minion without it the import fails and
+Salt reports the module unavailable with the missing module's name as the reason.
 """
 
 from __future__ import annotations
 
 from typing import Any
 
-try:
-    from salt.exceptions import CommandExecutionError, SaltInvocationError
+from salt.exceptions import CommandExecutionError, SaltInvocationError
 
-    from qubes_core.mgmt import connection, storage, vms
-    from qubes_core.mgmt import firewall as vm_firewall
-    from qubes_core.mgmt.errors import UsageError
-    from qubes_core.mgmt.outcome import Outcome
-    from qubes_core.mgmt.saltext import (
-        clean,
-        creation_args,
-        merged_mappings,
-        pop_flags,
-        salt_errors,
-    )
-    from qubes_core.mgmt.values import as_list, parse_bool
-
-    HAS_LIBRARY = True
-except ImportError:  # pragma: no cover - the minion lacks the library
-    HAS_LIBRARY = False
-
-__virtualname__ = "qvm"
+from qubes_core.mgmt import connection, storage, vms
+from qubes_core.mgmt import firewall as vm_firewall
+from qubes_core.mgmt.saltext import (
+    clean,
+    creation_args,
+    merged_mappings,
+    pop_flags,
+    salt_errors,
+    template_options,
+)
+from qubes_core.mgmt.values import as_list, parse_bool
 
 # Actions of ``qvm.vm`` in the order they run when ``actions`` is not given.
 DEFAULT_ORDER = ["exists", "running", "missing", "halted", "absent", "present", "clone",
@@ -52,14 +47,10 @@ REPORTED_AS = {"present": "qvm.create", "prefs": "qvm.create", "running": "qvm.s
                "halted": "qvm.shutdown"}
 
 
-def __virtual__():
-    if not HAS_LIBRARY:
-        return False, "the qvm states need the qubes_core package"
-    return __virtualname__
-
-
 def _app():
-    return connection.client(__opts__)
+    """The client; inside a state run it reuses what it read until something changes."""
+    return connection.client(__opts__, connection.state_run(__context__,
+                                                            globals().get("__running__")))
 
 
 def _apply(state: str, name: str, step) -> dict[str, Any]:
@@ -151,19 +142,12 @@ def clone(name, source, *varargs, **kwargs):
 
 
 def template_installed(name, *varargs, **kwargs):
-    """A TemplateVM ``name`` exists (created empty, label ``black`` by default)."""
+    """The TemplateVM ``name`` exists, built with ``qubes-template-build`` when missing
+    (options as ``qvm.template_install``: ``suite``, ``with_salt``, ``cache_dir``,
+    ``label``)."""
     kwargs = clean(kwargs)
-
-    def step(app, test):
-        if vms.exists(app, name):
-            klass = vms.get(app, name).klass
-            if klass != "TemplateVM":
-                raise UsageError(f"{name!r} exists as {klass}, not as a TemplateVM")
-            return Outcome(comments=[f"[SKIP] template {name} is installed"])
-        return vms.create(app, name, vmclass="TemplateVM", label=kwargs.get("label", "black"),
-                          test=test)
-
-    return _apply("template_installed", name, step)
+    return _apply("template_installed", name, lambda app, test: vms.install_template(
+        app, name, **template_options(kwargs, __opts__), test=test))
 
 
 # --- configuration ---------------------------------------------------------------------
@@ -379,6 +363,8 @@ def run(name, cmd=None, *varargs, **kwargs):
         result = __salt__["qvm.run"](name, cmd, **kwargs)
     except (SaltInvocationError, CommandExecutionError) as error:
         return _check("run", name, False, str(error))
+    finally:
+        _app().invalidate()  # qvm-run acts from its own process (it may start the VM)
     return {"name": name, "result": True, "changes": result["changes"],
             "comment": result["comment"]}
 

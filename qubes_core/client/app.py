@@ -2,9 +2,12 @@
 
 Reading a property outside a cache scope costs one ``property.Get``. Inside
 ``with app.cache():`` the first property read of a VM fetches all of its
-properties with one ``GetAll``, and the VM list is fetched once; leaving the
-scope (or any write through this client) drops what was cached. Listing all
-VMs with ten properties each is then one call per VM.
+properties with one ``GetAll``, the VM list is fetched once, and every other
+read (``List``, ``Get``, ``Info``, ...) is asked once; leaving the scope (or any
+call through this client that is not a read) drops what was cached. Listing
+all VMs with ten properties each is then one call per VM. A run of work made of
+many steps (a Salt state run) keeps the same cache across its steps with
+:meth:`Qubes.keep_reads`, under the same rule: a write drops it.
 """
 
 from __future__ import annotations
@@ -19,6 +22,11 @@ from qubes_core.client.transport import Transport
 from qubes_core.devices import pack, unpack
 
 _MISSING = object()
+# Methods that only read: their replies may be reused while nothing was written.
+READ_METHODS = frozenset({"List", "Get", "GetAll", "GetDefault", "Help", "Info",
+                          "ListSnapshots", "CheckWithTemplate", "CheckWithNetvm",
+                          "CheckWithAdminVM", "CheckWithTemplateAndAdminVM", "Available",
+                          "Assigned", "Attached", "ListDrivers"})
 
 
 def unescape_line_value(text: str) -> str:
@@ -444,7 +452,8 @@ class Qubes(PropertyHolderClient):
     """The system behind one qubesd socket."""
 
     _own = PropertyHolderClient._own | frozenset({
-        "transport", "domains", "caching", "_generation", "_embedded", "_cache_depth"})
+        "transport", "domains", "caching", "_generation", "_embedded", "_cache_depth",
+        "_replies", "_run"})
 
     def __init__(self, base_dir: str | Path | None = None, *, socket_path: str | Path | None = None,
                  src: str = "dom0", start: bool = False, runtime: str | None = None,
@@ -465,6 +474,8 @@ class Qubes(PropertyHolderClient):
         object.__setattr__(self, "caching", False)
         object.__setattr__(self, "_cache_depth", 0)
         object.__setattr__(self, "_generation", 0)
+        object.__setattr__(self, "_replies", {})
+        object.__setattr__(self, "_run", None)
 
     def __repr__(self) -> str:
         return f"<client Qubes at {self.transport.socket_path}>"
@@ -485,11 +496,29 @@ class Qubes(PropertyHolderClient):
 
     def call(self, method: str, dest: str = "dom0", arg: str = "",
              payload: str | bytes = b"") -> str:
-        return self.transport.call_text(method, dest, arg, payload)
+        if not self.caching:
+            return self.transport.call_text(method, dest, arg, payload)
+        if method.rpartition(".")[2] not in READ_METHODS:
+            try:
+                return self.transport.call_text(method, dest, arg, payload)
+            finally:
+                self.invalidate()
+        key = (method, dest, arg, payload)
+        reply = self._replies.get(key)
+        if reply is None:
+            reply = self._replies[key] = self.transport.call_text(method, dest, arg, payload)
+        return reply
 
     def invalidate(self) -> None:
         """Forget what was cached (called after every write through this client)."""
         object.__setattr__(self, "_generation", self._generation + 1)
+        self._replies.clear()
+
+    def _set_caching(self) -> None:
+        on = bool(self._cache_depth) or self._run is not None
+        if not on:
+            self.invalidate()
+        object.__setattr__(self, "caching", on)
 
     @contextlib.contextmanager
     def cache(self) -> Iterator[Qubes]:
@@ -500,9 +529,19 @@ class Qubes(PropertyHolderClient):
             yield self
         finally:
             object.__setattr__(self, "_cache_depth", self._cache_depth - 1)
-            if not self._cache_depth:
-                object.__setattr__(self, "caching", False)
-                self.invalidate()
+            self._set_caching()
+
+    def keep_reads(self, run: object | None) -> None:
+        """Reuse read replies for as long as calls come with the same ``run``.
+
+        A different ``run`` starts afresh; ``None`` stops reusing (every read
+        asks qubesd again). Writes through this client drop the replies either way.
+        """
+        if run is not None and run == self._run:
+            return
+        object.__setattr__(self, "_run", run)
+        self.invalidate()
+        self._set_caching()
 
     # --- collections ---------------------------------------------------------------
 

@@ -6,6 +6,11 @@ production paths. One client is kept per base directory for the life of the
 process: a highstate then reuses one connection setup, and when no qubesd
 listened the client's embedded qubesd serves every state of the run and stops
 when the process exits.
+
+Read replies are reused only within one run of states (:func:`state_run`):
+from one state to the next nothing but this client's own writes can change
+what it read, as long as no state of another module (``cmd.run`` calling a
+``qvm-*`` tool, say) ran in between. Every other caller reads afresh.
 """
 
 from __future__ import annotations
@@ -31,14 +36,32 @@ def base_dir_from_opts(opts: Mapping[str, Any] | None) -> str | None:
     return str(chosen) if chosen else os.environ.get("QUBES_BASE_DIR") or None
 
 
-def client(opts: Mapping[str, Any] | None = None) -> Qubes:
-    """The process's client of the installation ``opts`` names (started when needed)."""
+def client(opts: Mapping[str, Any] | None = None, run: object | None = None) -> Qubes:
+    """The process's client of the installation ``opts`` names (started when needed),
+    reusing read replies while ``run`` stays the same (see :func:`state_run`)."""
     base_dir = base_dir_from_opts(opts)
     key = base_dir or ""
     app = _clients.get(key)
     if app is None:
         app = _clients[key] = connect(base_dir)
+    app.keep_reads(run)
     return app
+
+
+def state_run(context: dict[str, Any], running: Mapping[str, Any] | None) -> object | None:
+    """What names the current stretch of a state run in which reads may be reused.
+
+    ``context`` is the run's ``__context__`` (a new dict per run), ``running`` the
+    results so far (``__running__``; None outside a run). The stretch ends when a
+    state that is not a ``qvm`` state (or is ``qvm.run``, which acts through
+    ``qvm-run``) has run.
+    """
+    if running is None:
+        return None
+    run = context.setdefault("qubes.run", object())
+    foreign = sum(1 for tag in running
+                  if not str(tag).startswith("qvm_|-") or str(tag).endswith("_|-run"))
+    return (run, foreign)
 
 
 def forget(opts: Mapping[str, Any] | None = None) -> None:

@@ -105,3 +105,19 @@ def creation_args(kwargs: dict[str, Any]) -> dict[str, Any]:
                          f"{', '.join(CREATE_OPTIONS)})")
     return {"vmclass": vmclass, "label": kwargs.get("label"),
             "template": kwargs.get("template"), "pool": kwargs.get("pool"), "prefs": prefs}
+
+
+TEMPLATE_OPTIONS = ("suite", "with_salt", "cache_dir", "label")
+
+
+def template_options(kwargs: Mapping[str, Any], opts: Mapping[str, Any]) -> dict[str, Any]:
+    """``template_install``'s options as :func:`qubes_core.mgmt.vms.install_template`
+    takes them, with the base directory the minion's options name."""
+    from qubes_core.mgmt.connection import base_dir_from_opts
+
+    options = {str(key).replace("-", "_"): value for key, value in kwargs.items()}
+    unknown = sorted(set(options) - set(TEMPLATE_OPTIONS))
+    if unknown:
+        raise UsageError(f"unknown option(s): {', '.join(unknown)} (known: "
+                         f"{', '.join(TEMPLATE_OPTIONS)})")
+    return {**options, "base_dir": base_dir_from_opts(opts)}

@@ -12,7 +12,7 @@ creation whose later steps fail removes the VM it created.
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
 from qubes_core import exc
@@ -414,6 +414,54 @@ def absent(app: Qubes, name: str, test: bool = False) -> Outcome:
     return outcome
 
 
+# Debian templates by their Qubes names, for a template named without ``suite``.
+TEMPLATE_SUITES = {"debian-12": "bookworm", "debian-13": "trixie"}
+
+
+def install_template(app: Qubes, name: str, *, suite: str | None = None,
+                     with_salt: bool = False, cache_dir: str | None = None,
+                     label: str = "black", base_dir: str | None = None,
+                     test: bool = False) -> Outcome:
+    """The TemplateVM ``name``, built with ``qubes-template-build`` when missing.
+
+    ``suite`` defaults from the name (``debian-12`` is bookworm); a build that fails
+    leaves no VM (the builder removes what it created).
+    """
+    from qubes_core import template_build
+
+    outcome = Outcome()
+    if exists(app, name):
+        klass = get(app, name).klass
+        if klass != "TemplateVM":
+            raise UsageError(f"{name!r} exists as {klass}, not as a TemplateVM")
+        outcome.note(f"[SKIP] template {name} is installed")
+        return outcome
+    suite = suite or TEMPLATE_SUITES.get(name) or next(
+        (known for known in template_build.SUITES if known in name), None)
+    if suite not in template_build.SUITES:
+        raise UsageError(f"no Debian suite for template {name!r}: give suite= (one of "
+                         f"{', '.join(template_build.SUITES)})")
+    if label not in app.labels:
+        raise UsageError(f"no such label {label!r} (one of {', '.join(app.labels)})")
+    with_salt = parse_bool(with_salt, "with_salt")
+    outcome.change("class", None, "TemplateVM")
+    outcome.change("suite", None, suite)
+    if test:
+        outcome.note(f"template {name} would be built ({suite}"
+                     f"{', with Salt' if with_salt else ''})")
+        return outcome
+    try:
+        template_build.build(name, suite, base_dir=base_dir, with_salt=with_salt,
+                             cache_dir=cache_dir, label=label,
+                             progress=template_build.Progress(quiet=True))
+    except template_build.BuildError as error:
+        raise exc.QubesException(f"building template {name}: {error}") from None
+    finally:
+        app.invalidate()  # the builder wrote through its own connection
+    outcome.note(f"template {name} built ({suite}{', with Salt' if with_salt else ''})")
+    return outcome
+
+
 def clone(app: Qubes, source: str, name: str, *, label: str | None = None,
           pool: str | None = None, test: bool = False) -> Outcome:
     """A copy of ``source`` named ``name``: properties, features, tags, firewall, volumes."""
@@ -457,73 +505,69 @@ def clone(app: Qubes, source: str, name: str, *, label: str | None = None,
 # --- power -------------------------------------------------------------------------
 
 
-def start(app: Qubes, name: str, test: bool = False) -> Outcome:
-    """Start the VM (unpause it if paused); nothing to do when it runs."""
+def _power_step(app: Qubes, name: str, test: bool, skip: Callable[[str], str | None],
+                act: Callable[[ClientVM, str], None], new_state: str, done: str) -> Outcome:
+    """Read the power state; unless ``skip(state)`` says why not, ``act`` and report."""
     outcome = Outcome()
     state = power_state(app, name)
-    if state == "running":
-        outcome.note(f"[SKIP] {name} is already running")
+    reason = skip(state)
+    if reason:
+        outcome.note(f"[SKIP] {name} {reason}")
         return outcome
     if not test:
-        if state == "paused":
-            get(app, name).unpause()
-        else:
-            get(app, name).start()
-    outcome.change("power_state", state, "running")
-    outcome.note(f"{name} started")
+        act(get(app, name), state)
+    outcome.change("power_state", state, new_state)
+    outcome.note(f"{name} {done}")
     return outcome
+
+
+def start(app: Qubes, name: str, test: bool = False) -> Outcome:
+    """Start the VM (unpause it if paused); nothing to do when it runs."""
+    def act(vm: ClientVM, state: str) -> None:
+        if state == "paused":
+            vm.unpause()
+        else:
+            vm.start()
+
+    return _power_step(app, name, test,
+                       lambda state: "is already running" if state == "running" else None,
+                       act, "running", "started")
 
 
 def shutdown(app: Qubes, name: str, *, force: bool = False, wait: bool = True,
              kill: bool = False, test: bool = False) -> Outcome:
     """Shut the VM down (or kill it); nothing to do when it is halted."""
-    outcome = Outcome()
-    state = power_state(app, name)
-    if state == "halted":
-        outcome.note(f"[SKIP] {name} is already halted")
-        return outcome
-    if not test:
-        vm = get(app, name)
+    def act(vm: ClientVM, state: str) -> None:
         if kill:
             vm.kill()
-        else:
-            if state == "paused":
-                vm.unpause()
-            vm.shutdown(force=force, wait=wait)
-    outcome.change("power_state", state, "halted")
-    outcome.note(f"{name} {'killed' if kill else 'shut down'}")
-    return outcome
+            return
+        if state == "paused":
+            vm.unpause()
+        vm.shutdown(force=force, wait=wait)
+
+    return _power_step(app, name, test,
+                       lambda state: "is already halted" if state == "halted" else None,
+                       act, "halted", "killed" if kill else "shut down")
 
 
 def pause(app: Qubes, name: str, test: bool = False) -> Outcome:
     """Pause a running VM; nothing to do when it is paused."""
-    outcome = Outcome()
-    state = power_state(app, name)
-    if state == "paused":
-        outcome.note(f"[SKIP] {name} is already paused")
-        return outcome
-    if state != "running":
-        raise exc.QubesVMNotRunningError(name, f"{name} is {state}: only a running VM "
-                                               "can be paused")
-    if not test:
-        get(app, name).pause()
-    outcome.change("power_state", state, "paused")
-    outcome.note(f"{name} paused")
-    return outcome
+    def skip(state: str) -> str | None:
+        if state == "paused":
+            return "is already paused"
+        if state != "running":
+            raise exc.QubesVMNotRunningError(name, f"{name} is {state}: only a running VM "
+                                                   "can be paused")
+        return None
+
+    return _power_step(app, name, test, skip, lambda vm, _: vm.pause(), "paused", "paused")
 
 
 def unpause(app: Qubes, name: str, test: bool = False) -> Outcome:
     """Resume a paused VM; nothing to do when it is not paused."""
-    outcome = Outcome()
-    state = power_state(app, name)
-    if state != "paused":
-        outcome.note(f"[SKIP] {name} is not paused ({state})")
-        return outcome
-    if not test:
-        get(app, name).unpause()
-    outcome.change("power_state", state, "running")
-    outcome.note(f"{name} unpaused")
-    return outcome
+    return _power_step(app, name, test,
+                       lambda state: None if state == "paused" else f"is not paused ({state})",
+                       lambda vm, _: vm.unpause(), "running", "unpaused")
 
 
 def create_disposable(app: Qubes, base: str | None = None, test: bool = False) -> Outcome:

@@ -198,10 +198,23 @@ def test_remove_and_clone(qvm, client):
 
 
 def test_template_install_and_info(qvm, client):
+    # The build itself runs in tests/integration/test_salt_sandbox.py (it needs root
+    # and debootstrap's cache); here what is decided before building.
     assert qvm.template_install("debian-12")["changes"] == {}
-    assert qvm.template_install("fedora-41")["changes"]["class"]["new"] == "TemplateVM"
-    assert client.domains["fedora-41"].klass == "TemplateVM"
-    info = qvm.template_info("fedora-41")
+    dry = qvm.template_install("debian-13", test=True)
+    assert dry["test"] is True and dry["changes"]["suite"] == {"old": None, "new": "trixie"}
+    assert "debian-13" not in client.domains
+    with pytest.raises(SaltInvocationError, match="no Debian suite for template 'fedora-41'"):
+        qvm.template_install("fedora-41")
+    with pytest.raises(SaltInvocationError, match="unknown option.*: colour"):
+        qvm.template_install("m-tpl", suite="bookworm", colour="red")
+    with pytest.raises(SaltInvocationError, match="no such label 'mauve'"):
+        qvm.template_install("m-tpl", suite="bookworm", label="mauve")
+    qvm.create("m-app", label="red")
+    with pytest.raises(SaltInvocationError, match="exists as AppVM, not as a TemplateVM"):
+        qvm.template_install("m-app")
+    assert "m-tpl" not in client.domains
+    info = qvm.template_info("debian-12")
     assert info["class"] == "TemplateVM" and info["prefs"]["label"] == "black"
 
 
@@ -249,10 +262,16 @@ def test_policy_explain(qvm):
     assert ret["explanation"][0] == "call: qubes.NoSuchService+ from m-any to dom0"
 
 
-def test_run_needs_the_command_line_tools(qvm, monkeypatch):
-    monkeypatch.setenv("PATH", "/nonexistent")
-    with pytest.raises(CommandExecutionError, match="qvm-run is not installed"):
-        qvm.run("debian-12", "true")
+def test_run_checks_its_arguments_before_running(qvm):
+    # Commands really run in tests/integration/test_salt_sandbox.py (sandbox runtime).
+    with pytest.raises(SaltInvocationError, match="No such domain: 'no-such-vm'"):
+        qvm.run("no-such-vm", "true")
+    with pytest.raises(SaltInvocationError, match="unknown option.*: colour"):
+        qvm.run("debian-12", "true", colour="red")
+    dry = qvm.run("debian-12", "touch /x", user="root", test=True)
+    assert dry["test"] is True and dry["changes"] == {}
+    assert dry["comment"] == "would run: qvm-run --pass-io --user root --no-autostart " \
+                             "debian-12 'touch /x'"
 
 
 def test_every_function_documents_a_cli_example(loaders):
