@@ -5,36 +5,23 @@ against a qubesd serving the installation (libvirt test driver). Baselines in
 the same run: ``salt-call --local test.ping`` for ``qvm.prefs VM`` (goal
 <= 1.3x), and ``state.sls`` of a one-state trivial sls for the highstate of a
 50-VM declaration, first run (creates the VMs) and converged second run
-(goal <= 2x). Admin API calls per run are counted in the salt-call process
+(goal <= 2x). The installation is the one the Salt tests use. Admin API
+calls per run are counted in the salt-call process
 itself: this module, run as ``python -m bench.bench_salt --count FILE --
 ARGS``, wraps the client transport and then runs salt-call.
 """
 
 from __future__ import annotations
 
-import asyncio
 import subprocess
 import sys
 import tempfile
 from pathlib import Path
 
 from bench.common import Report, median_time
+from tests.functional.salt.conftest import build_base
 
 VMS = 50
-
-
-def build(base: Path) -> None:
-    from qubes_core.app import Qubes
-
-    base.mkdir(parents=True)
-    app = Qubes.create_empty_store(base / "qubes.xml", setup_check="auto")
-    try:
-        template = app.add_new_vm("TemplateVM", name="debian-12", label="black")
-        app.default_template = template
-        asyncio.run(template.storage.create())
-        app.save()
-    finally:
-        app.close()
 
 
 def declaration(count: int) -> str:
@@ -62,7 +49,7 @@ def run(report: Report) -> None:
 
     with tempfile.TemporaryDirectory(prefix="bench-salt-") as tmp:
         base = Path(tmp) / "base"
-        build(base)
+        build_base(base)
         tree = layout.lay_out(base)
         (tree.salt / "bench").mkdir()
         (tree.salt / "bench" / "vms50.sls").write_text(declaration(VMS))

@@ -4,6 +4,7 @@ formula written in Qubes' own style runs unchanged."""
 
 from __future__ import annotations
 
+import sys
 import textwrap
 
 import pytest
@@ -142,3 +143,47 @@ def test_formula_in_the_reference_style_runs_unchanged(loaders, client, installa
     assert vm.features["service.meminfo-writer"] == ""
     # The guard: once the VM exists the formula renders to nothing.
     assert loaders.modules.state.sls("refstyle.usb").raw == {}
+
+
+def test_a_state_run_reads_once_until_something_writes(loaders, client, installation,
+                                                       monkeypatch):
+    from qubes_core.client.transport import Transport
+
+    for name in ("rc-a", "rc-b"):
+        client.add_new_vm("AppVM", name, "red")
+        client.domains[name].memory = 512
+    tree = layout.salt_tree(installation.base)
+    (tree.salt / "runcache").mkdir(exist_ok=True)
+    other_tool = f"{sys.executable} -m qubes_core.cli.qvm_prefs --base-dir " \
+                 f"{installation.base} rc-a memory 700"
+    (tree.salt / "runcache" / "init.sls").write_text(textwrap.dedent(f"""\
+        a-memory:
+          qvm.prefs: [{{name: rc-a}}, {{memory: 512}}]
+        a-label:
+          qvm.prefs: [{{name: rc-a}}, {{label: red}}]
+        b-memory:
+          qvm.prefs: [{{name: rc-b}}, {{memory: 512}}]
+        other-tool:
+          cmd.run: [{{name: "{other_tool}"}}]
+        a-memory-again:
+          qvm.prefs: [{{name: rc-a}}, {{memory: 512}}]
+        """))
+    calls = []
+    original = Transport.call_text
+
+    def counted(self, method, dest="dom0", *args, **kwargs):
+        calls.append((method, dest))
+        return original(self, method, dest, *args, **kwargs)
+
+    monkeypatch.setattr(Transport, "call_text", counted)
+    ret = loaders.modules.state.sls("runcache")
+    monkeypatch.undo()
+
+    by_id = {item["__id__"]: item for item in results(ret)}
+    assert all(item["result"] is True for item in by_id.values()), by_id
+    assert [by_id[i]["changes"] for i in ("a-memory", "a-label", "b-memory")] == [{}] * 3
+    # What the other tool wrote is seen, not an answer kept from before it ran.
+    assert by_id["a-memory-again"]["changes"] == {"memory": {"old": 700, "new": 512}}
+    assert client.domains["rc-a"].memory == 512
+    assert calls.count(("admin.vm.property.GetAll", "rc-a")) == 2
+    assert calls.count(("admin.vm.property.GetAll", "rc-b")) == 1
