@@ -33,14 +33,11 @@ $(STAMP_APT): Makefile
 # install time, and the entry points come from plugins.py: reinstall when any changes.
 # An editable install leaves setup.py's data_files out, so the pages it built are
 # copied into the venv here.
-$(STAMP_PIP): setup.py qubes_core/client/fastquery.c qubes_core/plugins.py $(wildcard qubes_core/cli/*.py) $(STAMP_APT)
+$(STAMP_PIP): setup.py qubes_core/client/fastquery.c qubes_core/plugins.py $(wildcard qubes_core/cli/*.py) $(wildcard qubes_core/ext/*.py) $(STAMP_APT)
 	@[ -x $(VPY) ] || $(PYTHON) -m venv $(VENV)
 	$(VPY) -m pip install -q --upgrade pip 2>/dev/null || true
 	$(VPY) -m pip install -q -e '.[test]'
 	@mkdir -p $(VENV)/share/man && cp -r build/man/. $(VENV)/share/man/
-	@# qubes-extensions(7) imports the model, whose dependencies an isolated build
-	@# environment lacks: written again here by the installed interpreter.
-	$(VPY) -m qubes_core.cli.manpages $(VENV)/share/man >/dev/null
 	@touch $@
 
 venv: $(STAMP_PIP)

@@ -9,7 +9,9 @@ link to the main one, as Qubes links ``qvm-pci`` to ``qvm-device``.
 
 ``qubes-extensions(7)`` lists the extensions and the events each one handles,
 read from the handler marks in the code (the built-in extensions of
-:mod:`qubes_core.plugins`).
+:mod:`qubes_core.plugins`). The extension modules are parsed, not imported: the
+isolated environment of a ``pip install .`` build lacks the model's
+dependencies. A test checks the parsed marks against the imported classes.
 
 Run at build time by setup.py (``python -m qubes_core.cli.manpages OUTDIR
 ENTRY...``, ENTRY as in ``console_scripts``); an entry whose module cannot be
@@ -19,6 +21,7 @@ imported where the build runs is reported and left out.
 from __future__ import annotations
 
 import argparse
+import ast
 import datetime
 import importlib
 import inspect
@@ -160,19 +163,50 @@ def extensions_page(date: str) -> str:
              "of the system \\fBapp\\fR. This page is generated from the handlers' marks in "
              "the code."]
     for ext_name, spec in sorted(BUILTIN[EXTENSION_GROUP].items()):
-        module_name, _, class_name = spec.partition(":")
-        cls = getattr(importlib.import_module(module_name), class_name)
-        summary = (inspect.getdoc(cls) or inspect.getdoc(sys.modules[module_name]) or "")
+        summary, events = extension_in_source(spec)
         lines += [f".SH {roff(ext_name.upper())}", f"\\fB{roff(spec)}\\fR", ".PP",
                   roff(summary.split("\n\n")[0].replace("\n", " "))]
-        for event, target, method, doc in handled_events(cls):
+        for event, target, method, doc in events:
             lines += [".TP", f"\\fB{roff(event)}\\fR ({target})",
                       roff(f"{method}: {doc}" if doc else method)]
     return "\n".join(lines) + "\n"
 
 
+# The marks of :mod:`qubes_core.ext` and the target each stands for.
+HANDLER_MARKS = {"vm_handler": "vm", "app_handler": "app"}
+
+
+def extension_in_source(spec: str) -> tuple[str, list[tuple[str, str, str, str]]]:
+    """An extension's summary (its docstring, else its module's) and handled events, as
+    :func:`handled_events` gives them, from its module's source (``module:Class``)."""
+    module_name, _, class_name = spec.partition(":")
+    path = Path(__file__).resolve().parents[2].joinpath(*module_name.split(".")).with_suffix(
+        ".py")
+    tree = ast.parse(path.read_text(encoding="utf-8"), str(path))
+    cls = next((node for node in tree.body
+                if isinstance(node, ast.ClassDef) and node.name == class_name), None)
+    if cls is None:
+        raise ValueError(f"{spec}: no class {class_name} in {path}")
+    found: list[tuple[str, str, str, str]] = []
+    for node in cls.body:
+        if not isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef):
+            continue
+        doc = (ast.get_docstring(node) or "").split("\n")[0]
+        for mark in node.decorator_list:
+            if not isinstance(mark, ast.Call):
+                continue
+            name = getattr(mark.func, "id", getattr(mark.func, "attr", None))
+            if name not in HANDLER_MARKS:
+                continue
+            if not all(isinstance(arg, ast.Constant) for arg in mark.args):
+                raise ValueError(f"{spec}.{node.name}: event names must be literal strings")
+            found.extend((arg.value, HANDLER_MARKS[name], node.name, doc) for arg in mark.args)
+    return ast.get_docstring(cls) or ast.get_docstring(tree) or "", sorted(found)
+
+
 def handled_events(cls: type) -> list[tuple[str, str, str, str]]:
-    """(event, vm|app, method, first docstring line) of each handler of an extension."""
+    """(event, vm|app, method, first docstring line) of each handler of an imported
+    extension class (what :func:`extension_in_source` must agree with)."""
     found: list[tuple[str, str, str, str]] = []
     for attr in sorted(dir(cls)):
         func = getattr(cls, attr, None)

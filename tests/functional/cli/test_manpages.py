@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import importlib.metadata
+import inspect
+import shutil
 import subprocess
 import sys
+import zipfile
 from pathlib import Path
 
 import pytest
@@ -80,3 +83,39 @@ def test_an_entry_that_cannot_load_is_left_out(tmp_path, capsys):
     assert tmp_path / "man1" / "qvm-ls.1" in written
     assert not (tmp_path / "man1" / "ghost.1").exists()
     assert "man page of ghost left out" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("name", sorted(BUILTIN[EXTENSION_GROUP]))
+def test_extensions_read_from_source_agree_with_the_imported_classes(name):
+    spec = BUILTIN[EXTENSION_GROUP][name]
+    module, _, cls = spec.partition(":")
+    extension = getattr(importlib.import_module(module), cls)
+    summary, events = manpages.extension_in_source(spec)
+    assert events == manpages.handled_events(extension)
+    assert events, f"{spec} handles no event"
+    own = extension.__dict__.get("__doc__")
+    expected = own if own else sys.modules[module].__doc__
+    assert summary == inspect.cleandoc(expected)
+
+
+@pytest.mark.slow
+def test_an_isolated_build_has_every_page(tmp_path):
+    """``pip install .`` builds in an environment with setuptools only (none of the
+    model's dependencies): the wheel it installs still holds every page."""
+    root = Path(__file__).resolve().parents[3]
+    files = subprocess.run(["git", "ls-files", "-z"], cwd=root, capture_output=True,
+                           check=True).stdout.decode().split("\0")
+    source = tmp_path / "src"
+    for name in filter(None, files):
+        if (root / name).is_file():
+            (source / name).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(root / name, source / name)
+    built = subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "-q", "-w",
+                            str(tmp_path / "wheel"), str(source)],
+                           capture_output=True, text=True, timeout=600, check=False)
+    assert built.returncode == 0, built.stderr
+    (wheel,) = (tmp_path / "wheel").glob("qubes_core-*.whl")
+    with zipfile.ZipFile(wheel) as archive:
+        pages = {Path(name).name for name in archive.namelist() if "/share/man/" in name}
+    assert {f"{script}.1" for script in console_scripts()} <= pages
+    assert "qubes-extensions.7" in pages
