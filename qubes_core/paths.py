@@ -3,21 +3,21 @@
 Production follows Qubes (``/var/lib/qubes``, ``/var/run/qubesd.sock``,
 ``/etc/qubes/policy.d``, ``/etc/qubes-rpc``). A base directory given with
 ``--base-dir`` or ``QUBES_BASE_DIR`` relocates all of them under itself, for
-local use and tests.
+local use and tests. Every command-line tool loads this module: it keeps to
+light imports (a named tuple, not a dataclass).
 """
 
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
 from pathlib import Path
+from typing import NamedTuple
 
 PRODUCTION_BASE = Path("/var/lib/qubes")
 ENV_VAR = "QUBES_BASE_DIR"
 
 
-@dataclass(frozen=True)
-class Paths:
+class Paths(NamedTuple):
     """The files of one installation: all under ``base_dir``, or Qubes' own places when
     ``production``.
     """

@@ -8,12 +8,13 @@ Anything that cannot be framed gets no reply: the connection is closed.
 
 It belongs to neither end: the server (:mod:`qubes_core.api`) and the clients
 (:mod:`qubes_core.client`) both import it, and a client never loads the server's
-package. It imports nothing of the project.
+package. It imports nothing of the project, and nothing heavy: every command-line
+tool loads it (its records are named tuples, not dataclasses, for that).
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from typing import NamedTuple
 
 MAX_REQUEST = 65536
 OK = b"0\x00"
@@ -26,8 +27,7 @@ class FramingError(ValueError):
     """The bytes are not a request; the server closes the connection."""
 
 
-@dataclass(frozen=True)
-class Request:
+class Request(NamedTuple):
     """One framed call: method and argument, the calling VM, and the destination VM."""
 
     method: str
@@ -107,8 +107,7 @@ def encode_event(subject: str, event: str, kwargs: dict[str, str]) -> bytes:
     return EVENT + b"".join(_event_field(f) + b"\x00" for f in fields) + b"\x00"
 
 
-@dataclass(frozen=True)
-class ExceptionReply:
+class ExceptionReply(NamedTuple):
     """A refusal as a client reads it, before it is turned back into a Qubes exception."""
 
     type_name: str

@@ -132,7 +132,7 @@ def list_vms(args: argparse.Namespace, app: Any, parser: argparse.ArgumentParser
         known: set[str] = set(LISTED_COLUMNS)
         rows = []
         for vm in vms:
-            properties = vm.property_get_all() if need_properties else {}
+            properties = vm.property_get_some(columns) if need_properties else {}
             known.update(properties)
             rows.append(row_of(vm, columns, properties))
     unknown = [column for column in columns if column not in known]

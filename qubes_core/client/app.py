@@ -13,13 +13,12 @@ many steps (a Salt state run) keeps the same cache across its steps with
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
 from qubes_core import exc
 from qubes_core.client.transport import Transport
-from qubes_core.devices import pack, unpack
 
 _MISSING = object()
 # Methods that only read: their replies may be reused while nothing was written.
@@ -122,23 +121,24 @@ class PropertyHolderClient:
     def _call(self, suffix: str, arg: str = "", payload: str | bytes = b"") -> str:
         return self.app.call(self._prefix + suffix, self._dest, arg, payload)
 
-    def _all(self) -> dict[str, tuple[bool, Any]]:
+    def _all(self) -> dict[str, str]:
+        """Every property's ``GetAll`` line (after the name), parsed only when read."""
         cache = self._cache
         if not self.app.caching or cache is None or cache[0] != self.app._generation:
-            values = {}
+            lines = {}
             for line in self._call("GetAll").splitlines():
                 name, _, rest = line.partition(" ")
-                values[name] = PropertyValues.parse(self.app, rest, escaped=True)
-            cache = (self.app._generation, values)
+                lines[name] = rest
+            cache = (self.app._generation, lines)
             object.__setattr__(self, "_cache", cache)
         return cache[1]
 
     def _get(self, name: str) -> tuple[bool, Any]:
         if self.app.caching:
-            values = self._all()
-            if name not in values:
+            lines = self._all()
+            if name not in lines:
                 raise exc.QubesNoSuchPropertyError(self._dest, name)
-            return values[name]
+            return PropertyValues.parse(self.app, lines[name], escaped=True)
         return PropertyValues.parse(self.app, self._call("Get", name), escaped=False)
 
     def __getattr__(self, name: str) -> Any:
@@ -165,7 +165,15 @@ class PropertyHolderClient:
 
     def property_get_all(self) -> dict[str, Any]:
         """Every property's value (one ``GetAll``)."""
-        return {name: value for name, (_, value) in self._all().items()}
+        return {name: PropertyValues.parse(self.app, rest, escaped=True)[1]
+                for name, rest in self._all().items()}
+
+    def property_get_some(self, names: Iterable[str]) -> dict[str, Any]:
+        """The values of those of ``names`` this holder has (one ``GetAll``; only these
+        are parsed)."""
+        lines = self._all()
+        return {name: PropertyValues.parse(self.app, lines[name], escaped=True)[1]
+                for name in names if name in lines}
 
     def property_is_default(self, name: str) -> bool:
         return self._get(name)[0]
@@ -287,6 +295,8 @@ class PciDevices:
 
     def assigned(self) -> dict[str, dict[str, str]]:
         """``{"dom0+00_1f.2": {option: value}}``."""
+        from qubes_core.devices import unpack
+
         found = {}
         for line in self._call("Assigned").splitlines():
             head, _, rest = line.partition(" ")
@@ -295,6 +305,8 @@ class PciDevices:
         return found
 
     def assign(self, backend: str, ident: str, **options: str) -> None:
+        from qubes_core.devices import pack
+
         fields = [pack("device_id", "*"), pack("port_id", ident), pack("devclass", "pci"),
                   pack("backend_domain", backend), pack("mode", "required")]
         fields += [pack("_" + key, value) for key, value in options.items()]
