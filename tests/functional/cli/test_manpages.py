@@ -101,7 +101,8 @@ def test_extensions_read_from_source_agree_with_the_imported_classes(name):
 @pytest.mark.slow
 def test_an_isolated_build_has_every_page(tmp_path):
     """``pip install .`` builds in an environment with setuptools only (none of the
-    model's dependencies): the wheel it installs still holds every page."""
+    model's dependencies): the wheel it installs still holds every page, and the
+    systemd units."""
     root = Path(__file__).resolve().parents[3]
     files = subprocess.run(["git", "ls-files", "-z"], cwd=root, capture_output=True,
                            check=True).stdout.decode().split("\0")
@@ -116,6 +117,9 @@ def test_an_isolated_build_has_every_page(tmp_path):
     assert built.returncode == 0, built.stderr
     (wheel,) = (tmp_path / "wheel").glob("qubes_core-*.whl")
     with zipfile.ZipFile(wheel) as archive:
-        pages = {Path(name).name for name in archive.namelist() if "/share/man/" in name}
+        names = archive.namelist()
+    pages = {Path(name).name for name in names if "/share/man/" in name}
     assert {f"{script}.1" for script in console_scripts()} <= pages
     assert "qubes-extensions.7" in pages
+    units = {Path(name).name for name in names if "/lib/systemd/system/" in name}
+    assert units == {"qubesd.service", "qubes-sync-clock.service", "qubes-sync-clock.timer"}

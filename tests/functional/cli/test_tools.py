@@ -308,3 +308,51 @@ def test_qvm_pci_assign_and_unassign(inst: Installation):
     ok(inst.run("qvm-pci", "unassign", "work", device))
     assert len(ok(inst.run("qvm-pci", "list", "work")).splitlines()) == 1  # header only
     assert "no such domain" in one_line_error(inst.run("qvm-pci", "assign", "ghost", device))
+
+
+def on_a_terminal(inst: Installation, *argv: str) -> tuple[int, str, str]:
+    """Run a tool as a process with stderr on a pseudo-terminal: (exit, stdout, terminal)."""
+    import pty
+    import threading
+
+    master, slave = pty.openpty()
+    seen = bytearray()
+
+    def drain() -> None:
+        while True:
+            try:
+                data = os.read(master, 65536)
+            except OSError:  # the terminal closed: the tool has exited
+                return
+            if not data:
+                return
+            seen.extend(data)
+
+    reader = threading.Thread(target=drain)
+    reader.start()
+    try:
+        done = subprocess.run([str(BIN / argv[0]), *argv[1:]], stdout=subprocess.PIPE,
+                              stderr=slave, stdin=subprocess.DEVNULL, env=inst.env,
+                              timeout=120, check=False)
+    finally:
+        os.close(slave)
+        reader.join(30)
+        os.close(master)
+    return done.returncode, done.stdout.decode(), seen.decode(errors="replace")
+
+
+def test_long_operations_show_progress_only_on_a_terminal(inst: Installation, tmp_path):
+    image = tmp_path / "image"
+    image.write_bytes(b"x" * (8 << 20))
+    code, out, terminal = on_a_terminal(inst, "qvm-volume", "import", "work:private",
+                                        str(image))
+    assert (code, out) == (0, "")
+    assert "importing work:private: 100% 8.0 MiB of 8.0 MiB" in terminal
+    code, out, terminal = on_a_terminal(inst, "qvm-clone", "work", "work-copy")
+    assert (code, out) == (0, "")
+    assert "cloning work to work-copy: volume private" in terminal
+
+    piped = inst.run("qvm-volume", "import", "work:private", str(image), process=True)
+    assert (piped.code, piped.out, piped.err) == (0, "", "")
+    piped = inst.run("qvm-clone", "work", "work-copy2", process=True)
+    assert (piped.code, piped.out, piped.err) == (0, "", "")
