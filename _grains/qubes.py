@@ -3,9 +3,6 @@
 The sys-net formula assigns the network controllers to sys-net from
 ``pci_net_devs``; the lists come from the host's sysfs and are empty on a
 machine without such devices.
-
-The library is imported at the top: on a minion without it the import fails and
-Salt reports the module unavailable with the missing module's name as the reason.
 """
 
 from __future__ import annotations

@@ -14,9 +14,6 @@ under ``test=True`` nothing changes, ``changes`` is what would change and
 ``"test": True`` marks the dry run. Bad names and
 values raise ``SaltInvocationError``, failures ``CommandExecutionError``, each
 with one line saying what was wrong.
-
-The library is imported at the top: on a minion without it the import fails and
-Salt reports the module unavailable with the missing module's name as the reason.
 """
 
 from __future__ import annotations

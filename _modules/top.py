@@ -6,9 +6,6 @@ next ``state.highstate`` applies it; ``top.disable`` undoes that. With
 ``pillar=True`` the same is done for the pillar tree. The work is in
 :mod:`qubes_core.mgmt.tops`; the tree is the one of the installation the
 minion's ``qubes.base_dir`` option names (``/srv`` in production).
-
-The library is imported at the top: on a minion without it the import fails and
-Salt reports the module unavailable with the missing module's name as the reason.
 """
 
 from __future__ import annotations

@@ -4,9 +4,6 @@ Configured as ``ext_pillar: [{qubes: {}}]`` (see
 :func:`qubes_core.mgmt.layout.minion_config`); the minion id is the VM's name.
 An id that names no VM gets no ``qubes`` key; an installation that cannot be
 reached is logged and gives nothing, so other pillar data still renders.
-
-The library is imported at the top: on a minion without it the import fails and
-Salt reports the module unavailable with the missing module's name as the reason.
 """
 
 from __future__ import annotations

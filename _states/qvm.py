@@ -11,9 +11,6 @@ anything (every state works out its changes first and stops there), ``present``
 enforces label, template and properties on an existing VM, and values are
 compared in their property's type so a second run reports no change. The work
 is in :mod:`qubes_core.mgmt`; this module only shapes Salt's returns.
-
-The library is imported at the top: on a minion without it the import fails and
-Salt reports the module unavailable with the missing module's name as the reason.
 """
 
 from __future__ import annotations
@@ -22,16 +19,8 @@ from typing import Any
 
 from salt.exceptions import CommandExecutionError, SaltInvocationError
 
-from qubes_core.mgmt import connection, storage, vms
+from qubes_core.mgmt import connection, saltext, storage, vms
 from qubes_core.mgmt import firewall as vm_firewall
-from qubes_core.mgmt.saltext import (
-    clean,
-    creation_args,
-    merged_mappings,
-    pop_flags,
-    salt_errors,
-    template_options,
-)
 from qubes_core.mgmt.values import as_list, parse_bool
 
 # Actions of ``qvm.vm`` in the order they run when ``actions`` is not given.
@@ -58,7 +47,7 @@ def _apply(state: str, name: str, step) -> dict[str, Any]:
     test = bool(__opts__.get("test", False))
     ret = {"name": name, "result": True, "changes": {}, "comment": ""}
     try:
-        with salt_errors():
+        with saltext.salt_errors():
             app = _app()
             if test and state in NEEDS_VM and not vms.exists(app, name):
                 ret.update(result=None, comment=f"{name} does not exist yet: {state} would "
@@ -85,7 +74,7 @@ def _check(state: str, name: str, passed: bool, comment: str) -> dict[str, Any]:
 
 def _presence(state: str, name: str, want: bool) -> dict[str, Any]:
     try:
-        with salt_errors():
+        with saltext.salt_errors():
             found = vms.exists(_app(), name)
     except (SaltInvocationError, CommandExecutionError) as error:
         return _check(state, name, False, str(error))
@@ -116,9 +105,9 @@ def present(name, *varargs, **kwargs):
             - label: blue
             - mem: 2000
     """
-    kwargs = clean(kwargs)
+    kwargs = saltext.clean(kwargs)
     return _apply("present", name, lambda app, test: vms.present(
-        app, name, test=test, **creation_args(kwargs)))
+        app, name, test=test, **saltext.creation_args(kwargs)))
 
 
 def absent(name, *varargs, **kwargs):
@@ -136,7 +125,7 @@ def clone(name, source, *varargs, **kwargs):
           qvm.clone:
             - source: debian-12
     """
-    kwargs = clean(kwargs)
+    kwargs = saltext.clean(kwargs)
     return _apply("clone", name, lambda app, test: vms.clone(
         app, source, name, label=kwargs.get("label"), pool=kwargs.get("pool"), test=test))
 
@@ -145,9 +134,9 @@ def template_installed(name, *varargs, **kwargs):
     """The TemplateVM ``name`` exists, built with ``qubes-template-build`` when missing
     (options as ``qvm.template_install``: ``suite``, ``with_salt``, ``cache_dir``,
     ``label``)."""
-    kwargs = clean(kwargs)
+    kwargs = saltext.clean(kwargs)
     return _apply("template_installed", name, lambda app, test: vms.install_template(
-        app, name, **template_options(kwargs, __opts__), test=test))
+        app, name, **saltext.template_options(kwargs, __opts__), test=test))
 
 
 # --- configuration ---------------------------------------------------------------------
@@ -164,10 +153,10 @@ def prefs(name, *varargs, **kwargs):
             - netvm: sys-firewall
             - memory: 400
     """
-    kwargs = clean(kwargs)
+    kwargs = saltext.clean(kwargs)
 
     def step(app, test):
-        wanted = merged_mappings(kwargs.pop("set", None), "set")
+        wanted = saltext.merged_mappings(kwargs.pop("set", None), "set")
         wanted.update(kwargs)
         return vms.set_prefs(app, name, wanted, test=test)
 
@@ -184,7 +173,7 @@ def global_prefs(name, **kwargs):
           qvm.global_prefs:
             - default_netvm: sys-firewall
     """
-    wanted = clean(kwargs)
+    wanted = saltext.clean(kwargs)
     return _apply("global_prefs", name, lambda app, test: vms.set_global_prefs(
         app, wanted, test=test))
 
@@ -207,7 +196,7 @@ def service(name, *varargs, **kwargs):
             - enable: [clocksync]
             - disable: [cups]
     """
-    kwargs = clean(kwargs)
+    kwargs = saltext.clean(kwargs)
     kwargs.pop("list", None)
 
     def step(app, test):
@@ -229,11 +218,11 @@ def features(name, *varargs, **kwargs):
             - set:
               - vm-config.x: value
     """
-    kwargs = clean(kwargs)
+    kwargs = saltext.clean(kwargs)
     kwargs.pop("list", None)
 
     def step(app, test):
-        values = merged_mappings(kwargs.pop("set", None), "set")
+        values = saltext.merged_mappings(kwargs.pop("set", None), "set")
         chosen = _by_action(varargs, kwargs, ("enable", "disable", "default"))
         values.update(kwargs)
         return vms.set_features(app, name, values=values, test=test, **chosen)
@@ -251,7 +240,7 @@ def tags(name, *varargs, **kwargs):
           qvm.tags:
             - add: [backup]
     """
-    kwargs = clean(kwargs)
+    kwargs = saltext.clean(kwargs)
     kwargs.pop("list", None)
 
     def step(app, test):
@@ -276,10 +265,10 @@ def devices(name, *varargs, **kwargs):
           qvm.devices:
             - attach: ['00:19.0']
     """
-    kwargs = clean(kwargs)
+    kwargs = saltext.clean(kwargs)
 
     def step(app, test):
-        options = merged_mappings(kwargs.pop("options", None), "options")
+        options = saltext.merged_mappings(kwargs.pop("options", None), "options")
         chosen = _by_action(varargs, kwargs, ("attach", "detach"))
         return vms.set_devices(app, name, chosen["attach"], chosen["detach"], options,
                                test=test)
@@ -322,13 +311,13 @@ def start(name, *varargs, **kwargs):
 def halted(name, *varargs, **kwargs):
     """The VM is halted (shut down; flag ``force`` even if others use it as netvm)."""
     return _apply("halted", name, lambda app, test: vms.shutdown(
-        app, name, force="force" in pop_flags(clean(kwargs)), test=test))
+        app, name, force="force" in saltext.pop_flags(saltext.clean(kwargs)), test=test))
 
 
 def shutdown(name, *varargs, **kwargs):
     """The VM is halted (shut down; flags ``force``, ``kill``)."""
     def step(app, test):
-        flags = pop_flags(clean(kwargs))
+        flags = saltext.pop_flags(saltext.clean(kwargs))
         return vms.shutdown(app, name, force="force" in flags, kill="kill" in flags, test=test)
 
     return _apply("shutdown", name, step)
@@ -351,7 +340,7 @@ def unpause(name, *varargs, **kwargs):
 
 def run(name, cmd=None, *varargs, **kwargs):
     """Run ``cmd`` in the VM with ``qvm-run`` (always a change; nothing in test mode)."""
-    kwargs = clean(kwargs)
+    kwargs = saltext.clean(kwargs)
     if cmd is None and varargs:
         cmd = " ".join(map(str, varargs))
     if not cmd:
@@ -385,7 +374,7 @@ def pool_present(name, driver="file-reflink", **kwargs):
             - dir_path: /mnt/fast
             - revisions_to_keep: 2
     """
-    options = clean(kwargs)
+    options = saltext.clean(kwargs)
     return _apply("pool_present", name, lambda app, test: storage.pool_present(
         app, name, driver, options, test=test))
 
@@ -405,7 +394,7 @@ def pool_migrated(name, setup_check=True, **kwargs):
     test = bool(__opts__.get("test", False))
     ret = {"name": name, "result": True, "changes": {}, "comment": ""}
     try:
-        with salt_errors():
+        with saltext.salt_errors():
             outcome, restarted = storage.migrate(
                 connection.base_dir_from_opts(__opts__), _app(), [name],
                 setup_check=parse_bool(setup_check, "setup_check"), test=test)
@@ -471,7 +460,7 @@ def vm(name, **kwargs):
               - add: [backup]
             - actions: [present, prefs, tags]
     """
-    kwargs = clean(kwargs)
+    kwargs = saltext.clean(kwargs)
     order = kwargs.pop("actions", DEFAULT_ORDER)
     test = bool(__opts__.get("test", False))
     ret = {"name": name, "changes": {}, "result": None if test else True, "comment": ""}
