@@ -198,9 +198,10 @@ def extension_in_source(spec: str) -> tuple[str, list[tuple[str, str, str, str]]
             name = getattr(mark.func, "id", getattr(mark.func, "attr", None))
             if name not in HANDLER_MARKS:
                 continue
-            if not all(isinstance(arg, ast.Constant) for arg in mark.args):
-                raise ValueError(f"{spec}.{node.name}: event names must be literal strings")
-            found.extend((arg.value, HANDLER_MARKS[name], node.name, doc) for arg in mark.args)
+            for arg in mark.args:
+                if not (isinstance(arg, ast.Constant) and isinstance(arg.value, str)):
+                    raise ValueError(f"{spec}.{node.name}: event names must be literal strings")
+                found.append((arg.value, HANDLER_MARKS[name], node.name, doc))
     return ast.get_docstring(cls) or ast.get_docstring(tree) or "", sorted(found)
 
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Callable, Iterable, Mapping
+from pathlib import Path
 from typing import Any
 
 from qubes_core import exc
@@ -452,7 +453,7 @@ def install_template(app: Qubes, name: str, *, suite: str | None = None,
         return outcome
     try:
         template_build.build(name, suite, base_dir=base_dir, with_salt=with_salt,
-                             cache_dir=cache_dir, label=label,
+                             cache_dir=Path(cache_dir) if cache_dir else None, label=label,
                              progress=template_build.Progress(quiet=True))
     except template_build.BuildError as error:
         raise exc.QubesException(f"building template {name}: {error}") from None
