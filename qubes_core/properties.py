@@ -242,9 +242,12 @@ class StatelessProperty(Property):
 
     def __init__(self, name: str, compute: Callable[[Any], Any], *,
                  type: Callable[[Any], Any] | None = None,  # noqa: A002
-                 doc: str = ""):
+                 reads_runtime: bool = False, doc: str = ""):
         super().__init__(name, type=type, default=compute, setter=_read_only_setter,
                          clone=False, persisted=False, doc=doc)
+        #: Computing it asks the runtime (libvirt may answer over a connection): the
+        #: Admin API reads it in a worker thread.
+        self.reads_runtime = reads_runtime
 
     def coerce(self, holder: Any, value: Any) -> Any:
         return _read_only_setter(holder, self, value)

@@ -8,13 +8,14 @@ for None); ``Reset`` returns the property to its default.
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any
 
 from qubes_core import exc
 from qubes_core.api.call import ApiCall
 from qubes_core.api.registry import method
 from qubes_core.api.untrusted import escape_line_value
-from qubes_core.properties import Property, PropertyHolder
+from qubes_core.properties import Property, PropertyHolder, StatelessProperty
 
 
 def _holder(call: ApiCall) -> PropertyHolder:
@@ -45,19 +46,38 @@ def describe(holder: Any, prop: Property, escape: bool = False) -> str:
     return f"default={is_default} type={prop.api_type} {text}"
 
 
+def _reads_runtime(prop: Property) -> bool:
+    return isinstance(prop, StatelessProperty) and prop.reads_runtime
+
+
+async def _describe_off_loop(holder: PropertyHolder, props: list[Property],
+                             escape: bool = False) -> dict[str, str]:
+    """:func:`describe` of those of ``props`` whose value the runtime gives (libvirt
+    answers over a connection), in a worker thread: the loop stays free."""
+    slow = [prop for prop in props if _reads_runtime(prop)]
+    if not slow:
+        return {}
+    return await asyncio.to_thread(
+        lambda: {prop.__name__: describe(holder, prop, escape) for prop in slow})
+
+
 def _property_list(call: ApiCall) -> str:
     return "".join(p.__name__ + "\n" for p in _holder(call).property_list())
 
 
-def _property_get(call: ApiCall) -> str:
+async def _property_get(call: ApiCall) -> str:
     holder = _holder(call)
-    return describe(holder, _prop(holder, call.arg))
+    prop = _prop(holder, call.arg)
+    found = await _describe_off_loop(holder, [prop])
+    return found.get(prop.__name__) or describe(holder, prop)
 
 
-def _property_get_all(call: ApiCall) -> str:
+async def _property_get_all(call: ApiCall) -> str:
     holder = _holder(call)
-    return "".join(f"{p.__name__} {describe(holder, p, escape=True)}\n"
-                   for p in holder.property_list())
+    props = holder.property_list()
+    found = await _describe_off_loop(holder, props, escape=True)
+    return "".join(f"{p.__name__} {found.get(p.__name__) or describe(holder, p, escape=True)}\n"
+                   for p in props)
 
 
 def _property_get_default(call: ApiCall) -> str | None:
@@ -102,10 +122,10 @@ def _declare(kind: str, scope: str, dest: str) -> None:
         return _property_list(call)
 
     async def get(call: ApiCall) -> str:
-        return _property_get(call)
+        return await _property_get(call)
 
     async def get_all(call: ApiCall) -> str:
-        return _property_get_all(call)
+        return await _property_get_all(call)
 
     async def get_default(call: ApiCall) -> str | None:
         return _property_get_default(call)

@@ -337,16 +337,16 @@ class QubesVM(NetworkMixin, LifecycleMixin, BaseVM):
         "keyboard_layout", type=str, setter=validate_keyboard_layout,
         default=_default_keyboard_layout,
         doc="Keyboard layout LAYOUT+VARIANT+OPTIONS; the guivm's by default.")
-    xid = StatelessProperty("xid", _xid, type=int,
+    xid = StatelessProperty("xid", _xid, type=int, reads_runtime=True,
                             doc="Hypervisor id of the running VM; -1 when halted.")
     stubdom_xid = StatelessProperty(
-        "stubdom_xid", _stubdom_xid, type=int,
+        "stubdom_xid", _stubdom_xid, type=int, reads_runtime=True,
         doc="Hypervisor id of the device model stub domain of a running HVM; else -1.")
     stubdom_uuid = StatelessProperty(
-        "stubdom_uuid", _stubdom_uuid, type=str,
+        "stubdom_uuid", _stubdom_uuid, type=str, reads_runtime=True,
         doc="UUID of the device model stub domain of a running HVM; else empty.")
     start_time = StatelessProperty(
-        "start_time", lambda vm: vm.app.runtime.start_time(vm),
+        "start_time", lambda vm: vm.app.runtime.start_time(vm), reads_runtime=True,
         doc="Time the VM was started (seconds since the epoch); None while halted. Read "
             "from the runtime, never stored.",
     )

@@ -1,10 +1,11 @@
-"""Listings read the VMs' power states from libvirt off the loop, all at once.
+"""Listings read what libvirt knows of the VMs off the loop.
 
-``admin.vm.List`` and ``internal.GetSystemInfo`` show every VM's power state.
-libvirt answers each read over a connection, so a listing asks it for all the
-domains in a worker thread: qubesd answers other calls meanwhile. The test holds
-libvirt's answer until another call was answered (libvirt's test driver, real
-file-reflink storage).
+``admin.vm.List`` and ``internal.GetSystemInfo`` show every VM's power state,
+``admin.vm.property.GetAll`` a VM's xid and start time. libvirt answers each
+read over a connection, so those reads run in a worker thread (a listing asks
+for all the domains at once): qubesd answers other calls meanwhile. The tests
+hold libvirt's answer until another call was answered (libvirt's test driver,
+real file-reflink storage).
 """
 
 from __future__ import annotations
@@ -62,3 +63,29 @@ async def test_a_listing_asks_libvirt_off_the_loop(lifecycle_app: Any, tmp_path:
         "default=False type=label blue"
     answered.set()
     assert states_of(await listing) == expected
+
+
+async def test_property_get_all_asks_libvirt_off_the_loop(lifecycle_app: Any, tmp_path: Path,
+                                                          monkeypatch: pytest.MonkeyPatch
+                                                          ) -> None:
+    app = lifecycle_app
+    api = Harness(app, tmp_path)
+    await app.domains["work"].start()
+    expected = await api.call("admin.vm.property.GetAll", "work")
+    assert "\nxid default=True type=int " in expected and "start_time" in expected
+
+    entered, answered = threading.Event(), threading.Event()
+    real_active = libvirt.virDomain.isActive
+
+    def held_active(domain: libvirt.virDomain) -> int:
+        entered.set()
+        assert answered.wait(TIMEOUT), "no call was answered while libvirt was asked"
+        return real_active(domain)
+
+    monkeypatch.setattr(libvirt.virDomain, "isActive", held_active)
+    get_all = asyncio.create_task(api.call("admin.vm.property.GetAll", "work"))
+    await wait_until_async(lambda: entered.is_set() or get_all.done(), what="GetAll")
+    assert await api.call("admin.vm.property.Get", "work", "label") == \
+        "default=False type=label blue"
+    answered.set()
+    assert await get_all == expected
