@@ -23,8 +23,8 @@ import asyncio
 import functools
 import logging
 import re
-from collections.abc import Callable
-from typing import Any, NoReturn
+from collections.abc import Callable, Iterable
+from typing import Any, NoReturn, Protocol
 
 from qubes_core import exc
 from qubes_core.exc import StoragePoolException
@@ -79,6 +79,35 @@ def check_vid(vid: str) -> str:
             part in (".", "..") for part in vid.split("/")):
         raise StoragePoolException(f"invalid volume id {vid!r}")
     return vid
+
+
+class StorageApp(Protocol):
+    """What storage needs of the app (which it does not import): its pools, and its
+    VMs (a snapshot's source may be another VM's volume)."""
+
+    pools: dict[str, Pool]
+
+    @property
+    def domains(self) -> Iterable[StorageVM]:
+        """Every VM of the app."""
+
+
+class StorageVM(Protocol):
+    """What storage needs of a VM: who it is, its volumes' config, its kernel, its app."""
+
+    volume_config: dict[str, dict[str, Any]]
+
+    @property
+    def name(self) -> str:
+        """The VM's name."""
+
+    @property
+    def kernel(self) -> str | None:
+        """The kernel version the kernel volume follows (empty: the VM's own)."""
+
+    @property
+    def app(self) -> StorageApp:
+        """The app the VM belongs to."""
 
 
 class Pool:
@@ -145,7 +174,7 @@ class Pool:
 
     # --- volumes -------------------------------------------------------------
 
-    def init_volume(self, vm: Any, config: dict[str, Any],
+    def init_volume(self, vm: StorageVM, config: dict[str, Any],
                     source: Volume | None = None) -> Volume:
         """The volume of ``vm`` described by ``config`` (no disk access)."""
         raise StoragePoolException(f"pool {self.name}: driver {self.driver} has no volumes")
@@ -190,7 +219,7 @@ class UnavailablePool(Pool):
         """Nothing is known of a driver that is not installed: every option is kept."""
         return []
 
-    def init_volume(self, vm: Any, config: dict[str, Any],
+    def init_volume(self, vm: StorageVM, config: dict[str, Any],
                     source: Volume | None = None) -> Volume:
         """The volume of ``vm`` this pool holds for ``config``."""
         raise StoragePoolException(

@@ -10,7 +10,7 @@ from __future__ import annotations
 import os
 from typing import Any
 
-from qubes_core.storage import Pool, StoragePoolException, Volume, fileops
+from qubes_core.storage import Pool, StoragePoolException, StorageVM, Volume, fileops
 
 DEFAULT_DIR = "/var/lib/qubes/vm-kernels"
 
@@ -114,7 +114,7 @@ class LinuxKernelPool(Pool):
                 f"not {self.dir_path!r}")
         fileops.make_dirs(self.dir_path)
 
-    def init_volume(self, vm: Any, config: dict[str, Any],
+    def init_volume(self, vm: StorageVM, config: dict[str, Any],
                     source: Volume | None = None) -> LinuxKernelVolume:
         """The kernel volume of ``vm`` (named by its ``kernel`` property)."""
         return LinuxKernelVolume(self, config, source)

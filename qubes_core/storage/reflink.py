@@ -50,6 +50,7 @@ from qubes_core.storage import (
     TRUE_OPTIONS,
     Pool,
     StoragePoolException,
+    StorageVM,
     Volume,
     check_vid,
     fileops,
@@ -182,7 +183,7 @@ class FileReflinkPool(Pool):
         st = self._statvfs()
         return None if st is None else (st.f_blocks - st.f_bfree) * st.f_frsize
 
-    def init_volume(self, vm: Any, config: dict[str, Any],
+    def init_volume(self, vm: StorageVM, config: dict[str, Any],
                     source: Volume | None = None) -> FileReflinkVolume:
         """The volume of ``vm`` this pool holds for ``config``."""
         return self.volume_class(self, config, source)

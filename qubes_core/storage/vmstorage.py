@@ -13,12 +13,12 @@ import asyncio
 import logging
 from typing import Any
 
-from qubes_core.storage import Pool, StoragePoolException, Volume
+from qubes_core.storage import Pool, StorageApp, StoragePoolException, StorageVM, Volume
 
 log = logging.getLogger("qubes.storage")
 
 
-def find_source(app: Any, pool_name: str, vid: str) -> Volume:
+def find_source(app: StorageApp, pool_name: str, vid: str) -> Volume:
     """The volume with id ``vid``: another VM's volume if one has it, else a bare one."""
     for vm in app.domains:
         for config in vm.volume_config.values():
@@ -31,7 +31,7 @@ def find_source(app: Any, pool_name: str, vid: str) -> Volume:
     return pool.get_volume(vid)
 
 
-def vm_storage(vm: Any) -> Storage:
+def vm_storage(vm: StorageVM) -> Storage:
     """The (cached) storage of ``vm``."""
     storage: Storage | None = vm.__dict__.get("_storage")
     if storage is None:
@@ -43,7 +43,7 @@ def vm_storage(vm: Any) -> Storage:
 class Storage:
     """Creates, starts, stops, verifies and removes all volumes of one VM."""
 
-    def __init__(self, vm: Any):
+    def __init__(self, vm: StorageVM):
         self.vm = vm
         self._volumes: dict[str, tuple[dict[str, Any], tuple[str, str, str], Volume]] = {}
 
@@ -83,7 +83,7 @@ class Storage:
     def _follow_kernel(self, config: dict[str, Any]) -> None:
         """Keep the kernel volume's vid equal to the VM's ``kernel`` (which may come
         from its template or the global default, and change at any time)."""
-        kernel = getattr(self.vm, "kernel", None)
+        kernel = self.vm.kernel
         if isinstance(kernel, str) and config.get("vid", "") != kernel:
             config["vid"] = kernel
 
@@ -95,7 +95,7 @@ class Storage:
     def _init_volume(self, name: str, config: dict[str, Any]) -> Volume:
         app = self.vm.app
         pool_name = config.get("pool")
-        pool: Pool | None = app.pools.get(pool_name)
+        pool = app.pools.get(pool_name) if pool_name is not None else None
         if pool is None:
             raise StoragePoolException(
                 f"volume {name} of {self.vm}: no such pool {pool_name!r} "
@@ -175,7 +175,7 @@ class Storage:
         if failed:
             self._raise_first("removal", failed)
 
-    async def clone(self, src_vm: Any) -> None:
+    async def clone(self, src_vm: StorageVM) -> None:
         """Give each persistent volume a copy of ``src_vm``'s volume of the same name."""
         src = vm_storage(src_vm).volumes
         calls = {}
