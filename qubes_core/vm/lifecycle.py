@@ -30,6 +30,7 @@ from qubes_core.vm import pending
 from qubes_core.vm.base import BaseVM
 
 if TYPE_CHECKING:
+    from qubes_core.backend import Runtime
     from qubes_core.storage.vmstorage import Storage
 
 log = logging.getLogger("qubes.vm")
@@ -71,7 +72,7 @@ class LifecycleMixin(BaseVM):
             lock = self.__dict__["_startup_lock"] = asyncio.Lock()
         return lock
 
-    def _runtime(self, action: str) -> Any:
+    def _runtime(self, action: str) -> Runtime:
         runtime = self.app.runtime
         if not runtime.runs_vms:
             raise exc.QubesVMError(
@@ -80,7 +81,7 @@ class LifecycleMixin(BaseVM):
             )
         return runtime
 
-    def usable_storage(self) -> Any:
+    def usable_storage(self) -> Storage | None:
         """The VM's storage, or None (with a debug log) when it has none or a pool it
         needs is unusable (a driver not installed): such a VM keeps its settings but
         its volumes are neither created, started nor removed."""
@@ -153,7 +154,7 @@ class LifecycleMixin(BaseVM):
         log.info("started %s", self)
         return self
 
-    async def _wait_stop_handled(self, runtime: Any) -> None:
+    async def _wait_stop_handled(self, runtime: Runtime) -> None:
         """A VM the runtime reports halted whose last stop is still being handled
         (its volumes not yet committed): wait for that, within a bound."""
         if not self.volumes_in_use:
@@ -190,7 +191,7 @@ class LifecycleMixin(BaseVM):
                 self, f"cannot start {self}: its netvm {netvm} cannot start: {error}"
             ) from error
 
-    async def _abort_start(self, storage: Any, error: BaseException) -> None:
+    async def _abort_start(self, storage: Storage | None, error: BaseException) -> None:
         """Undo a failed start: started volumes as they were; a disposable VM removed."""
         if storage is not None:
             results = await asyncio.gather(
