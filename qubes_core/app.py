@@ -27,7 +27,7 @@ from qubes_core.storage import Pool, make_pool
 from qubes_core.store import QubesXmlStore
 from qubes_core.vm import get_vm_class
 from qubes_core.vm.base import MAX_QID, BaseVM
-from qubes_core.vm.dispvm import MAX_DISPID
+from qubes_core.vm.dispvm import MAX_DISPID, DispVM
 from qubes_core.vm.network import follows_default_netvm
 from qubes_core.vm.qubesvm import host_memory_mib, validate_disposable_template, validate_kernel
 
@@ -127,7 +127,7 @@ class VMCollection:
         """A free DispVM number whose default name ``disp<N>`` is free too (drawn from
         ``rng``, by default the process's generator)."""
         draw: Any = rng if rng is not None else random
-        used = {getattr(vm, "dispid", None) for vm in self}
+        used = {vm.property_own_value("dispid") for vm in self if isinstance(vm, DispVM)}
         used.update(int(name[4:]) for name in self._by_name
                     if name.startswith("disp") and name[4:].isdigit())
         if len(used) > MAX_DISPID // 2:

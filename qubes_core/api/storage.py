@@ -77,7 +77,7 @@ async def pool_list_drivers(call: ApiCall) -> str:
     """Each storage driver with the pool options it takes, so a client can build ``pool.Add``."""
     lines = []
     for name, cls in sorted(pool_drivers().items()):
-        lines.append(" ".join([name, *sorted(getattr(cls, "known_options", {}))]) + "\n")
+        lines.append(" ".join([name, *sorted(cls.known_options)]) + "\n")
     return "".join(lines)
 
 

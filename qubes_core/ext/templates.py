@@ -45,8 +45,7 @@ def based_on(vm: Any) -> list[Any]:
 
 def follows_default(vm: Any) -> bool:
     """Whether the VM's template is the global ``default_template`` (not set on the VM)."""
-    prop = getattr(type(vm), "template", None)
-    return (prop is not None and getattr(prop, "has_default", False)
+    return (vm.has_property("template") and vm.property_get_def("template").has_default
             and not vm.property_is_set("template") and bool(vm.volume_config))
 
 

@@ -106,7 +106,7 @@ def default_config(vm: Any) -> dict[str, dict[str, Any]]:
             "save_on_stop": save_on_stop,
         }
         if name == "kernel":
-            entry["pool"] = getattr(vm.app, "default_pool_kernel", None) or "linux-kernel"
+            entry["pool"] = vm.app.default_pool_kernel or "linux-kernel"
             entry["vid"] = vm.kernel or ""
         elif from_template and template is not None:
             entry.update(snapshot_source(template, name, entry["pool"]))
