@@ -16,6 +16,7 @@ from qubes_core.api.call import ApiCall
 from qubes_core.api.registry import method
 from qubes_core.api.untrusted import parse_key_values
 from qubes_core.vm import vm_classes
+from qubes_core.vm.adminvm import AdminVM
 from qubes_core.vm.base import BaseVM
 from qubes_core.vm.dispvm import DispVM
 from qubes_core.vm.qubesvm import QubesVM
@@ -90,7 +91,7 @@ def _apply_pools(call: ApiCall, vm: Any, pools: dict[str, str]) -> None:
 async def _create(call: ApiCall, in_pool: bool) -> None:
     vmclass = call.method.rsplit(".", 1)[1]
     classes = vm_classes()
-    if vmclass not in classes or vmclass == "AdminVM":
+    if vmclass not in classes or issubclass(classes[vmclass], AdminVM):
         raise exc.QubesValueError(f"cannot create a VM of class {vmclass!r}")
     text = call.payload_text("VM creation parameters", ascii_only=True)
     params = parse_key_values(text, "VM creation parameters", {"name", "label", "pool"},
@@ -123,8 +124,8 @@ async def _create(call: ApiCall, in_pool: bool) -> None:
 
 
 def _declare_create() -> None:
-    for vmclass in sorted(vm_classes()):
-        if vmclass == "AdminVM":
+    for vmclass, cls in sorted(vm_classes().items()):
+        if issubclass(cls, AdminVM):
             continue
 
         async def create(call: ApiCall) -> None:
