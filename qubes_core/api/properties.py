@@ -16,6 +16,7 @@ from qubes_core.api.call import ApiCall
 from qubes_core.api.registry import method
 from qubes_core.api.untrusted import escape_line_value
 from qubes_core.properties import Property, PropertyHolder, StatelessProperty
+from qubes_core.vm.base import BaseVM
 
 
 def _holder(call: ApiCall) -> PropertyHolder:
@@ -52,10 +53,11 @@ def _reads_runtime(prop: Property) -> bool:
 
 async def _describe_off_loop(holder: PropertyHolder, props: list[Property],
                              escape: bool = False) -> dict[str, str]:
-    """:func:`describe` of those of ``props`` whose value the runtime gives (libvirt
-    answers over a connection), in a worker thread: the loop stays free."""
+    """:func:`describe` of those of ``props`` whose value the runtime gives, in a
+    worker thread when the runtime's reads wait for another process (libvirtd): the
+    loop stays free."""
     slow = [prop for prop in props if _reads_runtime(prop)]
-    if not slow:
+    if not slow or not isinstance(holder, BaseVM) or not holder.app.runtime.slow_reads:
         return {}
     return await asyncio.to_thread(
         lambda: {prop.__name__: describe(holder, prop, escape) for prop in slow})

@@ -32,6 +32,9 @@ class Runtime:
 
     name = "abstract"
     runs_vms = True
+    #: Whether a read (a state, an xid, a start time) waits for another process
+    #: (libvirtd): the Admin API then reads in a worker thread.
+    slow_reads = False
 
     def state(self, vm: Any) -> str:
         """Power state of ``vm``: one of ``qubes_core.vm.base.POWER_STATES``."""

@@ -102,6 +102,8 @@ def _xenstore_read(path: str) -> str | None:
 class LibvirtRuntime(Runtime):
     """VMs as libvirt domains of the connection at ``uri``."""
 
+    slow_reads = True
+
     def __init__(self, uri: str, *, name: str | None = None,
                  event_timeout: float = DEFAULT_EVENT_TIMEOUT):
         self.uri = uri
