@@ -1,18 +1,23 @@
-"""Power methods: Start, Shutdown, Kill, Pause, Unpause, CurrentState.
+"""Power methods: Start, Shutdown, Kill, Pause, Unpause, Suspend, Resume, CurrentState,
+and the ``admin.vm.Stats`` stream.
 
-They call the VM's own ``start``/``shutdown``/``kill``/``pause``/``unpause``
-(the model and the runtime decide what that means); none of them changes
-qubes.xml, so they run without the write lock: a slow start does not hold up
-other callers.
+They call the VM's own ``start``/``shutdown``/``kill``/``pause``/``unpause``/
+``suspend``/``resume`` (the model and the runtime decide what that means); none
+of them changes qubes.xml, so they run without the write lock: a slow start does
+not hold up other callers. Figures (memory, CPU time) are read from the runtime
+each time, never kept.
 """
 
 from __future__ import annotations
 
+import asyncio
 import inspect
+import os
+import time
 from typing import Any
 
-from qubes_core import exc
-from qubes_core.api.call import ApiCall
+from qubes_core import exc, protocol
+from qubes_core.api.call import NO_REPLY, ApiCall, NoReply
 from qubes_core.api.registry import method
 
 SHUTDOWN_OPTIONS = {"", "force", "wait", "force+wait", "wait+force"}
@@ -64,11 +69,106 @@ async def vm_unpause(call: ApiCall) -> None:
     await _invoke(call.dest, "unpause")
 
 
+@method("admin.vm.Suspend", scope="local", execute=True)
+async def vm_suspend(call: ApiCall) -> None:
+    """Suspend the VM to memory; a runtime or system that cannot suspend pauses it."""
+    await _invoke(call.dest, "suspend")
+
+
+@method("admin.vm.Resume", scope="local", execute=True)
+async def vm_resume(call: ApiCall) -> None:
+    """Wake a suspended VM, or unpause a paused one."""
+    await _invoke(call.dest, "resume")
+
+
+@method("admin.vm.Console", scope="local", write=True)
+async def vm_console(call: ApiCall) -> str:
+    """The path of the running VM's console terminal, for dom0's console tool to open.
+
+    A write, as in the reference: the console lets the caller type into the VM.
+    """
+    vm = call.dest
+    call.require_not_dom0()
+    if vm.get_power_state() == "Halted":
+        raise exc.QubesVMNotRunningError(vm, f"{vm} has no console: it is not running")
+    tty = await asyncio.to_thread(vm.app.runtime.console_tty, vm)
+    if not tty:
+        raise exc.QubesVMError(
+            vm, f"{vm} has no console terminal in the {vm.app.runtime.name} runtime "
+                "(use qvm-run for a shell)")
+    return tty
+
+
 @method("admin.vm.CurrentState", scope="local", read=True)
 async def vm_current_state(call: ApiCall) -> str:
     """The VM's power state and, where the runtime knows them, its memory and CPU time."""
     vm = call.dest
     state = {"mem": 0, "mem_static_max": 0, "cputime": 0,
              "power_state": vm.get_power_state()}
-    state.update(vm.app.runtime.current_state(vm))
+    figures = vm.app.runtime.current_state(vm)
+    state.update({key: figures[key] for key in ("mem", "mem_static_max", "cputime")
+                  if key in figures})
     return " ".join(f"{key}={value}" for key, value in state.items())
+
+
+def _stats_sweep(app: Any, vms: list[Any], previous: dict[int, tuple[float, int]]
+                 ) -> list[tuple[str, dict[str, str]]]:
+    """``vm-stats`` of each running VM of ``vms``: what the runtime says now, with the
+    CPU usage (percent of the host's CPUs) since the previous sweep (``previous``,
+    updated here). Runs in a worker thread: the runtime's calls may block."""
+    host_cpus = os.cpu_count() or 1
+    records = []
+    for vm in vms:
+        if vm.qid == 0 or vm.get_power_state() == "Halted":
+            previous.pop(vm.qid, None)
+            continue
+        figures = app.runtime.current_state(vm)
+        now, cpu_ns = time.monotonic(), int(figures.get("cputime", 0))
+        before = previous.get(vm.qid)
+        previous[vm.qid] = (now, cpu_ns)
+        usage = 0
+        if before is not None and now > before[0]:
+            usage = round(100 * (cpu_ns - before[1]) / 1e9 / (now - before[0]) / host_cpus)
+        memory_kb = int(figures.get("mem", 0))
+        records.append((vm.name, {
+            "memory_kb": str(memory_kb),
+            "memory_assigned_total": str(memory_kb),
+            "memory_assigned_usable": str(memory_kb),
+            "memory_with_swap_used": str(memory_kb),
+            "cpu_time": str(cpu_ns // 1_000_000),
+            "cpu_usage": str(max(0, min(100, usage))),
+            "online_vcpus": str(int(figures.get("online_vcpus", 0))),
+        }))
+    return records
+
+
+@method("admin.vm.Stats", scope="global", read=True, dest="any")
+async def vm_stats(call: ApiCall) -> NoReply:
+    """Stream ``vm-stats`` events (memory in KiB, CPU time in ms, CPU usage in percent,
+    online vCPUs) of the running VMs (all for dom0, else the one named) every
+    ``stats_interval`` seconds, until the client hangs up.
+
+    The stream is in ``admin.Events``' format and starts with
+    ``connection-established``. Memory figures are what the runtime gives the VM:
+    qubesd has no view of the memory use inside it, so the ``memory_assigned_*``
+    and ``memory_with_swap_used`` keys repeat ``memory_kb``.
+    """
+    connection = getattr(call, "connection", None)
+    if connection is None:
+        raise RuntimeError("admin.vm.Stats needs a connection to stream to")
+    only = None if call.dest.qid == 0 else call.dest
+    previous: dict[int, tuple[float, int]] = {}
+    hangup = asyncio.ensure_future(connection.wait_hangup())
+    try:
+        await connection.send(protocol.encode_event("", "connection-established", {}))
+        while not hangup.done():
+            vms = [only] if only is not None else call.filter(list(call.app.domains))
+            records = await asyncio.to_thread(_stats_sweep, call.app, vms, previous)
+            for name, figures in records:
+                await connection.send(protocol.encode_event(name, "vm-stats", figures))
+            await asyncio.wait({hangup}, timeout=call.app.stats_interval)
+    except (ConnectionError, BrokenPipeError):
+        pass
+    finally:
+        hangup.cancel()
+    return NO_REPLY

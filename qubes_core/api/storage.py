@@ -56,6 +56,14 @@ def _require_halted(call: ApiCall, what: str) -> None:
             call.dest, f"cannot {what} a volume of {call.dest} while it runs")
 
 
+def _payload_bool(call: ApiCall, what: str) -> bool:
+    text = call.payload_text(what, ascii_only=True).strip()
+    try:
+        return bool_type(text)
+    except ValueError as error:
+        raise exc.QubesValueError(f"{what}: {error}") from None
+
+
 def _payload_int(call: ApiCall, what: str) -> int:
     text = call.payload_text(what, ascii_only=True).strip()
     if not text.isdigit() or len(text) > 20:
@@ -151,6 +159,29 @@ async def pool_set_revisions(call: ApiCall) -> None:
     pool.revisions_to_keep = _payload_int(call, "revisions_to_keep")
 
 
+@method("admin.pool.Set.ephemeral_volatile", scope="global", write=True, argument=True,
+        payload=True, dest="adminvm", max_payload=16)
+async def pool_set_ephemeral_volatile(call: ApiCall) -> None:
+    """Whether the pool's volatile volumes are encrypted with a key lost at stop, unless a
+    volume sets its own ``ephemeral``."""
+    pool = _pool(call)
+    pool.ephemeral_volatile = _payload_bool(call, "ephemeral_volatile")
+
+
+@method("admin.pool.UsageDetails", scope="global", read=True, argument=True, dest="adminvm")
+async def pool_usage_details(call: ApiCall) -> str:
+    """The pool's ``data_size`` and ``data_usage`` in bytes, as ``key=value`` lines."""
+    pool = _pool(call)
+    return _lines(await asyncio.to_thread(pool.usage_details))
+
+
+@method("admin.pool.volume.List", scope="global", read=True, argument=True, dest="adminvm")
+async def pool_volume_list(call: ApiCall) -> str:
+    """The ids of the volumes in the pool, one a line."""
+    pool = _pool(call)
+    return "".join(vid + "\n" for vid in pool.volume_ids(call.app))
+
+
 # --- volumes ---------------------------------------------------------------------
 
 
@@ -213,13 +244,29 @@ async def volume_set_revisions(call: ApiCall) -> None:
 async def volume_set_rw(call: ApiCall) -> None:
     """Whether the VM may write to the volume; changed only while the VM is halted."""
     volume = _volume(call)
-    text = call.payload_text("rw", ascii_only=True).strip()
-    try:
-        value = bool_type(text)
-    except ValueError as error:
-        raise exc.QubesValueError(f"rw: {error}") from None
+    value = _payload_bool(call, "rw")
     _require_halted(call, "change rw of")
     volume.rw = value
+
+
+@method("admin.vm.volume.Set.ephemeral", scope="local", write=True, argument=True,
+        payload=True, max_payload=16)
+async def volume_set_ephemeral(call: ApiCall) -> None:
+    """Whether the volume is encrypted with a key lost at stop (volatile volumes only);
+    changed only while the VM is halted."""
+    volume = _volume(call)
+    value = _payload_bool(call, "ephemeral")
+    _require_halted(call, "change ephemeral of")
+    volume.ephemeral = value
+
+
+@method("admin.vm.volume.Clear", scope="local", write=True, argument=True)
+async def volume_clear(call: ApiCall) -> None:
+    """Replace a halted VM's volume with zeros of the same size (a new revision)."""
+    volume = _volume(call)
+    _require_halted(call, "clear")
+    await volume.import_data(volume.size)
+    await volume.import_data_end(True)
 
 
 @method("admin.vm.volume.CloneFrom", scope="local", write=True, argument=True)
@@ -272,8 +319,33 @@ async def volume_import(call: ApiCall) -> None:
     """
     volume = _volume(call)
     _require_halted(call, "import into")
-    data = call.payload
-    path = await volume.import_data(max(volume.size, len(data)))
+    await _import_image(volume, max(volume.size, len(call.payload)), call.payload)
+
+
+@method("admin.vm.volume.ImportWithSize", scope="local", write=True, argument=True,
+        payload=True)
+async def volume_import_with_size(call: ApiCall) -> None:
+    """New contents of a given size for a halted VM's volume: the payload is the size
+    in bytes, a newline, then the data (at most that long; the rest reads as zeros).
+    The volume takes that size, smaller or larger than before."""
+    volume = _volume(call)
+    head, newline, data = call.payload.partition(b"\n")
+    size_text = head.decode("ascii", "replace")
+    if not newline or not size_text.isdigit() or len(size_text) > 20:
+        raise exc.QubesValueError(
+            f"ImportWithSize: the payload must start with the size in bytes and a newline, "
+            f"got {size_text[:24]!r}")
+    size = int(size_text)
+    if len(data) > size:
+        raise exc.QubesValueError(
+            f"ImportWithSize: {len(data)} bytes of data do not fit the size given ({size})")
+    _require_halted(call, "import into")
+    await _import_image(volume, size, data)
+
+
+async def _import_image(volume: Volume, size: int, data: bytes) -> None:
+    """Write ``data`` at the start of a new image of ``size`` bytes and commit it."""
+    path = await volume.import_data(size)
     try:
         await asyncio.to_thread(_write_image, path, data)
     except BaseException:

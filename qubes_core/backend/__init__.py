@@ -8,8 +8,8 @@ process (libvirt) answers from a worker thread, so that the loop stays free.
 at hand (installation, recovery, unit tests): nothing runs.
 
 Contract of a runtime that runs VMs: its ``start``/``shutdown``/``kill``/
-``pause``/``unpause`` ask the hypervisor for the change; what actually happened
-is reported back by firing events on the VM, from the asyncio loop's thread:
+``pause``/``unpause``/``suspend``/``resume`` ask the hypervisor for the change;
+what actually happened is reported back by firing events on the VM, from the asyncio loop's thread:
 ``domain-start``, ``domain-stopped`` (``reason=``; the model then stops the
 storage and fires ``domain-shutdown`` with the same reason), ``domain-paused``
 and ``domain-unpaused``. ``start``, ``kill``, ``pause`` and ``unpause`` return
@@ -65,6 +65,10 @@ class Runtime:
         """UUID of the stub domain of ``vm``; empty if there is none."""
         return ""
 
+    def console_tty(self, vm: Any) -> str:
+        """Path of the running ``vm``'s console terminal; empty where it has none."""
+        return ""
+
     async def start(self, vm: Any) -> None:
         """Start ``vm`` (its storage is already started); return once it runs."""
         raise NotImplementedError
@@ -83,12 +87,23 @@ class Runtime:
     async def unpause(self, vm: Any) -> None:
         raise NotImplementedError
 
+    async def suspend(self, vm: Any) -> None:
+        """Suspend the running ``vm`` to memory (power state ``Suspended``) where the
+        hypervisor and the system inside can; elsewhere freeze it as :meth:`pause` does."""
+        await self.pause(vm)
+
+    async def resume(self, vm: Any) -> None:
+        """Wake the suspended ``vm`` (only called while its state is ``Suspended``)."""
+        raise exc.QubesVMError(vm, f"cannot resume {vm}: the {self.name} runtime never "
+                                   "suspends to memory")
+
     async def wait_stopped(self, vm: Any, timeout: float) -> bool:
         """Wait until the stop of ``vm`` was reported; False if ``timeout`` passed first."""
         raise NotImplementedError
 
     def current_state(self, vm: Any) -> dict[str, int]:
-        """Memory (KiB: ``mem``, ``mem_static_max``) and ``cputime`` (ns) of ``vm``."""
+        """Memory (KiB: ``mem``, ``mem_static_max``), ``cputime`` (ns) and, while it runs,
+        ``online_vcpus`` of ``vm``."""
         return {"mem": 0, "mem_static_max": 0, "cputime": 0}
 
     def bind(self, app: Any) -> None:

@@ -307,6 +307,17 @@ class LibvirtRuntime(Runtime):
         text = _xenstore_read(f"/local/domain/{stubdom}/vm") or ""
         return text[4:] if re.match(r"^/vm/[0-9a-f-]{36}$", text) else ""
 
+    def console_tty(self, vm: Any) -> str:
+        """The pty libvirt gave the domain's console (none on the test driver)."""
+        domain = self._lookup(vm)
+        try:
+            if domain is None or not domain.isActive():
+                return ""
+            description = etree.fromstring(domain.XMLDesc(0).encode())
+        except libvirt.libvirtError:
+            return ""
+        return str(description.xpath("string(/domain/devices/console/@tty)"))
+
     def start_time(self, vm: Any) -> float | None:
         domain = self._lookup(vm)
         if domain is None:
@@ -326,10 +337,11 @@ class LibvirtRuntime(Runtime):
         try:
             if domain is None or not domain.isActive():
                 return super().current_state(vm)
-            _state, max_kib, kib, _vcpus, cputime = domain.info()
+            _state, max_kib, kib, vcpus, cputime = domain.info()
         except libvirt.libvirtError:
             return super().current_state(vm)
-        return {"mem": kib, "mem_static_max": max_kib, "cputime": cputime}
+        return {"mem": kib, "mem_static_max": max_kib, "cputime": cputime,
+                "online_vcpus": vcpus}
 
     # --- lifecycle -----------------------------------------------------------------
 
@@ -445,6 +457,26 @@ class LibvirtRuntime(Runtime):
 
     async def unpause(self, vm: Any) -> None:
         await self._change(vm, "unpause", "resume", UNPAUSED, None)
+
+    async def suspend(self, vm: Any) -> None:
+        """Suspend to memory (S3); a driver or guest that cannot is paused instead, as
+        Qubes does."""
+        def call() -> bool:
+            domain = self._active_domain(vm, "suspend")
+            try:
+                domain.pMSuspendForDuration(libvirt.VIR_NODE_SUSPEND_TARGET_MEM, 0, 0)
+            except libvirt.libvirtError as error:
+                if error.get_error_code() in (libvirt.VIR_ERR_NO_SUPPORT,
+                                              libvirt.VIR_ERR_OPERATION_UNSUPPORTED):
+                    return False
+                raise exc.QubesVMError(vm, f"cannot suspend {vm}: {_message(error)}")
+            return True
+
+        if not await asyncio.to_thread(call):
+            await self.pause(vm)
+
+    async def resume(self, vm: Any) -> None:
+        await self._call(vm, "resume", "pMWakeup")
 
     async def wait_stopped(self, vm: Any, timeout: float) -> bool:
         domain_uuid = self._prepare(vm)

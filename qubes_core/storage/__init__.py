@@ -134,6 +134,31 @@ class Pool:
         return {"name": self.name, "driver": self.driver, **self.config}
 
     @property
+    def ephemeral_volatile(self) -> bool:
+        """Whether volumes that can be ephemeral (volatile ones) are, unless they say."""
+        return parse_bool_option(self.name, "ephemeral_volatile",
+                                 self.config.get("ephemeral_volatile", "False"))
+
+    @ephemeral_volatile.setter
+    def ephemeral_volatile(self, value: bool) -> None:
+        self.config["ephemeral_volatile"] = str(bool(value))
+
+    def usage_details(self) -> dict[str, str]:
+        """What ``admin.pool.UsageDetails`` shows: ``data_size`` and ``data_usage`` in
+        bytes where known (drivers with metadata add theirs)."""
+        details = {}
+        for key, value in (("data_size", self.size), ("data_usage", self.usage)):
+            if value is not None:
+                details[key] = str(value)
+        return details
+
+    def volume_ids(self, app: Any) -> list[str]:
+        """The ids of the volumes of ``app``'s VMs that live in this pool."""
+        return sorted({str(config["vid"]) for vm in app.domains
+                       for config in getattr(vm, "volume_config", {}).values()
+                       if config.get("pool") == self.name and config.get("vid")})
+
+    @property
     def revisions_to_keep(self) -> int:
         """Revisions kept by volumes that do not set their own."""
         return parse_int(f"pool {self.name}: revisions_to_keep",
@@ -154,6 +179,9 @@ class Pool:
 
     def check_options(self) -> None:
         """Refuse options the driver does not declare (a typo must not be saved silently)."""
+        if "ephemeral_volatile" in self.config:
+            self.ephemeral_volatile = parse_bool_option(
+                self.name, "ephemeral_volatile", self.config["ephemeral_volatile"])
         unknown = self.unknown_options()
         if unknown:
             plural = "s" if len(unknown) > 1 else ""
@@ -275,10 +303,26 @@ class Volume:
         """Whether a stop keeps what the VM wrote."""
         return bool(self.config.get("save_on_stop", False))
 
+    def can_be_ephemeral(self) -> bool:
+        """Whether the volume's data may be thrown away at stop with its key: only a
+        writable volume that neither keeps its data nor snapshots a source."""
+        return self.rw and not self.snap_on_start and not self.save_on_stop
+
     @property
     def ephemeral(self) -> bool:
-        """Whether the volume's data is encrypted with a key lost at stop."""
-        return bool(self.config.get("ephemeral", False))
+        """Whether the volume's data is encrypted with a key lost at stop: its own
+        setting, else its pool's ``ephemeral_volatile`` for a volume that can be."""
+        if "ephemeral" in self.config:
+            return bool(self.config["ephemeral"])
+        return self.can_be_ephemeral() and self.pool.ephemeral_volatile
+
+    @ephemeral.setter
+    def ephemeral(self, value: bool) -> None:
+        if value and not self.can_be_ephemeral():
+            raise exc.QubesValueError(
+                f"volume {self.vid}: only a writable volume that is neither saved at stop "
+                "nor a snapshot can be ephemeral")
+        self.config["ephemeral"] = bool(value)
 
     @property
     def revisions_to_keep(self) -> int:

@@ -49,7 +49,7 @@ class FilePool(FileReflinkPool):
     driver = "file"
     reflink = False
     volume_class = FileVolume
-    known_options = {"dir_path": "", "revisions_to_keep": "1"}
+    known_options = {"dir_path": "", "revisions_to_keep": "1", "ephemeral_volatile": "False"}
 
     def setup(self) -> None:
         """Create the directory; any filesystem will do (no reflink check)."""

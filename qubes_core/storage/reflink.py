@@ -97,7 +97,8 @@ class FileReflinkPool(Pool):
     driver = "file-reflink"
     # Whether snapshots try FICLONE first (the ``file`` driver never does).
     reflink = True
-    known_options = {"dir_path": "", "setup_check": "yes", "revisions_to_keep": "1"}
+    known_options = {"dir_path": "", "setup_check": "yes", "revisions_to_keep": "1",
+                     "ephemeral_volatile": "False"}
 
     @property
     def dir_path(self) -> str:

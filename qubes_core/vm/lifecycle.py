@@ -11,8 +11,8 @@ a VM is never removed half-way through its start nor started once removed.
 
 Events fired here: ``domain-pre-start`` (async, vetoable), ``domain-qdb-create``,
 ``domain-start-failed`` (``reason``), ``domain-pre-shutdown`` (async, vetoable,
-``force``), ``domain-shutdown`` (``reason``). The runtime fires ``domain-start``,
-``domain-stopped``, ``domain-paused`` and ``domain-unpaused``.
+``force``), ``domain-shutdown`` (``reason``), ``domain-resumed``. The runtime fires
+``domain-start``, ``domain-stopped``, ``domain-paused`` and ``domain-unpaused``.
 """
 
 from __future__ import annotations
@@ -43,7 +43,8 @@ DNS_SERVERS = ("10.139.1.1", "10.139.1.2")
 
 
 class LifecycleMixin(BaseVM):
-    """``start``, ``shutdown``, ``kill``, ``pause`` and ``unpause`` of a VM that runs."""
+    """``start``, ``shutdown``, ``kill``, ``pause``/``unpause`` and ``suspend``/``resume``
+    of a VM that runs."""
 
     if TYPE_CHECKING:
         # What the lifecycle reads of the VM beyond BaseVM: QubesVM and its
@@ -284,6 +285,31 @@ class LifecycleMixin(BaseVM):
         if state != "Paused":
             raise exc.QubesVMNotPausedError(self, f"cannot unpause {self}: it is {state}")
         await runtime.unpause(self)
+        return self
+
+    async def suspend(self) -> LifecycleMixin:
+        """Suspend the VM to memory where its runtime can; elsewhere freeze it as
+        :meth:`pause` does (a paused VM stays as it is)."""
+        runtime = self._runtime("suspend")
+        state = self.get_power_state()
+        if state not in ("Running", "Paused"):
+            raise exc.QubesVMNotRunningError(self, f"cannot suspend {self}: it is {state}")
+        if state == "Running":
+            await runtime.suspend(self)
+        return self
+
+    async def resume(self) -> LifecycleMixin:
+        """Wake a suspended VM (``domain-resumed``), or unpause a paused one."""
+        runtime = self._runtime("resume")
+        state = self.get_power_state()
+        if state == "Suspended":
+            await runtime.resume(self)
+            await self.fire_event_async("domain-resumed")
+        elif state == "Paused":
+            await runtime.unpause(self)
+        else:
+            raise exc.QubesVMNotSuspendedError(
+                self, f"cannot resume {self}: it is {state}, not suspended or paused")
         return self
 
     @handler("domain-stopped")

@@ -10,6 +10,12 @@ VMs are not children of qubesd: after a restart :meth:`SandboxRuntime.bind`
 finds them again from their records (and handles the stop of one that ended
 meanwhile). See :mod:`.keeper` for the VM's side of the host, :mod:`.channel`
 for its socket to qubesd and :mod:`.router` for qrexec.
+
+Pause freezes every process of the VM's pid namespace (SIGSTOP, again for
+processes forked meanwhile). Suspend is the same freeze: a sandbox has no kernel
+of its own that could be put to sleep, so a suspended sandbox shows as
+``Paused`` (as Qubes shows a VM whose system cannot suspend) and ``resume``
+continues it.
 """
 
 from __future__ import annotations
@@ -269,8 +275,12 @@ class SandboxRuntime(Runtime):
                 cputime += (int(fields[11]) + int(fields[12])) * 10**9 // tick
             except (OSError, IndexError, ValueError):
                 continue
+        try:  # the sandbox does not limit CPUs: the ones its init may run on
+            online = len(os.sched_getaffinity(box.record["init-pid"]))
+        except OSError:
+            online = 0
         return {"mem": mem, "mem_static_max": int(getattr(vm, "maxmem", 0) or 0) * 1024,
-                "cputime": cputime}
+                "cputime": cputime, "online_vcpus": online}
 
     # --- start ------------------------------------------------------------------------
 

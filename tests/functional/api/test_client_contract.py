@@ -17,7 +17,7 @@ from typing import Any
 
 import pytest
 
-from qubes_core import protocol
+from qubes_core import exc, protocol
 from qubes_core.api import registry
 from qubes_core.devices import DEVICE_CLASSES, DeviceAssignment
 from tests.unit.runtime.support import lifecycle_app, runtime  # noqa: F401
@@ -366,6 +366,67 @@ async def _lifecycle(api: Harness, name: str) -> None:
         assert await api.call("admin.vm.Kill", "sys-net") == ""
 
 
+@contract("admin.vm.Suspend", "admin.vm.Resume")
+async def _suspend(api: Harness, name: str) -> None:
+    # libvirt's test driver cannot suspend to memory: the VM is paused, as Qubes does
+    # for a system that cannot suspend, and Resume unpauses it.
+    assert await api.call("admin.vm.Start", "sys-net") == ""
+    assert await api.call("admin.vm.Suspend", "sys-net") == ""
+    assert "power_state=Paused" in await api.call("admin.vm.CurrentState", "sys-net")
+    assert await api.call("admin.vm.Resume", "sys-net") == ""
+    assert "power_state=Running" in await api.call("admin.vm.CurrentState", "sys-net")
+    with pytest.raises(exc.QubesVMNotSuspendedError, match="not suspended or paused"):
+        await api.call("admin.vm.Resume", "sys-net")
+    assert await api.call("admin.vm.Kill", "sys-net") == ""
+    with pytest.raises(exc.QubesVMNotRunningError, match="it is Halted"):
+        await api.call("admin.vm.Suspend", "sys-net")
+
+
+@contract("admin.vm.Console")
+async def _console(api: Harness, name: str) -> None:
+    with pytest.raises(exc.QubesVMNotRunningError):
+        await api.call(name, "sys-net")
+    assert await api.call("admin.vm.Start", "sys-net") == ""
+    # The test driver gives a domain no console pty (only Xen does): a clear refusal.
+    with pytest.raises(exc.QubesVMError, match="has no console terminal in the test"):
+        await api.call(name, "sys-net")
+    await api.call("admin.vm.Kill", "sys-net")
+
+
+STATS_KEYS = ("memory_kb", "memory_assigned_total", "memory_assigned_usable",
+              "memory_with_swap_used", "cpu_time", "cpu_usage", "online_vcpus")
+
+
+@contract("admin.vm.Stats")
+async def _stats(api: Harness, name: str) -> None:
+    """Events in admin.Events' format, as the client's EventsDispatcher reads them."""
+    import asyncio
+
+    assert await api.call("admin.vm.Start", "sys-net") == ""
+    await api.server.start()
+    try:
+        reader, writer = await asyncio.open_unix_connection(
+            str(api.server.paths.admin_socket))
+        writer.write(protocol.encode_request(name, "dom0", "dom0"))
+        writer.write_eof()
+        assert await asyncio.wait_for(reader.readexactly(2), 10) == b"1\x00"
+        assert await asyncio.wait_for(reader.readuntil(b"\x00\x00"), 10) == (
+            b"\x00connection-established\x00\x00")
+        assert await asyncio.wait_for(reader.readexactly(2), 10) == b"1\x00"
+        fields = (await asyncio.wait_for(reader.readuntil(b"\x00\x00"), 10)
+                  ).decode().split("\x00")[:-2]
+        subject, event, pairs = fields[0], fields[1], fields[2:]
+        assert (subject, event) == ("sys-net", "vm-stats")
+        stats = dict(zip(pairs[::2], pairs[1::2], strict=True))
+        assert set(stats) == set(STATS_KEYS)
+        assert int(stats["memory_kb"]) > 0 and int(stats["online_vcpus"]) > 0
+        assert 0 <= int(stats["cpu_usage"]) <= 100 and int(stats["cpu_time"]) >= 0
+        writer.close()
+    finally:
+        await api.server.stop()
+        await api.call("admin.vm.Kill", "sys-net")
+
+
 # --- creation and removal ----------------------------------------------------------------
 
 @contract("admin.vm.Create.AppVM", "admin.vm.Create.StandaloneVM", "admin.vm.Create.TemplateVM",
@@ -460,6 +521,51 @@ async def _pools(api: Harness, name: str) -> None:
         assert await api.call("admin.pool.Add", "dom0", "file-reflink", "name=extra\n"
                               + options) == ""
         assert await api.call("admin.pool.Remove", "dom0", "extra") == ""
+
+
+@contract("admin.pool.UsageDetails", "admin.pool.volume.List",
+          "admin.pool.Set.ephemeral_volatile", "admin.vm.volume.Set.ephemeral")
+async def _pool_details(api: Harness, name: str) -> None:
+    usage = key_values(await api.call("admin.pool.UsageDetails", "dom0", "varlibqubes"))
+    assert set(usage) == {"data_size", "data_usage"}
+    assert 0 <= int(usage["data_usage"]) <= int(usage["data_size"])
+    listing = await api.call("admin.pool.volume.List", "dom0", "varlibqubes")
+    assert listing.endswith("\n")
+    vids = listing.splitlines()
+    assert "appvms/work/private" in vids and "vm-templates/debian-12/root" in vids
+    volatile = ("admin.vm.volume.Info", "work", "volatile")
+    assert key_values(await api.call(*volatile))["ephemeral"] == "False"
+    if name == "admin.pool.Set.ephemeral_volatile":
+        assert await api.call(name, "dom0", "varlibqubes", "True") == ""
+        assert key_values(await api.call(
+            "admin.pool.Info", "dom0", "varlibqubes"))["ephemeral_volatile"] == "True"
+        assert key_values(await api.call(*volatile))["ephemeral"] == "True"
+        # A volume that keeps its data is never ephemeral by its pool's default.
+        assert key_values(await api.call(
+            "admin.vm.volume.Info", "work", "private"))["ephemeral"] == "False"
+    if name == "admin.vm.volume.Set.ephemeral":
+        assert await api.call(name, "work", "volatile", "True") == ""
+        assert key_values(await api.call(*volatile))["ephemeral"] == "True"
+        with pytest.raises(exc.QubesValueError, match="can be ephemeral"):
+            await api.call(name, "work", "private", "True")
+
+
+@contract("admin.vm.volume.Clear", "admin.vm.volume.ImportWithSize")
+async def _clear_import_with_size(api: Harness, name: str) -> None:
+    volume = api.app.domains["work"].volumes["private"]
+    assert await api.call("admin.vm.volume.ImportWithSize", "work", "private",
+                          b"8192\n" + b"\x01" * 100) == ""
+    assert key_values(await api.call("admin.vm.volume.Info", "work", "private"))[
+        "size"] == "8192"
+    image = volume.export_path()
+    with open(image, "rb") as data:
+        assert data.read() == b"\x01" * 100 + b"\0" * 8092
+    if name == "admin.vm.volume.Clear":
+        assert await api.call(name, "work", "private") == ""
+        with open(volume.export_path(), "rb") as data:
+            assert data.read() == b"\0" * 8192
+        assert len(names(await api.call("admin.vm.volume.ListSnapshots", "work",
+                                        "private"))) >= 1
 
 
 # --- firewall, events, system information, VM-facing calls --------------------------

@@ -33,7 +33,8 @@ def on_disk(api) -> Qubes:
 async def test_pool_list_info_drivers(api):
     assert await api.call("admin.pool.List") == "linux-kernel\nvarlibqubes\n"
     drivers = (await api.call("admin.pool.ListDrivers")).splitlines()
-    assert "file-reflink dir_path revisions_to_keep setup_check" in drivers
+    assert ("file-reflink dir_path ephemeral_volatile revisions_to_keep setup_check"
+            in drivers)
     assert any(line.startswith("file ") for line in drivers)
     info = dict(line.split("=", 1) for line in
                 (await api.call("admin.pool.Info", arg="varlibqubes")).splitlines())

@@ -12,8 +12,9 @@ import pytest
 
 from qubes_core.api.registry import all_methods
 
-# method: (scope, rights) as Qubes R4.4 declares them (``admin.vm.volume.Import`` is
-# served by a qrexec script there; its policy file sends it to admin-local-rwx).
+# method: (scope, rights) as Qubes R4.4 declares them (``admin.vm.volume.Import`` and
+# ``ImportWithSize`` are served by qrexec scripts there; their policy files send them
+# to admin-local-rwx).
 REFERENCE = {
     "admin.Events": ("global", "ro"),
     "admin.backup.Cancel": ("global", "rwx"),
@@ -95,6 +96,7 @@ REFERENCE = {
     "admin.vm.volume.CloneFrom": ("local", "rwx"),
     "admin.vm.volume.CloneTo": ("local", "rwx"),
     "admin.vm.volume.Import": ("local", "rwx"),
+    "admin.vm.volume.ImportWithSize": ("local", "rwx"),
     "admin.vm.volume.Info": ("local", "ro"),
     "admin.vm.volume.List": ("local", "ro"),
     "admin.vm.volume.ListSnapshots": ("local", "ro"),
