@@ -65,6 +65,10 @@ class Runtime:
         """UUID of the stub domain of ``vm``; empty if there is none."""
         return ""
 
+    def max_vcpus(self) -> int | None:
+        """The most virtual CPUs a VM may have here; None where the runtime sets none."""
+        return None
+
     def console_tty(self, vm: Any) -> str:
         """Path of the running ``vm``'s console terminal; empty where it has none."""
         return ""

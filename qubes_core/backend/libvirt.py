@@ -124,6 +124,7 @@ class LibvirtRuntime(Runtime):
         self._handling: dict[str, str] = {}
         # Starts in progress: their STARTED event waits until the start time is recorded.
         self._starting: dict[str, asyncio.Event] = {}
+        self._max_vcpus: int | None = None
 
     def __repr__(self) -> str:
         return f"<LibvirtRuntime {self.uri}>"
@@ -306,6 +307,16 @@ class LibvirtRuntime(Runtime):
             return ""
         text = _xenstore_read(f"/local/domain/{stubdom}/vm") or ""
         return text[4:] if re.match(r"^/vm/[0-9a-f-]{36}$", text) else ""
+
+    def max_vcpus(self) -> int | None:
+        """What the hypervisor reports (asked once): a larger count is refused at Set, not
+        left for the start to fail on (the test driver would try to allocate it)."""
+        if self._max_vcpus is None:
+            try:
+                self._max_vcpus = int(self.connection().getMaxVcpus(None))
+            except libvirt.libvirtError:
+                return None
+        return self._max_vcpus
 
     def console_tty(self, vm: Any) -> str:
         """The pty libvirt gave the domain's console (none on the test driver)."""

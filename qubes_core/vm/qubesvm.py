@@ -44,6 +44,9 @@ USER_RE = re.compile(r"^[A-Za-z0-9_+,.-]{1,64}$")
 MAX_KERNELOPTS = 512
 # Memory is given in MiB; the runtime takes KiB in 64 bits: far above any machine.
 MAX_MEMORY_MIB = 2**32
+# Above what any hypervisor gives one VM (Xen: 128 for HVM, 512 for PVH), whatever
+# the runtime says.
+MAX_VCPUS = 512
 
 
 def from_template(name: str, fallback: Any) -> Any:
@@ -103,6 +106,21 @@ def validate_kernel(holder: Any, prop: Any, value: str) -> str:
             holder, prop, value,
             f"kernel {value!r} is not installed in pool {pool.name!r} (installed: "
             f"{', '.join(installed) or 'none'})")
+    return value
+
+
+def _validate_vcpus(vm: Any, prop: Any, value: int) -> int:
+    """vcpus: positive, at most :data:`MAX_VCPUS`, and at most what the runtime accepts
+    (checked on a change, not while qubes.xml loads: the file may come from a larger
+    machine)."""
+    _positive(vm, prop, value)
+    limit = MAX_VCPUS
+    if vm.events_enabled:
+        limit = min(limit, vm.app.runtime.max_vcpus() or MAX_VCPUS)
+    if value > limit:
+        raise exc.QubesPropertyValueError(
+            vm, prop, value, f"{value} vCPUs are more than the {limit} the "
+                             f"{vm.app.runtime.name} runtime accepts")
     return value
 
 
@@ -274,7 +292,8 @@ class QubesVM(NetworkMixin, LifecycleMixin, BaseVM):
     stubdom_mem = Property("stubdom_mem", type=int, setter=_positive, default=None,
                            doc="Memory (MiB) of the device model stub domain of an HVM; "
                                "empty for the default.")
-    vcpus = Property("vcpus", type=int, setter=_positive, default=from_template("vcpus", 2),
+    vcpus = Property("vcpus", type=int, setter=_validate_vcpus,
+                     default=from_template("vcpus", 2),
                      doc="Number of virtual CPUs.")
     virt_mode = Property(
         "virt_mode", type=str, choices=VIRT_MODES, setter=_validate_virt_mode,

@@ -6,6 +6,7 @@ import pytest
 
 from qubes_core import exc
 from qubes_core.devices import DeviceAssignment
+from tests.unit.runtime.support import runtime  # noqa: F401
 
 
 def test_names_are_validated(app):
@@ -244,3 +245,23 @@ def test_backup_timestamp_is_an_int_property():
     from qubes_core.vm.qubesvm import QubesVM
 
     assert QubesVM.property_get_def("backup_timestamp").api_type == "int"
+
+
+def test_vcpus_within_what_the_runtime_accepts(basic_app, runtime):  # noqa: F811
+    """libvirt's test driver reports 32: more is refused at Set (2**31 vCPUs made the
+    driver allocate until the machine ran out of memory at start)."""
+    basic_app.runtime = runtime
+    work = basic_app.domains["work"]
+    assert runtime.max_vcpus() == 32
+    work.vcpus = 32
+    for value in (33, 4000, 2**31):
+        with pytest.raises(exc.QubesPropertyValueError, match="more than the 32 the test"):
+            work.vcpus = value
+    assert work.vcpus == 32
+
+
+def test_vcpus_over_the_absolute_limit_refused_offline(basic_app):
+    work = basic_app.domains["work"]
+    with pytest.raises(exc.QubesPropertyValueError, match="more than the 512"):
+        work.vcpus = 513
+    work.vcpus = 512
