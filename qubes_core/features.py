@@ -52,6 +52,10 @@ class Features(MutableMapping[str, str]):
         except KeyError:
             raise exc.QubesFeatureNotFoundError(self.vm, key) from None
 
+    def get(self, key: str, default: Any = None) -> Any:  # type: ignore[override]
+        """``self[key]`` or ``default``, without raising (read many times per GetAll)."""
+        return self._values.get(key, default)
+
     def __setitem__(self, key: str, value: Any) -> None:
         validate_feature_name(key)
         value = feature_value(value)
