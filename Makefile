@@ -11,7 +11,7 @@ STAMP_PIP := $(VENV)/.pip-done
 # headers for libvirt-python, the sandbox runtime and template builder, the C compiler
 # for the fast query client, man to check the generated pages).
 DEB_PACKAGES := xfsprogs btrfs-progs e2fsprogs util-linux libvirt-dev pkg-config \
-                bubblewrap debootstrap socat gcc libc6-dev man-db
+                bubblewrap debootstrap socat gcc libc6-dev man-db scrypt
 
 .PHONY: all demo test lint bench clean
 

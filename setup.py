@@ -137,6 +137,8 @@ setup(
         "asyncinotify>=4.0",
         # TypeVar defaults (typed properties) before Python 3.13.
         "typing_extensions>=4.6; python_version < '3.13'",
+        "cryptography>=41",
+        "PyYAML>=6",
     ],
     extras_require={
         "test": [

@@ -185,5 +185,17 @@ class QubesUnrecognizedDeviceAssignmentMode(ProtocolError):
     """Raised for an assignment mode other than required, auto-attach, ask-to-attach."""
 
 
+class QubesBackupProfileNotFoundError(QubesException):
+    """Raised when a backup names a profile that does not exist."""
+
+
+class BackupCancelledError(QubesException):
+    """Raised to the caller of a backup that ``admin.backup.Cancel`` stopped."""
+
+
+class BackupAlreadyRunningError(QubesException):
+    """Raised when a backup of a profile is asked for while one of it runs."""
+
+
 class PermissionDenied(Exception):
     """The caller may not do this; the API closes the connection without detail."""

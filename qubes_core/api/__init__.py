@@ -18,4 +18,5 @@ API_MODULES = [
     "qubes_core.api.misc",
     "qubes_core.api.internal",
     "qubes_core.api.policy",
+    "qubes_core.api.backup",
 ]

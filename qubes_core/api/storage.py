@@ -345,13 +345,7 @@ async def volume_import_with_size(call: ApiCall) -> None:
 
 async def _import_image(volume: Volume, size: int, data: bytes) -> None:
     """Write ``data`` at the start of a new image of ``size`` bytes and commit it."""
-    path = await volume.import_data(size)
-    try:
-        await asyncio.to_thread(_write_image, path, data)
-    except BaseException:
-        await volume.import_data_end(False)
-        raise
-    await volume.import_data_end(True)
+    await volume.import_with(size, lambda path: _write_image(path, data))
 
 
 def _write_image(path: str, data: bytes) -> None:

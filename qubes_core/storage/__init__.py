@@ -473,6 +473,17 @@ class Volume:
         """
         await self._run("import", self._end_import, bool(success))
 
+    async def import_with(self, size: int, write: Callable[[str], None]) -> None:
+        """Replace the contents with an image of ``size`` bytes that ``write(path)``
+        (blocking, run in a thread) fills; committed if it returns, discarded if not."""
+        path = await self.import_data(size)
+        try:
+            await asyncio.to_thread(write, path)
+        except BaseException:
+            await self.import_data_end(False)
+            raise
+        await self.import_data_end(True)
+
     def _end_import(self, success: bool) -> None:
         if success and self.in_use():
             raise StoragePoolException(

@@ -57,6 +57,16 @@ async def api(lifecycle_app: Any, tmp_path: Any) -> Harness:  # noqa: F811
     return Harness(app, tmp_path)
 
 
+async def open_stream(api: Harness, name: str) -> tuple[Any, Any]:
+    """A connection to the started server's admin socket that asked dom0 for ``name``."""
+    import asyncio
+
+    reader, writer = await asyncio.open_unix_connection(str(api.server.paths.admin_socket))
+    writer.write(protocol.encode_request(name, "dom0", "dom0"))
+    writer.write_eof()
+    return reader, writer
+
+
 # --- the client's parsing rules --------------------------------------------------
 
 def typed_value(prop_type: str, value: str) -> Any:
@@ -405,10 +415,7 @@ async def _stats(api: Harness, name: str) -> None:
     assert await api.call("admin.vm.Start", "sys-net") == ""
     await api.server.start()
     try:
-        reader, writer = await asyncio.open_unix_connection(
-            str(api.server.paths.admin_socket))
-        writer.write(protocol.encode_request(name, "dom0", "dom0"))
-        writer.write_eof()
+        reader, writer = await open_stream(api, name)
         assert await asyncio.wait_for(reader.readexactly(2), 10) == b"1\x00"
         assert await asyncio.wait_for(reader.readuntil(b"\x00\x00"), 10) == (
             b"\x00connection-established\x00\x00")
@@ -568,6 +575,33 @@ async def _clear_import_with_size(api: Harness, name: str) -> None:
                                         "private"))) >= 1
 
 
+@contract("admin.backup.Execute", "admin.backup.Info", "admin.backup.Cancel")
+async def _backup(api: Harness, name: str) -> None:
+    """Info is the text qvm-backup prints; Execute and Cancel reply empty (a Cancel of a
+    profile that is not running is refused with a QubesException, as in Qubes)."""
+    out = api.app.base_dir / "backups"
+    out.mkdir()
+    profiles = api.server.paths.etc_dir / "qubes" / "backup"
+    profiles.mkdir(parents=True)
+    (profiles / "daily.conf").write_text(
+        f"destination_vm: dom0\ndestination_path: {out}\ninclude: [work-dvm]\n"
+        "compression: false\npassphrase_text: secret\n")
+    info = await api.call("admin.backup.Info", "dom0", "daily")
+    assert "work-dvm" in info and "VMs not selected for backup:" in info
+    if name == "admin.backup.Cancel":
+        with pytest.raises(exc.QubesException, match="no backup of profile"):
+            await api.call(name, "dom0", "daily")
+    if name == "admin.backup.Execute":
+        from qubes_core.backup import scrypt
+
+        scrypt.DEFAULT_LOG_N, saved = 10, scrypt.DEFAULT_LOG_N  # the same format, cheaper
+        try:
+            assert await api.call(name, "dom0", "daily") == ""
+        finally:
+            scrypt.DEFAULT_LOG_N = saved
+        assert len(list(out.iterdir())) == 1
+
+
 # --- firewall, events, system information, VM-facing calls --------------------------
 
 @contract("admin.vm.firewall.Get", "admin.vm.firewall.Set", "admin.vm.firewall.Reload")
@@ -587,10 +621,7 @@ async def _events(api: Harness, name: str) -> None:
 
     await api.server.start()
     try:
-        reader, writer = await asyncio.open_unix_connection(
-            str(api.server.paths.admin_socket))
-        writer.write(protocol.encode_request(name, "dom0", "dom0"))
-        writer.write_eof()
+        reader, writer = await open_stream(api, name)
         head = await asyncio.wait_for(reader.readexactly(2), 10)
         assert head == b"1\x00"  # 0x31 0x00: an event follows
         rest = await asyncio.wait_for(reader.readuntil(b"\x00\x00"), 10)
