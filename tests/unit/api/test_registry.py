@@ -100,9 +100,10 @@ def test_declaration_is_checked():
         method("test.x.D", scope="local", read=True, own_write_lock=True)(handler)
 
 
-def test_only_clone_to_copies_without_the_write_lock():
+def test_only_long_copies_run_without_the_write_lock():
+    """A volume copy and a backup: both take the lock only around their model change."""
     assert [spec.name for spec in all_methods() if spec.own_write_lock] == [
-        "admin.vm.volume.CloneTo"]
+        "admin.backup.Execute", "admin.vm.volume.CloneTo"]
 
 
 def test_second_different_declaration_is_refused():

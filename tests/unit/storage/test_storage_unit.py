@@ -191,8 +191,8 @@ def test_file_size_possible_asks_the_filesystem(tmp_path):
 
 
 @pytest.mark.parametrize("driver, known", [
-    ("file-reflink", ["dir_path", "revisions_to_keep", "setup_check"]),
-    ("file", ["dir_path", "revisions_to_keep"]),
+    ("file-reflink", ["dir_path", "ephemeral_volatile", "revisions_to_keep", "setup_check"]),
+    ("file", ["dir_path", "ephemeral_volatile", "revisions_to_keep"]),
     ("linux-kernel", ["dir_path"]),
 ])
 def test_drivers_declare_their_options(driver, known):
