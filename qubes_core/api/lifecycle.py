@@ -91,10 +91,11 @@ async def vm_console(call: ApiCall) -> str:
     call.require_not_dom0()
     if vm.get_power_state() == "Halted":
         raise exc.QubesVMNotRunningError(vm, f"{vm} has no console: it is not running")
-    tty = await asyncio.to_thread(vm.app.runtime.console_tty, vm)
+    runtime = call.app.runtime
+    tty = await asyncio.to_thread(runtime.console_tty, vm)
     if not tty:
         raise exc.QubesVMError(
-            vm, f"{vm} has no console terminal in the {vm.app.runtime.name} runtime "
+            vm, f"{vm} has no console terminal in the {runtime.name} runtime "
                 "(use qvm-run for a shell)")
     return tty
 

@@ -307,8 +307,8 @@ class LifecycleMixin(BaseVM):
             await self.fire_event_async("domain-resumed")
         elif state == "Paused":
             await runtime.unpause(self)
-        else:
-            raise exc.QubesVMNotSuspendedError(
+        else:  # as Qubes: a resume of what is neither suspended nor paused is an unpause
+            raise exc.QubesVMNotPausedError(
                 self, f"cannot resume {self}: it is {state}, not suspended or paused")
         return self
 

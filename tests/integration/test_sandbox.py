@@ -5,11 +5,14 @@ from __future__ import annotations
 import contextlib
 import os
 import signal
+import socket
 import subprocess
 import threading
 
 import pytest
 
+from qubes_core import protocol
+from qubes_core.paths import resolve
 from tests.integration.conftest import BIN, Installation
 from tests.support import wait_until
 
@@ -295,3 +298,37 @@ def test_a_template_with_salt_runs_salt_call(installation: Installation) -> None
                         "command -v salt-ssh", user="root")
     assert '"local": true' in out and "salt-ssh" in out
     inst.call("admin.vm.Kill", name)
+
+
+def test_suspend_freezes_the_sandbox_and_resume_continues_it(installation: Installation
+                                                             ) -> None:
+    """A sandbox has no kernel to put to sleep: suspended, its processes are stopped
+    (state Paused); resumed, they run on. Stats reports the running VM's figures."""
+    inst = installation
+    vm = inst.new_appvm()
+    inst.call("admin.vm.Start", vm)
+    init = inst.record(vm)["init-pid"]
+    inst.call("admin.vm.Suspend", vm)
+    assert inst.state(vm) == "Paused"
+    with open(f"/proc/{init}/stat", encoding="ascii") as stat:
+        assert stat.read().rsplit(")", 1)[1].split()[0] in ("T", "t")
+    inst.call("admin.vm.Resume", vm)
+    assert inst.state(vm) == "Running"
+    assert inst.sh(vm, "echo awake") == "awake\n"
+    with socket.socket(socket.AF_UNIX) as client:
+        client.settimeout(30)
+        client.connect(str(resolve(inst.base).admin_socket))
+        client.sendall(protocol.encode_request("admin.vm.Stats", "dom0", vm))
+        client.shutdown(socket.SHUT_WR)
+        buffer = bytearray()
+        events: list[tuple[str, str, dict[str, str]]] = []
+        while len(events) < 2:  # connection-established, then the first vm-stats
+            chunk = client.recv(4096)
+            assert chunk, bytes(buffer)
+            buffer.extend(chunk)
+            events += protocol.split_events(buffer)
+    assert events[0][1] == "connection-established"
+    subject, event, stats = events[1]
+    assert (subject, event) == (vm, "vm-stats")
+    assert int(stats["memory_kb"]) > 0 and int(stats["online_vcpus"]) > 0
+    inst.call("admin.vm.Kill", vm)

@@ -385,7 +385,7 @@ async def _suspend(api: Harness, name: str) -> None:
     assert "power_state=Paused" in await api.call("admin.vm.CurrentState", "sys-net")
     assert await api.call("admin.vm.Resume", "sys-net") == ""
     assert "power_state=Running" in await api.call("admin.vm.CurrentState", "sys-net")
-    with pytest.raises(exc.QubesVMNotSuspendedError, match="not suspended or paused"):
+    with pytest.raises(exc.QubesVMNotPausedError, match="not suspended or paused"):
         await api.call("admin.vm.Resume", "sys-net")
     assert await api.call("admin.vm.Kill", "sys-net") == ""
     with pytest.raises(exc.QubesVMNotRunningError, match="it is Halted"):

@@ -33,7 +33,7 @@ def state_of(api: Harness) -> tuple[str, tuple[int, int, int]]:
 
 @pytest.mark.parametrize("method, dest, arg, payload, error, message", [
     ("admin.vm.Suspend", "work", "", "", exc.QubesVMNotRunningError, "it is Halted"),
-    ("admin.vm.Resume", "work", "", "", exc.QubesVMNotSuspendedError, "it is Halted"),
+    ("admin.vm.Resume", "work", "", "", exc.QubesVMNotPausedError, "it is Halted"),
     ("admin.vm.Suspend", "dom0", "", "", exc.QubesException, "dom0 cannot suspend"),
     ("admin.vm.Console", "dom0", "", "", exc.QubesVMError, "does not apply to dom0"),
     ("admin.vm.Console", "work", "", "", exc.QubesVMNotRunningError, "not running"),
