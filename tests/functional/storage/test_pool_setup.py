@@ -103,8 +103,9 @@ async def test_api_pool_add_sets_the_pool_up_off_the_loop(app, filesystems, tmp_
 
 
 @pytest.mark.parametrize("driver, options, known", [
-    ("file-reflink", {"setup_check": "no"}, "dir_path, revisions_to_keep, setup_check"),
-    ("file", {}, "dir_path, revisions_to_keep"),
+    ("file-reflink", {"setup_check": "no"},
+     "dir_path, ephemeral_volatile, revisions_to_keep, setup_check"),
+    ("file", {}, "dir_path, ephemeral_volatile, revisions_to_keep"),
     ("linux-kernel", {}, "dir_path"),
 ])
 def test_add_pool_refuses_unknown_options_naming_the_known(app, filesystems, driver,
@@ -146,7 +147,8 @@ def test_loading_keeps_unknown_options_of_existing_pools(app, filesystems, caplo
     try:
         assert loaded.pools["fast"].config["compression"] == "zstd"
         assert ("pool fast: option compression is not known to driver file-reflink "
-                "(known options: dir_path, revisions_to_keep, setup_check)") in caplog.text
+                "(known options: dir_path, ephemeral_volatile, revisions_to_keep, "
+                "setup_check)") in caplog.text
         loaded.save()
         assert 'compression="zstd"' in path.read_text()
     finally:
