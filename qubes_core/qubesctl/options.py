@@ -1,14 +1,17 @@
 """qubesctl's command line: Qubes' options, ``--base-dir`` and ``--out``, then the Salt command.
 
-Everything after the first word that is not one of our options is the Salt
-command with its arguments (``state.apply SLS test=True``); unknown options
-before it (``--id=VM``, ``-l debug``) are Salt's and are passed to
-``salt-call`` unchanged, as Qubes does.
+Everything after the first word that is not an option (or the value of one) is
+the Salt command with its arguments (``state.apply SLS test=True``); unknown
+options before it (``--id=VM``, ``--id VM``, ``-l debug``) are Salt's and are
+passed to ``salt-call`` unchanged, as Qubes does. Whether such an option takes
+the next word as its value is Salt's own parser's word (``salt-call``'s), so
+``--id VM`` never makes ``VM`` the command.
 """
 
 from __future__ import annotations
 
 import argparse
+import functools
 
 DEFAULT_CONCURRENCY = 4
 OUTPUTS = ("highstate", "json", "nested", "yaml", "txt", "raw", "quiet")
@@ -44,14 +47,55 @@ def parser() -> argparse.ArgumentParser:
     return p
 
 
+@functools.cache
+def salt_value_options() -> frozenset[str]:
+    """The options of ``salt-call`` that take a value (from Salt's own parser)."""
+    from salt.utils.parsers import SaltCallOptionParser
+
+    return frozenset(name for option in SaltCallOptionParser()._get_all_options()
+                     if option.takes_value()
+                     for name in (*option._short_opts, *option._long_opts))
+
+
+def takes_value(p: argparse.ArgumentParser, word: str) -> bool:
+    """Whether the option ``word`` takes the next word as its value."""
+    if "=" in word or (not word.startswith("--") and len(word) > 2):
+        return False  # the value is attached: --id=VM, -ldebug
+    action = p._option_string_actions.get(word)
+    if action is not None:
+        return action.nargs != 0
+    return word in salt_value_options()
+
+
+def split(p: argparse.ArgumentParser, argv: list[str]) -> tuple[list[str], list[str], list[str]]:
+    """``argv`` as (our options, Salt's options, the Salt command and its arguments)."""
+    ours: list[str] = []
+    salts: list[str] = []
+    index = 0
+    while index < len(argv):
+        word = argv[index]
+        if word == "--":
+            return ours, salts, argv[index + 1:]
+        if not word.startswith("-") or word == "-":
+            return ours, salts, argv[index:]
+        name = word.split("=", 1)[0]
+        where = ours if name in p._option_string_actions else salts
+        where.append(word)
+        if takes_value(p, word) and index + 1 < len(argv):
+            index += 1
+            where.append(argv[index])
+        index += 1
+    return ours, salts, []
+
+
 def parse(argv: list[str] | None) -> argparse.Namespace:
     """The parsed command line; ``salt_args`` are the options meant for Salt itself."""
+    import sys
+
     p = parser()
-    args, unknown = p.parse_known_args(argv)
-    salt_args = [a for a in unknown if a.startswith("-")]
-    # an unknown word before the command's own words starts the command
-    words = [a for a in unknown if not a.startswith("-")]
-    args.command = words + list(args.command)
+    ours, salt_args, command = split(p, list(sys.argv[1:] if argv is None else argv))
+    args = p.parse_args(ours)
+    args.command = command
     args.salt_args = salt_args
     if not args.command:
         p.error("a Salt command is needed (e.g. state.highstate)")

@@ -88,7 +88,8 @@ def test_dom0_only_is_salt_call_with_the_same_options(installation):
     done = qubesctl(installation, "--dom0-only", "--id=vm2", "pillar.items", "saltenv=user")
     assert done.returncode == 0, done.stderr
     assert done.stdout.splitlines()[0] == "local:" and "role:" in done.stdout
-    other = qubesctl(installation, "--dom0-only", "--id=vm3", "pillar.items", "saltenv=user")
+    other = qubesctl(installation, "--dom0-only", "--id", "vm3", "pillar.items", "saltenv=user")
+    assert other.returncode == 0, other.stderr
     assert "secret:" in other.stdout and "role:" not in other.stdout
     failed = qubesctl(installation, "--dom0-only", "state.apply", "demo.fail", "saltenv=user")
     assert failed.returncode == 2 and "Result: False" in failed.stdout

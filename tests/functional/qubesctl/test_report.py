@@ -77,14 +77,28 @@ def test_options_split_ours_from_salts():
     assert args.target_names == ["debian-12", "work"]
     assert args.command == ["state.apply", "motd", "test=True"] and args.salt_args == []
     assert args.max_concurrency == options.DEFAULT_CONCURRENCY
-    args = options.parse(["--dom0-only", "--id=work", "-l", "pillar.items"])
-    assert args.command == ["pillar.items"] and args.salt_args == ["--id=work", "-l"]
+    args = options.parse(["--dom0-only", "--id=work", "-l", "debug", "pillar.items"])
+    assert args.command == ["pillar.items"] and args.salt_args == ["--id=work", "-l", "debug"]
     with pytest.raises(SystemExit):
         options.parse(["--skip-dom0"])  # no command
     with pytest.raises(SystemExit):
         options.parse(["--max-concurrency", "0", "state.highstate"])
     with pytest.raises(SystemExit):
         options.parse(["--dom0-only", "--all", "state.highstate"])
+
+
+@pytest.mark.parametrize("argv, salt_args, command", [
+    (["--id", "work", "pillar.items"], ["--id", "work"], ["pillar.items"]),
+    (["--id", "work", "--skip-dom0", "state.apply", "x"], ["--id", "work"], ["state.apply", "x"]),
+    (["-ldebug", "--log-file-level", "info", "state.apply"], ["-ldebug", "--log-file-level", "info"],
+     ["state.apply"]),
+    (["--retcode-passthrough", "test.ping"], ["--retcode-passthrough"], ["test.ping"]),
+    (["--", "--id", "x"], [], ["--id", "x"]),
+])
+def test_a_salt_option_with_its_value_in_the_next_word_is_not_the_command(argv, salt_args,
+                                                                          command):
+    args = options.parse(argv)
+    assert args.salt_args == salt_args and args.command == command
 
 
 def test_highstate_is_recognised():
