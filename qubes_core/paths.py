@@ -46,6 +46,11 @@ class Paths(NamedTuple):
         return self.run_dir / "qubesd.misc.sock"
 
     @property
+    def qrexec_socket(self) -> Path:
+        """dom0's qrexec socket (the sandbox runtime's router serves it, ``qvm-run`` calls)."""
+        return self.run_dir / "qrexec.sock"
+
+    @property
     def etc_dir(self) -> Path:
         return Path("/etc") if self.production else self.base_dir / "etc"
 

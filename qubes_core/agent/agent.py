@@ -8,6 +8,8 @@ ends; the handler runs with them as its stdio and its exit code goes back as
 ``QREXEC_SERVICE_ARGUMENT``), any other file is a shell command line.
 ``/etc/qubes/rpc-config/SERVICE`` may say ``force-user='root'``. At start the agent
 tells qubesd it is ready (``{"op": "hello"}``); that is what a VM start waits for.
+It runs as threads of the VM's init (:mod:`.init`), which reaps every process of
+the VM and so also starts and waits for the handlers (``spawn``/``wait``).
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ import socket
 import subprocess
 import sys
 import threading
+from collections.abc import Callable
 
 from . import AGENT_SOCKET, QUBESD_SOCKET, wire
 
@@ -74,8 +77,14 @@ def user_environment(account: pwd.struct_passwd, source: str, service: str, arg:
     }
 
 
-def run_call(request: dict, fds: list[int]) -> dict:
-    """Run one call; the reply to send back."""
+Spawn = Callable[..., subprocess.Popen]
+Wait = Callable[[subprocess.Popen], int]
+
+
+def run_call(request: dict, fds: list[int], spawn: Spawn = subprocess.Popen,
+             wait: Wait = subprocess.Popen.wait) -> dict:
+    """Run one call (the handler started with ``spawn``, awaited with ``wait``); the reply
+    to send back."""
     service, arg = request.get("service"), request.get("arg", "")
     source = request.get("source")
     if not (isinstance(service, str) and NAME_RE.match(service) and isinstance(arg, str)
@@ -91,7 +100,7 @@ def run_call(request: dict, fds: list[int]) -> dict:
     except KeyError:
         return {"error": f"no user {user!r} in this VM", "exit": NOT_FOUND_EXIT}
     as_other = account.pw_uid != os.getuid()
-    process = subprocess.Popen(
+    process = spawn(
         handler_command(path, arg), stdin=fds[0], stdout=fds[1], stderr=fds[2],
         cwd=account.pw_dir if os.path.isdir(account.pw_dir) else "/",
         env=user_environment(account, source, service, arg),
@@ -99,15 +108,18 @@ def run_call(request: dict, fds: list[int]) -> dict:
         extra_groups=[] if as_other else None, start_new_session=True)
     wire.close_all(fds)
     fds.clear()
-    code = process.wait()
+    code = wait(process)
     return {"exit": code if code >= 0 else 128 - code}
 
 
 class Agent:
     """Accepts calls from qubesd, each on its own connection and thread."""
 
-    def __init__(self, path: str = AGENT_SOCKET):
+    def __init__(self, path: str = AGENT_SOCKET, spawn: Spawn = subprocess.Popen,
+                 wait: Wait = subprocess.Popen.wait):
         self.path = path
+        self.spawn = spawn
+        self.wait = wait
         self.calls = threading.BoundedSemaphore(MAX_CALLS)
 
     def listen(self) -> socket.socket:
@@ -135,7 +147,7 @@ class Agent:
                     wire.send(conn, {"error": "unknown operation", "exit": NOT_FOUND_EXIT})
                     return
                 try:
-                    reply = run_call(request, fds)
+                    reply = run_call(request, fds, self.spawn, self.wait)
                 except (OSError, wire.WireError) as error:
                     reply = {"error": f"cannot run the call: {error}", "exit": NOT_FOUND_EXIT}
                 wire.send(conn, reply)

@@ -1,29 +1,40 @@
-"""The init (pid 1) of a sandbox VM: start the qrexec agent, reap, stop on SIGTERM.
+"""The init (pid 1) of a sandbox VM: the qrexec agent, the reaper, the clock, stop on SIGTERM.
 
 It binds ``/rw/home`` over ``/home`` and ``/rw/usrlocal`` over ``/usr/local`` as
-Qubes does (so user files persist in a template-based VM), starts the agent (again
-if it dies), and reaps every orphan. SIGTERM is the shutdown request: every other
-process gets SIGTERM, then SIGKILL after :data:`GRACE` seconds, file systems are
-synced and init exits 0, which is the VM's halt. Clock: the VM asks the clockvm
-through ``qubes.GetDate`` at start and every 6 h and only logs the offset it would
-apply (a sandbox shares the host's clock; nothing here may set it).
+Qubes does (so user files persist in a template-based VM), then serves qrexec
+calls in its own process (the agent runs as threads of init: one Python per VM,
+not two, which halves what a VM start costs). Init is the only process that
+reaps: every child, its own handlers' and the orphans it adopts; a handler's
+exit code goes to the agent thread that waits for it through :class:`Reaper`,
+so no code is lost to the other waiter. SIGTERM is the shutdown request: every
+other process gets SIGTERM, then SIGKILL after :data:`GRACE` seconds, file
+systems are synced and init exits 0, which is the VM's halt. Clock: the VM asks
+the clockvm through ``qubes.GetDate`` shortly after it is ready (not on the start
+path: a DispVM that lives for one call never pays for it) and every 6 h, and only
+logs the offset it would apply (a sandbox shares the host's clock; nothing here
+may set it).
 """
 
 from __future__ import annotations
 
+import ctypes
 import datetime
 import os
+import select
 import signal
 import subprocess
 import sys
 import threading
 import time
 
-from . import INSTALL_DIR
+from . import QUBESD_SOCKET, agent, calls, wire
 
 GRACE = 5.0
+CLOCK_DELAY = 2.0
 CLOCK_INTERVAL = 6 * 3600
-PYTHON = sys.executable or "/usr/bin/python3"
+CLOCK_LIMIT = 256
+CHECK_INTERVAL = 1.0
+MS_BIND = 4096
 
 
 def log(message: str) -> None:
@@ -32,8 +43,10 @@ def log(message: str) -> None:
 
 
 def mount_bind(source: str, target: str) -> None:
-    """Bind ``source`` over ``target`` (a failure is left to the guest log)."""
-    subprocess.run(["mount", "--bind", source, target], check=False)
+    """Bind ``source`` over ``target`` (the mount system call; a failure is logged)."""
+    libc = ctypes.CDLL(None, use_errno=True)
+    if libc.mount(source.encode(), target.encode(), None, MS_BIND, None) != 0:
+        log(f"cannot bind {source} over {target}: {os.strerror(ctypes.get_errno())}")
 
 
 def setup_rw() -> None:
@@ -49,22 +62,78 @@ def setup_rw() -> None:
     mount_bind("/rw/usrlocal", "/usr/local")
 
 
-def start_agent() -> subprocess.Popen:
-    """Start the qrexec agent as a child of init."""
-    env = {"PYTHONPATH": INSTALL_DIR, "PATH": "/usr/sbin:/usr/bin:/sbin:/bin"}
-    return subprocess.Popen([PYTHON, "-I", "-c",
-                             f"import sys; sys.path.insert(0, {INSTALL_DIR!r}); "
-                             "from qubes_agent.agent import main; sys.exit(main())"],
-                            env=env)
+class Reaper:
+    """Init's one waiter: reaps every child and hands the codes of the awaited ones over."""
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.awaited: dict[int, list] = {}  # pid -> [event, exit status]
+
+    def spawn(self, argv: list[str], **kwargs) -> subprocess.Popen:
+        """Start a process whose exit :meth:`wait` reports (registered before it can end)."""
+        with self.lock:
+            process = subprocess.Popen(argv, **kwargs)
+            self.awaited[process.pid] = [threading.Event(), None]
+        return process
+
+    def wait(self, process: subprocess.Popen) -> int:
+        """The exit code of a spawned process, as :meth:`subprocess.Popen.wait` gives it."""
+        event, _ = self.awaited[process.pid]
+        event.wait()
+        with self.lock:
+            status = self.awaited.pop(process.pid)[1]
+        process.returncode = os.waitstatus_to_exitcode(status)
+        return process.returncode
+
+    def reap(self) -> list[int]:
+        """Reap every exited child; their pids."""
+        reaped = []
+        with self.lock:
+            while True:
+                try:
+                    pid, status = os.waitpid(-1, os.WNOHANG)
+                except ChildProcessError:
+                    break
+                if pid == 0:
+                    break
+                reaped.append(pid)
+                slot = self.awaited.get(pid)
+                if slot is not None:
+                    slot[1] = status
+                    slot[0].set()
+        return reaped
+
+
+def get_date() -> bytes | None:
+    """The clockvm's answer to ``qubes.GetDate`` (at most :data:`CLOCK_LIMIT` bytes)."""
+    read_end, write_end = os.pipe()
+    null = os.open(os.devnull, os.O_RDWR)
+    answer: list[bytes] = []
+
+    def collect() -> None:
+        data = b""
+        while chunk := os.read(read_end, 4096):
+            data += chunk[:max(0, CLOCK_LIMIT - len(data))]
+        answer.append(data)
+
+    reader = threading.Thread(target=collect, daemon=True)
+    reader.start()
+    try:
+        code = calls.call(lambda: wire.connect(QUBESD_SOCKET),
+                          {"op": "call", "target": "dom0", "service": "qubes.GetDate"},
+                          stdin=null, stdout=write_end, stderr=null)
+    finally:
+        os.close(write_end)
+        os.close(null)
+    reader.join(60)
+    os.close(read_end)
+    return answer[0] if code == 0 and answer else None
 
 
 def clock_offset() -> float | None:
     """Seconds the clock would move by the clockvm's answer; None if it gave none."""
-    result = subprocess.run(["qrexec-client-vm", "dom0", "qubes.GetDate"],
-                            stdin=subprocess.DEVNULL, capture_output=True, timeout=60,
-                            check=False)
-    text = result.stdout.decode(errors="replace").strip()
-    if result.returncode != 0 or not text:
+    text = (get_date() or b"").decode(errors="replace").strip()
+    if not text:
         return None
     try:
         stamp = datetime.datetime.fromisoformat(text.replace("Z", "+00:00"))
@@ -73,12 +142,13 @@ def clock_offset() -> float | None:
     return stamp.timestamp() - time.time()
 
 
-def clock_loop() -> None:
-    """Ask the clockvm now and every 6 h; log the offset, never set the clock."""
+def clock_loop(first_delay: float = CLOCK_DELAY) -> None:
+    """Ask the clockvm soon after start and every 6 h; log the offset, never set the clock."""
+    time.sleep(first_delay)
     while True:
         try:
             offset = clock_offset()
-        except (OSError, subprocess.SubprocessError) as error:
+        except OSError as error:
             offset = None
             log(f"clock: cannot ask the clockvm: {error}")
         if offset is None:
@@ -88,20 +158,20 @@ def clock_loop() -> None:
         time.sleep(CLOCK_INTERVAL)
 
 
-def reap_all() -> list[int]:
-    """Reap every exited child (init adopts all orphans); their pids."""
-    reaped: list[int] = []
-    while True:
-        try:
-            pid, _status = os.waitpid(-1, os.WNOHANG)
-        except ChildProcessError:
-            return reaped
-        if pid == 0:
-            return reaped
-        reaped.append(pid)
+def start_agent(reaper: Reaper) -> threading.Thread:
+    """The qrexec agent as a thread of init: listen, tell qubesd, serve."""
+    def run() -> None:
+        server = agent.Agent(spawn=reaper.spawn, wait=reaper.wait)
+        sock = server.listen()
+        agent.say_hello()
+        server.serve(sock)
+
+    thread = threading.Thread(target=run, name="qrexec-agent", daemon=True)
+    thread.start()
+    return thread
 
 
-def shutdown() -> None:
+def shutdown(reaper: Reaper) -> None:
     """Stop every other process (TERM, then KILL after the grace time), then sync."""
     log("shutting down")
     try:
@@ -110,7 +180,7 @@ def shutdown() -> None:
         pass
     deadline = time.monotonic() + GRACE
     while time.monotonic() < deadline:
-        reap_all()
+        reaper.reap()
         try:
             os.kill(-1, 0)
         except ProcessLookupError:
@@ -131,17 +201,28 @@ def shutdown() -> None:
 def main() -> int:
     """Run as the VM's pid 1 until SIGTERM."""
     stop = threading.Event()
+    wake_r, wake_w = os.pipe()
+    os.set_blocking(wake_r, False)
+    os.set_blocking(wake_w, False)
+    signal.set_wakeup_fd(wake_w)  # a signal's byte wakes the loop below
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
-    signal.signal(signal.SIGCHLD, lambda *_: None)  # wake the wait below
+    signal.signal(signal.SIGCHLD, lambda *_: None)
     setup_rw()
-    agent = start_agent()
-    threading.Thread(target=clock_loop, daemon=True).start()
+    reaper = Reaper()
+    serving = start_agent(reaper)
+    threading.Thread(target=clock_loop, name="clock", daemon=True).start()
     while not stop.is_set():
-        if agent.pid in reap_all() or agent.poll() is not None:
-            log("the qrexec agent exited; starting it again")
-            agent = start_agent()
-        stop.wait(1.0)
-    shutdown()
+        select.select([wake_r], [], [], CHECK_INTERVAL)
+        try:
+            while os.read(wake_r, 256):
+                pass
+        except BlockingIOError:
+            pass
+        reaper.reap()
+        if not serving.is_alive():
+            log("the qrexec agent stopped; starting it again")
+            serving = start_agent(reaper)
+    shutdown(reaper)
     return 0
 
 

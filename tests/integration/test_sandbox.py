@@ -140,6 +140,48 @@ def test_qvm_run_exit_codes(installation: Installation) -> None:
     assert usage.returncode == 2
 
 
+ESCAPES = r"printf '\033[31mred\033]0;title\007\tok\r\n\303\251\n'; printf '\033[2J' >&2"
+
+
+def on_a_terminal(inst: Installation, *args: str) -> bytes:
+    """What ``qvm-run ARGS`` writes when its stdout and stderr are a terminal."""
+    import pty
+
+    controller, terminal = pty.openpty()
+    try:
+        done = subprocess.run([str(BIN / "qvm-run"), *args], env=inst.env, stdin=subprocess.DEVNULL,
+                              stdout=terminal, stderr=terminal, timeout=120, check=False)
+        os.close(terminal)
+        terminal = -1
+        output = b""
+        with contextlib.suppress(OSError):  # EIO once the terminal's last writer is gone
+            while chunk := os.read(controller, 4096):
+                output += chunk
+    finally:
+        os.close(controller)
+        if terminal != -1:
+            os.close(terminal)
+    assert done.returncode == 0
+    return output
+
+
+def test_qvm_run_filters_escape_characters(installation: Installation) -> None:
+    inst = installation
+    vm = inst.new_appvm()
+    raw = b"\033[31mred\033]0;title\007\tok\r\n\303\251\n"
+    assert inst.qvm_run("-p", vm, ESCAPES).stdout == raw  # not a terminal: as it came
+    filtered = inst.qvm_run("-p", "--filter-escape-chars", vm, ESCAPES)
+    assert filtered.stdout == b"_[31mred_]0;title\007\tok\r\n__\n"
+    assert filtered.stderr == b"_[2J"
+    # on a terminal (which turns \n into \r\n): filtered by default, stdout not when refused
+    shown = on_a_terminal(inst, "-p", vm, ESCAPES)  # stderr's part may land anywhere in it
+    assert b"_[2J" in shown
+    assert shown.replace(b"_[2J", b"", 1) == b"_[31mred_]0;title\007\tok\r\r\n__\r\n"
+    unfiltered = on_a_terminal(inst, "-p", "--no-filter-escape-chars", vm, ESCAPES)
+    assert b"\033[31mred" in unfiltered and b"_[2J" in unfiltered  # stderr: a terminal
+    inst.call("admin.vm.Kill", vm)
+
+
 def test_a_vm_killed_from_outside_is_seen_halted_and_committed(installation: Installation
                                                                 ) -> None:
     inst = installation

@@ -27,6 +27,14 @@ import sys
 import time
 
 CLONE_NEWNS = 0x00020000
+MS_NOATIME = 1024
+MS_REC = 16384
+MS_SLAVE = 1 << 19
+LOOP_CTL_GET_FREE = 0x4C82
+LOOP_CONFIGURE = 0x4C0A
+LO_FLAGS_AUTOCLEAR = 4
+LOOP_MAJOR = 7
+LOOP_TRIES = 20
 EXT_MAGIC_OFFSET = 1080
 EXT_MAGIC = b"\x53\xef"
 INIT = "/usr/lib/qubes-sandbox/init"
@@ -57,15 +65,74 @@ def make_fs(image: str, label: str) -> None:
         "nodiscard,lazy_itable_init=1,lazy_journal_init=1", image)
 
 
+LIBC = ctypes.CDLL(None, use_errno=True)
+
+
+def _check(result: int, what: str) -> None:
+    if result != 0:
+        raise KeeperError(f"{what} failed: {os.strerror(ctypes.get_errno())}")
+
+
 def private_namespace() -> None:
     """Move this process into a mount namespace of its own, whose mounts no one else sees."""
-    libc = ctypes.CDLL(None, use_errno=True)
-    if libc.unshare(CLONE_NEWNS) != 0:
-        raise KeeperError(f"unshare of the mount namespace failed: "
-                          f"{os.strerror(ctypes.get_errno())}")
+    _check(LIBC.unshare(CLONE_NEWNS), "unshare of the mount namespace")
     # Slave, not private: the host's later unmounts reach this copy, so a keeper never
     # pins a file system that the host unmounts; our mounts never reach the host.
-    run("mount", "--make-rslave", "/")
+    _check(LIBC.mount(None, b"/", None, MS_REC | MS_SLAVE, None), "making / a slave mount")
+
+
+class LoopConfig(ctypes.Structure):
+    """``struct loop_config`` of <linux/loop.h> (LOOP_CONFIGURE, Linux 5.8)."""
+
+    _fields_ = [("fd", ctypes.c_uint32), ("block_size", ctypes.c_uint32),
+                ("lo_device", ctypes.c_uint64), ("lo_inode", ctypes.c_uint64),
+                ("lo_rdevice", ctypes.c_uint64), ("lo_offset", ctypes.c_uint64),
+                ("lo_sizelimit", ctypes.c_uint64), ("lo_number", ctypes.c_uint32),
+                ("lo_encrypt_type", ctypes.c_uint32), ("lo_encrypt_key_size", ctypes.c_uint32),
+                ("lo_flags", ctypes.c_uint32), ("lo_file_name", ctypes.c_char * 64),
+                ("lo_crypt_name", ctypes.c_char * 64), ("lo_encrypt_key", ctypes.c_char * 32),
+                ("lo_init", ctypes.c_uint64 * 2), ("reserved", ctypes.c_uint64 * 8)]
+
+
+def attach_loop(image: str) -> tuple[int, str]:
+    """A loop device on ``image`` (autoclear: it detaches when its last user lets go):
+    an open descriptor of it and its path. The system calls mount(8) makes, without its process."""
+    import fcntl
+
+    backing = os.open(image, os.O_RDWR | os.O_CLOEXEC)
+    try:
+        control = os.open("/dev/loop-control", os.O_RDWR | os.O_CLOEXEC)
+        try:
+            for _ in range(LOOP_TRIES):  # another process may take the free one first
+                number = fcntl.ioctl(control, LOOP_CTL_GET_FREE)
+                device = f"/dev/loop{number}"
+                if not os.path.exists(device):
+                    with contextlib.suppress(FileExistsError):
+                        os.mknod(device, 0o660 | 0o060000, os.makedev(LOOP_MAJOR, number))
+                loop = os.open(device, os.O_RDWR | os.O_CLOEXEC)
+                config = LoopConfig(fd=backing, lo_flags=LO_FLAGS_AUTOCLEAR)
+                config.lo_file_name = os.fsencode(image)[-63:]
+                try:
+                    fcntl.ioctl(loop, LOOP_CONFIGURE, config)
+                except OSError:
+                    os.close(loop)
+                    continue
+                return loop, device
+        finally:
+            os.close(control)
+    finally:
+        os.close(backing)
+    raise KeeperError(f"no free loop device for {image}")
+
+
+def mount_image(image: str, point: str) -> None:
+    """Loop-mount the ext4 image ``image`` on ``point`` (read-write, noatime)."""
+    loop, device = attach_loop(image)
+    try:  # once mounted, the mount holds the device; closing ours lets autoclear act
+        if LIBC.mount(device.encode(), point.encode(), b"ext4", MS_NOATIME, None) != 0:
+            raise KeeperError(f"mounting {image} failed: {os.strerror(ctypes.get_errno())}")
+    finally:
+        os.close(loop)
 
 
 def start_ticks(pid: int) -> int:
@@ -92,19 +159,19 @@ def mount_volumes(spec: dict) -> list[str]:
     if not has_ext_fs(root):
         raise KeeperError("its root volume holds no ext4 file system (build templates with "
                           "qubes-template-build)")
-    volumes = [("root", root, "rw")]
+    volumes = [("root", root)]
     if spec.get("private"):
         if not has_ext_fs(spec["private"]):
             make_fs(spec["private"], "private")
-        volumes.append(("rw", spec["private"], "rw"))
+        volumes.append(("rw", spec["private"]))
     if spec.get("volatile"):
         make_fs(spec["volatile"], "volatile")  # fresh each start, as the volume itself
-        volumes.append(("volatile", spec["volatile"], "rw"))
+        volumes.append(("volatile", spec["volatile"]))
     try:
-        for name, image, mode in volumes:
+        for name, image in volumes:
             point = os.path.join(mnt, name)
             os.makedirs(point, exist_ok=True)
-            run("mount", "-o", f"loop,{mode},noatime", image, point)
+            mount_image(image, point)
             mounted.append(point)
             if name == "volatile":
                 os.chmod(point, 0o1777)  # the VM's /tmp
@@ -135,7 +202,7 @@ def root_problem(root: str) -> str | None:
 def unmount(points: list[str]) -> None:
     """Unmount ``points`` in reverse order (loop devices set to autoclear detach)."""
     for point in reversed(points):
-        subprocess.run(["umount", point], capture_output=True, check=False)
+        LIBC.umount2(point.encode(), 0)
 
 
 def bwrap_argv(spec: dict, status_fd: int) -> list[str]:

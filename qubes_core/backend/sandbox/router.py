@@ -77,7 +77,7 @@ class Router:
         self.server = server
         paths = getattr(server, "paths", None)
         if paths is not None:
-            self.listen_dom0(dom0_socket(paths))
+            self.listen_dom0(paths.qrexec_socket)
 
     def _on_qubesd_stop(self, app: Any, event: str, **kwargs: Any) -> None:
         if self._dom0_sock is not None:
@@ -298,11 +298,6 @@ class Router:
             return {"error": str(error), "exit": REFUSED}
         finally:
             wire.close_all(fds)
-
-
-def dom0_socket(paths: Any) -> Path:
-    """dom0's qrexec socket of an installation (``qvm-run`` connects to it)."""
-    return Path(paths.run_dir) / "qrexec.sock"
 
 
 async def _ready(fd: int, writing: bool) -> None:

@@ -90,7 +90,8 @@ def test_options_split_ours_from_salts():
 @pytest.mark.parametrize("argv, salt_args, command", [
     (["--id", "work", "pillar.items"], ["--id", "work"], ["pillar.items"]),
     (["--id", "work", "--skip-dom0", "state.apply", "x"], ["--id", "work"], ["state.apply", "x"]),
-    (["-ldebug", "--log-file-level", "info", "state.apply"], ["-ldebug", "--log-file-level", "info"],
+    (["-ldebug", "--log-file-level", "info", "state.apply"],
+     ["-ldebug", "--log-file-level", "info"],
      ["state.apply"]),
     (["--retcode-passthrough", "test.ping"], ["--retcode-passthrough"], ["test.ping"]),
     (["--", "--id", "x"], [], ["--id", "x"]),
