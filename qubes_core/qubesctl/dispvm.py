@@ -144,8 +144,10 @@ def master_config(opts: dict[str, Any], roots: dict[str, list[str]]) -> dict[str
     """salt-ssh's configuration inside the DispVM: the bundle's trees, dom0's merge rules,
     and the cache in the template's file system, where a pre-built thin may wait."""
     root = f"{BUNDLE}/root"
+    # root_dir "/": Salt prefixes every path option with root_dir, which would move the
+    # cache (and so the template's pre-built thin) under the bundle, where no thin waits
     return {
-        "root_dir": root, "cachedir": THIN_CACHE, "pki_dir": f"{root}/pki",
+        "root_dir": "/", "cachedir": THIN_CACHE, "pki_dir": f"{root}/pki",
         "sock_dir": f"{root}/sock", "log_file": f"{root}/master.log",
         "ssh_log_file": f"{root}/ssh.log", "pidfile": f"{root}/master.pid",
         "file_roots": roots, "pillar_roots": {"base": [f"{BUNDLE}/pillar"]},

@@ -133,3 +133,18 @@ def test_dispvm_names_fit_31_characters_and_stay_distinct():
     assert dispvm_name("work") == "disp-mgmt-work"
     long_a, long_b = "a" * 25 + "-one", "a" * 25 + "-two"
     assert len(dispvm_name(long_a)) == 31 and dispvm_name(long_a) != dispvm_name(long_b)
+
+
+def test_salt_ssh_in_the_dispvm_reads_its_thin_from_the_templates_cache(tmp_path):
+    """Salt prefixes path options with root_dir: the cache must stay where the management
+    template's pre-built thin is, or every run builds the thin again."""
+    import salt.config
+    import yaml
+
+    from qubes_core.qubesctl.dispvm import BUNDLE, THIN_CACHE, master_config
+
+    config = master_config({}, {"base": [f"{BUNDLE}/roots/base/0"]})
+    (tmp_path / "master").write_text(yaml.safe_dump(config))
+    opts = salt.config.master_config(str(tmp_path / "master"))
+    assert opts["cachedir"] == THIN_CACHE
+    assert opts["pki_dir"].startswith(BUNDLE + "/") and opts["sock_dir"].startswith(BUNDLE + "/")
