@@ -42,10 +42,35 @@ REMOVAL_TIMEOUT = 60.0
 # salt-ssh's cache in the management DispVM. A DispVM's root starts as its template's, so
 # a thin built there once (prebuild_thin) is not built and compressed again per target.
 THIN_CACHE = "/var/cache/salt/qubesctl"
+# The thin as qubesctl sends it to the target: uncompressed (a pipe between two VMs is
+# cheaper than gunzip), beside the compressed one salt-ssh keeps and checksums.
+THIN_TAR = THIN_CACHE + "/thin/thin.tar"
+# Where the thin is unpacked in the target: /run is root's alone (no user of the target can
+# put files there first) and volatile (nothing of it stays in a template's root).
+TARGET_THIN_DIR = "/run/qubesctl-salt"
+# Run in the management template by prebuild_thin: salt-ssh's thin, with its modules
+# compiled for the template's Python (a target with the same Python, as a template of the
+# same release, then imports Salt without compiling it, twice per run: about a second),
+# compressed for salt-ssh and uncompressed for qubesctl.
+THIN_BUILDER = f"""
+import compileall, os, py_compile, tarfile, tempfile
+import salt.utils.thin
+thin = salt.utils.thin.gen_thin({THIN_CACHE!r})
+with tempfile.TemporaryDirectory() as work:
+    with tarfile.open(thin) as archive:
+        archive.extractall(work)
+    compileall.compile_dir(work, quiet=1, workers=0,
+                           invalidation_mode=py_compile.PycInvalidationMode.UNCHECKED_HASH)
+    for path, mode in ((thin, "w:gz"), ({THIN_TAR!r}, "w")):
+        with tarfile.open(path + ".new", mode) as archive:
+            for name in sorted(os.listdir(work)):
+                archive.add(os.path.join(work, name), name)
+        os.replace(path + ".new", path)
+print(thin)
+"""
 PREBUILD = (
     "for py in /opt/salt/bin/python3 /usr/bin/python3; do "
-    "if $py -c 'import salt.utils.thin' 2>/dev/null; then exec $py -c "
-    "'import salt.utils.thin as t; print(t.gen_thin(\"" + THIN_CACHE + "\"))'; fi; done; "
+    "if $py -c 'import salt.utils.thin' 2>/dev/null; then exec $py -c \"$0\"; fi; done; "
     "echo 'no Salt in this template' >&2; exit 127")
 FIX_MGMT_DVM = ("set one (qvm-prefs TARGET management_dispvm NAME), or create the default "
                 "with its formula: qubesctl top.enable qvm.default-mgmt-dvm && qubesctl "
@@ -125,14 +150,18 @@ RUN_SCRIPT = r'''#!/bin/bash
 set -u
 here="$(cd "$(dirname "$0")" && pwd)"
 target="$1"; shift
+thin="@THIN@" thin_dir="@THIN_DIR@"
 export PATH="$here/bin:/usr/local/bin:/usr/bin:/bin:/opt/salt/bin" HOME=/root
 command -v salt-ssh >/dev/null || { echo "no salt-ssh in this DispVM's template" >&2; exit 127; }
-# The policy lines were written just before this DispVM was created; qrexec reads
-# them within a second: wait until the target answers (at most 20 s).
+# The thin goes to the target with this first call, unpacked by the target's tar (salt-ssh
+# would first ask, learn that it is missing, copy it, then unpack it with Python). The policy
+# lines were written just before this DispVM was created and qrexec may read them late:
+# retry while the call is refused (126), at most 20 s. If this fails, salt-ssh copies it.
+deploy="rm -rf $thin_dir && mkdir -m 700 $thin_dir && exec tar -xf - -C $thin_dir"
 for _ in $(seq 200); do
-  if echo 'exit 0' | qrexec-client-vm "$target" qubes.VMRootShell >/dev/null 2>&1; then
-    break
-  fi
+  { printf '%s\n' "$deploy"; cat "$thin" 2>/dev/null; } |
+    qrexec-client-vm "$target" qubes.VMRootShell >/dev/null 2>&1
+  [ $? -ne 126 ] && break
   sleep 0.1
 done
 exec salt-ssh -c "$here/conf" --roster-file="$here/conf/roster" -w --ignore-host-keys \
@@ -179,12 +208,13 @@ def bundle(target: Target, opts: dict[str, Any]) -> bytes:
         add_text("pillar/qubesctl_target.sls",
                  "#!json\n" + json.dumps(target.pillar, default=str, sort_keys=True))
         add_text("conf/master", yaml.safe_dump(master_config(opts, roots)))
-        add_text("conf/roster", yaml.safe_dump({target.name: {"host": target.name,
-                                                              "user": "root"}}))
+        add_text("conf/roster", yaml.safe_dump({target.name: {
+            "host": target.name, "user": "root", "thin_dir": TARGET_THIN_DIR}}))
         add_text("bin/ssh", SSH_STANDIN, 0o755)
         add_text("bin/scp", SSH_STANDIN, 0o755)
         add_text("bin/ssh-keygen", "#!/bin/sh\nexit 0\n", 0o755)
-        add_text("run", RUN_SCRIPT, 0o755)
+        run = RUN_SCRIPT.replace("@THIN@", THIN_TAR).replace("@THIN_DIR@", TARGET_THIN_DIR)
+        add_text("run", run, 0o755)
     return buffer.getvalue()
 
 
@@ -365,7 +395,8 @@ def prebuild_thin(paths: Paths, template: str) -> str:
         argv = [sys.executable, "-m", "qubes_core.cli.qvm_run", "--pass-io", "--user", "root"]
         if not paths.production:
             argv += ["--base-dir", str(paths.base_dir)]
-        result = subprocess.run([*argv, template, PREBUILD], capture_output=True, text=True,
+        command = f"sh -c {_quote(PREBUILD)} {_quote(THIN_BUILDER)}"
+        result = subprocess.run([*argv, template, command], capture_output=True, text=True,
                                 check=False)
         if not was_running:
             app.domains[template].shutdown(wait=True)

@@ -142,12 +142,11 @@ def start_ticks(pid: int) -> int:
 
 
 def write_record(path: str, record: dict) -> None:
-    """Replace the record at ``path`` atomically (fsynced, then renamed)."""
+    """Replace the record at ``path`` atomically (written whole, then renamed). Not synced:
+    it only has to outlive qubesd, never the host, whose crash ends the VM with it."""
     temp = f"{path}~{os.getpid()}"
     with open(temp, "w", encoding="utf-8") as file:
         json.dump(record, file)
-        file.flush()
-        os.fsync(file.fileno())
     os.replace(temp, path)
 
 
