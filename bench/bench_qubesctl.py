@@ -7,8 +7,11 @@ against four at ``--max-concurrency 4`` (whole ``qubesctl`` runs), and the
 whole ``--all`` highstate of the shipped formulas (dom0's VMs, then
 ``qvm.template-config`` in both templates). The management template holds a
 pre-built thin (:func:`~qubes_core.qubesctl.dispvm.prebuild_thin`). Qubes' own qubesctl takes
-tens of seconds per target. Needs root, bubblewrap, debootstrap and loop
-devices; the templates come from the cache of ``qubes-template-build``.
+tens of seconds per target. Beside each figure: the CPU time it took (qubesctl,
+qubesd and every VM's processes, from a cgroup), per target, and the load
+average: on 2 cores four targets at once cannot take less than twice one
+target's CPU time. Needs root, bubblewrap, debootstrap and loop devices; the
+templates come from the cache of ``qubes-template-build``.
 """
 
 from __future__ import annotations
@@ -18,10 +21,11 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from bench.common import Report, median_time
+from bench.common import CpuMeter, Report, load_average
 from qubes_core.demo import sandbox_missing
 
 REPEAT = 3
@@ -69,8 +73,24 @@ def qubesctl(base: Path, *argv: str) -> None:
         raise RuntimeError(f"qubesctl {' '.join(argv)} failed: {done.stdout}{done.stderr}")
 
 
-def per_target(base: Path, salt: bool) -> float:
-    """Median seconds of one target's configure (DispVM create → cleanup)."""
+def timed(meter: CpuMeter, func: Callable[[], object], repeat: int = REPEAT
+          ) -> tuple[float, str]:
+    """Median wall seconds of ``func()`` and a note: its median CPU time, the load."""
+    walls, cpus = [], []
+    for _ in range(repeat):
+        cpu = meter.seconds()
+        start = time.perf_counter()
+        func()
+        walls.append(time.perf_counter() - start)
+        after = meter.seconds()
+        if cpu is not None and after is not None:
+            cpus.append(after - cpu)
+    note = f"CPU {statistics.median(cpus):.2f} s, " if cpus else ""
+    return statistics.median(walls), note + load_average()
+
+
+def per_target(base: Path, salt: bool, meter: CpuMeter) -> tuple[float, str]:
+    """Median seconds of one target's configure (DispVM create → cleanup), and the note."""
     from qubes_core.client.app import Qubes
     from qubes_core.paths import resolve
     from qubes_core.qubesctl import dispvm, render, saltconf
@@ -86,15 +106,16 @@ def per_target(base: Path, salt: bool) -> float:
         session = dispvm.Session(paths, app, opts, command, [])
         if not salt:
             session.inner_command = "true"  # the bundle is copied, Salt is not run
-        samples = []
-        for _ in range(REPEAT):
-            start = time.perf_counter()
+
+        def configure() -> None:
             outcome, _ = session.configure(target, log)
-            samples.append(time.perf_counter() - start)
             if salt and not outcome.ok:
                 raise RuntimeError(f"configure failed: {outcome.problems} (log {log})")
-        session.close()
-    return statistics.median(samples)
+
+        try:
+            return timed(meter, configure)
+        finally:
+            session.close()
 
 
 def run(report: Report) -> None:
@@ -102,28 +123,31 @@ def run(report: Report) -> None:
     if reason:
         report.value("qubesctl on the sandbox runtime", "skipped", f"the sandbox runtime {reason}")
         return
+    meter = CpuMeter("qubesctl")  # before qubesd starts: it and its VMs are counted
     with tempfile.TemporaryDirectory(prefix="bench-qubesctl-") as tmp:
         base = Path(tmp) / "base"
         daemon = installation(base)
         try:
-            bare = per_target(base, salt=False)
-            report.time("per target: DispVM create → cleanup, no Salt", bare, "goal ≤ 5 s")
-            full = per_target(base, salt=True)
-            report.time("per target: DispVM create → cleanup, salt-ssh", full)
+            bare, note = per_target(base, False, meter)
+            report.time("per target: DispVM create → cleanup, no Salt", bare, note)
+            full, note = per_target(base, True, meter)
+            report.time("per target: DispVM create → cleanup, salt-ssh (goal ≤ 5 s)", full,
+                        note)
             report.time("  of which salt-ssh over qrexec", full - bare)
             apply = ("--skip-dom0", "state.apply", "mark", "saltenv=user")
-            one = median_time(lambda: qubesctl(base, "--targets=t1", *apply), REPEAT)
-            report.time("qubesctl, 1 target", one)
-            four = median_time(lambda: qubesctl(base, f"--targets={','.join(TARGETS)}",
-                                                "--max-concurrency", "4", *apply), REPEAT)
-            report.time("qubesctl, 4 targets at --max-concurrency 4", four)
+            one, note = timed(meter, lambda: qubesctl(base, "--targets=t1", *apply))
+            report.time("qubesctl, 1 target", one, note)
+            four, note = timed(meter, lambda: qubesctl(base, f"--targets={','.join(TARGETS)}",
+                                                       "--max-concurrency", "4", *apply))
+            report.time("qubesctl, 4 targets at --max-concurrency 4", four, note)
             report.ratio("4 targets / 1 target", four, one, "goal ≤ 1.5x")
             qubesctl(base, "--dom0-only", "top.enable", "qvm.sys-net", "qvm.sys-firewall",
                      "qvm.default-mgmt-dvm", "qvm.personal", "qvm.work", "qvm.template-config")
             start = time.perf_counter()
             qubesctl(base, "--all", "state.highstate")
             report.time("qubesctl --all state.highstate (shipped formulas)",
-                        time.perf_counter() - start, "once: dom0, then 2 templates")
+                        time.perf_counter() - start,
+                        f"once: dom0, then 2 templates, {load_average()}")
         finally:
             if daemon is not None:
                 from qubes_core.client.app import Qubes
@@ -133,3 +157,4 @@ def run(report: Report) -> None:
                         if vm.klass != "AdminVM" and not vm.is_halted():
                             vm.kill()
                 daemon.stop()
+            meter.close()

@@ -22,6 +22,7 @@ import pytest
 from tests.integration.support import (  # noqa: F401
     bookworm_image,
     leaks_under,
+    production_paths_state,
     require_sandbox,
     sandbox_app,
 )
@@ -130,6 +131,7 @@ def installation(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPa
     require_sandbox()
     suite = request.param
     base = tmp_path_factory.mktemp(f"inst-{suite}") / "base"
+    outside = production_paths_state()
     inst = Installation(base, suite)
     inst.start_qubesd()
     try:
@@ -144,3 +146,4 @@ def installation(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPa
     finally:
         inst.stop_qubesd()
     assert leaks_under(base) == []
+    assert production_paths_state() == outside  # nothing written outside the base

@@ -67,6 +67,24 @@ def mounts_and_loops() -> tuple[list[str], list[str]]:
     return mounts, loops
 
 
+# Where an installation without a base directory would write (Qubes' production paths).
+PRODUCTION_PATHS = ("/var/lib/qubes", "/etc/qubes", "/etc/qubes-rpc", "/var/log/qubes",
+                    "/var/run/qubesd.sock", "/var/run/qubes", "/var/run/sandbox",
+                    "/var/run/qrexec.sock")
+
+
+def production_paths_state() -> dict[str, int | None]:
+    """The modification time of each production path (None: absent), to compare before
+    and after a test: a relocated installation writes nothing outside its base directory."""
+    state: dict[str, int | None] = {}
+    for path in PRODUCTION_PATHS:
+        try:
+            state[path] = os.lstat(path).st_mtime_ns
+        except FileNotFoundError:
+            state[path] = None
+    return state
+
+
 def leaks_under(base: Path) -> list[str]:
     """Mounts and loop devices (anywhere in the system) that refer to files under ``base``."""
     mounts, loops = mounts_and_loops()
