@@ -174,15 +174,21 @@ class Sandbox:
         record = self.read_record()
         code = record.get("exit-code")
         reason = "destroyed" if self.requested == "kill" or code not in (0, None) else "shutdown"
-        await self.runtime.forget(self)
-        with contextlib.suppress(OSError):
-            self.record_path.unlink()
-        if not self.starting:
-            try:
-                await self.vm.fire_event_async("domain-stopped", reason=reason)
-            except Exception:
-                log.exception("handler of domain-stopped of %s failed", self.vm)
-        self.stopped.set()
+        key = str(self.vm.uuid)
+        self.runtime.stopping[key] = self  # wait_stopped finds it until the stop is handled
+        try:
+            await self.runtime.forget(self)
+            with contextlib.suppress(OSError):
+                self.record_path.unlink()
+            if not self.starting:
+                try:
+                    await self.vm.fire_event_async("domain-stopped", reason=reason)
+                except Exception:
+                    log.exception("handler of domain-stopped of %s failed", self.vm)
+        finally:
+            self.stopped.set()
+            if self.runtime.stopping.get(key) is self:
+                del self.runtime.stopping[key]
 
     def signal(self, signum: int) -> None:
         if self.init_pidfd is not None:
@@ -212,6 +218,9 @@ class SandboxRuntime(Runtime):
 
     def __init__(self) -> None:
         self._sandboxes: dict[str, Sandbox] = {}
+        # VMs halted whose stop (domain-stopped: storage commit, DispVM removal) is being
+        # handled, by uuid: a start waits for that (wait_stopped) instead of failing.
+        self.stopping: dict[str, Sandbox] = {}
         self._apps: list[Any] = []
         self._routers: dict[int, Any] = {}
 
@@ -445,7 +454,7 @@ class SandboxRuntime(Runtime):
             await asyncio.sleep(0.001)
 
     async def wait_stopped(self, vm: Any, timeout: float) -> bool:
-        box = self._live(vm)
+        box = self._live(vm) or self.stopping.get(str(vm.uuid))
         if box is None:
             return True
         try:
