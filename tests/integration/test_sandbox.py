@@ -232,6 +232,10 @@ def test_the_clock_comes_from_the_clockvm(installation: Installation) -> None:
         out = inst.sh(vm, "qrexec-client-vm dom0 qubes.GetDate")
         assert out.startswith("20") and "T" in out
         assert inst.state(clock) == "Running"  # the redirect reached the clockvm
+        # and the VM's init asks by itself soon after the start, and only logs the offset
+        guest_log = inst.base / "log" / f"guest-{vm}.log"
+        wait_until(lambda: "init: clock: would move the clock by" in guest_log.read_text(),
+                   what="the init's clock check")
     finally:
         inst.call("admin.property.Set", "dom0", "clockvm", "")
     for name in (clock, vm):
