@@ -94,7 +94,10 @@ def man_pages(entries: list[str]) -> list[tuple[str, list[str]]]:
     imported here is reported by the generator and has no page.
     """
     out = Path("build") / "man"
-    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parent)}
+    # The source tree goes first on the path the build environment already has
+    # (pip's isolated environment reaches its build requirements through it).
+    path = [str(Path(__file__).resolve().parent), os.environ.get("PYTHONPATH", "")]
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in path if p)}
     result = subprocess.run([sys.executable, "-m", "qubes_core.cli.manpages", str(out),
                              *entries], env=env, capture_output=True, text=True, check=False)
     if result.returncode != 0:
