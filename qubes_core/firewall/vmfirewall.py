@@ -163,14 +163,10 @@ class Firewall:
 
     async def drop_expired_async(self) -> list[Rule]:
         """:meth:`drop_expired`, the file written in a worker thread."""
-        try:
-            rules = self._loaded()
-        except FirewallFileError:
+        pending = self._expiry_pending()
+        if pending is None:
             return []
-        now = self.now()
-        gone = [rule for rule in rules if rule.is_expired(now)]
-        if not gone and not self._file_has_expired:
-            return []
+        rules, gone = pending
         async with self._lock():
             await self._write_async(rules)
         self._log_expired(gone)
@@ -200,6 +196,18 @@ class Firewall:
         await asyncio.to_thread(self._write_file, live, self.path)
         self._rules, self._file_has_expired = live, False
 
+    def _expiry_pending(self) -> tuple[list[Rule], list[Rule]] | None:
+        """The rules and those of them expired, when firewall.xml must be rewritten."""
+        try:
+            rules = self._loaded()
+        except FirewallFileError:
+            return None
+        now = self.now()
+        gone = [rule for rule in rules if rule.is_expired(now)]
+        if not gone and not self._file_has_expired:
+            return None
+        return rules, gone
+
     def _log_expired(self, gone: list[Rule]) -> None:
         if gone:
             log.info("firewall of %s: %d rule(s) expired: %s", self.vm, len(gone),
@@ -207,14 +215,10 @@ class Firewall:
 
     def drop_expired(self) -> list[Rule]:
         """Remove expired rules from memory and firewall.xml; re-export if any went."""
-        try:
-            rules = self._loaded()
-        except FirewallFileError:
+        pending = self._expiry_pending()
+        if pending is None:
             return []
-        now = self.now()
-        gone = [rule for rule in rules if rule.is_expired(now)]
-        if not gone and not self._file_has_expired:
-            return []
+        rules, gone = pending
         self._write(rules)
         self._log_expired(gone)
         self.vm.fire_event("firewall-changed")
