@@ -4,26 +4,32 @@ Production follows Qubes (``/var/lib/qubes``, ``/var/run/qubesd.sock``,
 ``/etc/qubes/policy.d``, ``/etc/qubes-rpc``). A base directory given with
 ``--base-dir`` or ``QUBES_BASE_DIR`` relocates all of them under itself, for
 local use and tests. Every command-line tool loads this module: it keeps to
-light imports (a named tuple, not a dataclass).
+light imports (``Paths`` is a plain class with slots, neither a ``typing.NamedTuple``
+nor a dataclass, so that a tool does not load ``typing`` for it).
 """
 
 from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import NamedTuple
 
 PRODUCTION_BASE = Path("/var/lib/qubes")
 ENV_VAR = "QUBES_BASE_DIR"
 
 
-class Paths(NamedTuple):
+class Paths:
     """The files of one installation: all under ``base_dir``, or Qubes' own places when
     ``production``.
     """
 
-    base_dir: Path
-    production: bool = False
+    __slots__ = ("base_dir", "production")
+
+    def __init__(self, base_dir: Path, production: bool = False):
+        self.base_dir = base_dir
+        self.production = production
+
+    def __repr__(self) -> str:
+        return f"Paths({str(self.base_dir)!r}, production={self.production})"
 
     @property
     def qubes_xml(self) -> Path:

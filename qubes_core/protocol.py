@@ -8,13 +8,12 @@ Anything that cannot be framed gets no reply: the connection is closed.
 
 It belongs to neither end: the server (:mod:`qubes_core.api`) and the clients
 (:mod:`qubes_core.client`) both import it, and a client never loads the server's
-package. It imports nothing of the project, and nothing heavy: every command-line
-tool loads it (its records are named tuples, not dataclasses, for that).
+package. It imports nothing at all: every command-line tool loads it, so its two
+records are plain classes with slots (a ``typing.NamedTuple`` would load ``typing``
+into every tool, a dataclass ``inspect`` too).
 """
 
 from __future__ import annotations
-
-from typing import NamedTuple
 
 MAX_REQUEST = 65536
 OK = b"0\x00"
@@ -27,14 +26,20 @@ class FramingError(ValueError):
     """The bytes are not a request; the server closes the connection."""
 
 
-class Request(NamedTuple):
+class Request:
     """One framed call: method and argument, the calling VM, and the destination VM."""
 
-    method: str
-    arg: str
-    src: str
-    dest: str
-    payload: bytes
+    __slots__ = ("method", "arg", "src", "dest", "payload")
+
+    def __init__(self, method: str, arg: str, src: str, dest: str, payload: bytes):
+        self.method = method
+        self.arg = arg
+        self.src = src
+        self.dest = dest
+        self.payload = payload
+
+    def __repr__(self) -> str:
+        return f"Request({self.method!r}, {self.arg!r}, {self.src!r}, {self.dest!r})"
 
     def encode(self) -> bytes:
         return encode_request(self.method, self.src, self.dest, self.arg, self.payload)
@@ -107,12 +112,15 @@ def encode_event(subject: str, event: str, kwargs: dict[str, str]) -> bytes:
     return EVENT + b"".join(_event_field(f) + b"\x00" for f in fields) + b"\x00"
 
 
-class ExceptionReply(NamedTuple):
+class ExceptionReply:
     """A refusal as a client reads it, before it is turned back into a Qubes exception."""
 
-    type_name: str
-    traceback: str
-    message: str
+    __slots__ = ("type_name", "traceback", "message")
+
+    def __init__(self, type_name: str, traceback: str, message: str):
+        self.type_name = type_name
+        self.traceback = traceback
+        self.message = message
 
 
 def parse_exception(body: bytes) -> ExceptionReply:

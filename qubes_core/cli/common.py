@@ -15,10 +15,20 @@ import argparse
 import os
 import socket
 import sys
-from collections.abc import Callable, Iterable, Sequence
-from typing import Any, Protocol, TextIO
 
 from qubes_core import exc
+
+# typing.TYPE_CHECKING without loading typing: a tool's start-up is most of its cost,
+# and these names are for the type checker only.
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from collections.abc import Callable, Iterable, Sequence
+    from typing import Any, Protocol, TextIO
+
+    class ToolMain(Protocol):
+        """A tool's entry point: the command line (``sys.argv[1:]`` by default) -> exit code."""
+
+        def __call__(self, argv: Sequence[str] | None = None) -> int: ...
 
 EXIT_FAILED = 1
 EXIT_USAGE = 2
@@ -40,8 +50,35 @@ def error_text(err: BaseException) -> str:
     return str(err) or type(err).__name__
 
 
+def terminal_columns() -> int:
+    """The terminal's width as :func:`shutil.get_terminal_size` finds it (``$COLUMNS``,
+    else standard output's terminal, else 80), without loading :mod:`shutil`."""
+    columns = os.environ.get("COLUMNS", "")
+    if columns.isdigit() and int(columns) > 0:
+        return int(columns)
+    try:
+        return os.get_terminal_size(sys.__stdout__.fileno()).columns or 80  # type: ignore[union-attr]
+    except (AttributeError, ValueError, OSError):  # no stdout, closed, or not a terminal
+        return 80
+
+
+class HelpFormatter(argparse.HelpFormatter):
+    """argparse's help layout, the terminal measured by :func:`terminal_columns`.
+
+    argparse makes a formatter for every ``add_argument``, and its own measures the
+    terminal with :mod:`shutil`, which loads the compression modules: a cost to every
+    run of a tool, though few print help.
+    """
+
+    def __init__(self, prog: str, indent_increment: int = 2, max_help_position: int = 24,
+                 width: int | None = None):
+        super().__init__(prog, indent_increment, max_help_position,
+                         terminal_columns() - 2 if width is None else width)
+
+
 def tool_parser(prog: str, description: str, **kwargs: Any) -> argparse.ArgumentParser:
     """A parser with the options every tool has (``--base-dir``, ``--verbose``, ``--quiet``)."""
+    kwargs.setdefault("formatter_class", HelpFormatter)
     parser = argparse.ArgumentParser(prog=prog, description=description, **kwargs)
     add_common_options(parser)
     return parser
@@ -100,12 +137,6 @@ def run(parser: argparse.ArgumentParser, argv: Sequence[str] | None,
     finally:
         if app is not None:
             app.close()
-
-
-class ToolMain(Protocol):
-    """A tool's entry point: the command line (``sys.argv[1:]`` by default) -> exit code."""
-
-    def __call__(self, argv: Sequence[str] | None = None) -> int: ...
 
 
 def tool_main(build: Callable[[], argparse.ArgumentParser],

@@ -14,10 +14,13 @@ from __future__ import annotations
 
 import argparse
 import sys
-from collections.abc import Sequence
-from typing import Any
 
 from qubes_core.cli.common import ToolError, print_table, tool_main, tool_parser
+
+TYPE_CHECKING = False  # typing.TYPE_CHECKING without loading typing (see cli.common)
+if TYPE_CHECKING:
+    from collections.abc import Sequence
+    from typing import Any
 
 FORMATS = {
     "simple": ("name", "state", "class", "label", "template", "netvm"),

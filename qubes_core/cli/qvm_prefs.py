@@ -11,9 +11,12 @@ from __future__ import annotations
 
 import argparse
 import sys
-from typing import Any
 
 from qubes_core.cli.common import ToolError, print_table, tool_main, tool_parser
+
+TYPE_CHECKING = False  # typing.TYPE_CHECKING without loading typing (see cli.common)
+if TYPE_CHECKING:
+    from typing import Any
 
 
 def build_parser(prog: str, with_vm: bool) -> argparse.ArgumentParser:

@@ -8,7 +8,9 @@ Names are imported lazily so that the fast client stays fast.
 
 from __future__ import annotations
 
-from typing import Any
+TYPE_CHECKING = False  # typing.TYPE_CHECKING without loading typing: every tool loads this
+if TYPE_CHECKING:
+    from typing import Any
 
 __all__ = ["Qubes", "QubesDaemonNoResponseError", "Transport", "connect"]
 

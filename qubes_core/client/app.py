@@ -13,12 +13,15 @@ many steps (a Salt state run) keeps the same cache across its steps with
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterable, Iterator
-from pathlib import Path
-from typing import Any
 
 from qubes_core import exc
 from qubes_core.client.transport import Transport
+
+TYPE_CHECKING = False  # typing.TYPE_CHECKING without loading typing: every tool loads this
+if TYPE_CHECKING:
+    from collections.abc import Iterable, Iterator
+    from pathlib import Path
+    from typing import Any
 
 _MISSING = object()
 # Methods that only read: their replies may be reused while nothing was written.
@@ -473,7 +476,7 @@ class Qubes(PropertyHolderClient):
         super().__init__(self, "dom0", "admin.property.")
         from qubes_core.paths import resolve
 
-        path = Path(socket_path) if socket_path is not None else resolve(base_dir).admin_socket
+        path = socket_path if socket_path is not None else resolve(base_dir).admin_socket
         embedded = None
         if start and socket_path is None:
             # Imported only here: a client of a running qubesd need not load it.

@@ -9,10 +9,13 @@ does not know becomes :class:`qubes_core.exc.QubesException`.
 from __future__ import annotations
 
 import socket
-from collections.abc import Iterator
-from pathlib import Path
 
 from qubes_core import exc, protocol
+
+TYPE_CHECKING = False  # typing.TYPE_CHECKING without loading typing: every tool loads this
+if TYPE_CHECKING:
+    from collections.abc import Iterator
+    from pathlib import Path
 
 RECV_SIZE = 65536
 
