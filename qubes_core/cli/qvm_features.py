@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+from collections.abc import Callable
 from typing import Any
 
 from qubes_core import exc
@@ -35,22 +36,29 @@ def features(args: argparse.Namespace, app: Any, tool: argparse.ArgumentParser) 
         vm = get_vm(app, args.domain)
         print_table(sorted(vm.features.items()))
         return 0
-    vm = app.domains.get_blind(args.domain)
-    if args.unset:
-        if args.value is not None:
-            tool.error("--unset takes no VALUE")
+    if args.unset and args.value is not None:
+        tool.error("--unset takes no VALUE")
+    return one_feature(app.domains.get_blind(args.domain), args.feature, unset=args.unset,
+                       value=args.value)
+
+
+def one_feature(vm: Any, name: str, *, unset: bool = False, value: str | None = None,
+                shown: Callable[[str], str] = str) -> int:
+    """Remove the feature ``name`` (``unset``: not an error when it is not set), set it to
+    ``value``, or else print it as ``shown`` words it; the exit code (1: printing one
+    that is not set). ``qvm-service`` shares it."""
+    if unset:
         try:
-            del vm.features[args.feature]
+            del vm.features[name]
         except exc.QubesFeatureNotFoundError:
             pass
-        return 0
-    if args.value is not None:
-        vm.features[args.feature] = args.value
-        return 0
-    try:
-        print(vm.features[args.feature])
-    except exc.QubesFeatureNotFoundError:
-        return 1
+    elif value is not None:
+        vm.features[name] = value
+    else:
+        try:
+            print(shown(vm.features[name]))
+        except exc.QubesFeatureNotFoundError:
+            return 1
     return 0
 
 

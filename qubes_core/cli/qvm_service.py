@@ -13,12 +13,14 @@ import argparse
 import sys
 from typing import Any
 
-from qubes_core import exc
 from qubes_core.cli.common import ToolError, get_vm, print_table, tool_main, tool_parser
+from qubes_core.cli.qvm_features import one_feature
 
 PREFIX = "service."
 TRUE_WORDS = ("1", "on", "true", "yes", "enable", "enabled")
 FALSE_WORDS = ("0", "off", "false", "no", "disable", "disabled", "")
+# The feature's value for each state a service is switched to.
+FEATURE_VALUES = {"on": "1", "off": ""}
 
 
 def parser() -> argparse.ArgumentParser:
@@ -63,21 +65,8 @@ def service(args: argparse.Namespace, app: Any, tool: argparse.ArgumentParser) -
         if word not in TRUE_WORDS + FALSE_WORDS:
             raise ToolError(f"invalid service value {args.value!r}: use on or off")
         action = "on" if word in TRUE_WORDS else "off"
-    if action == "on":
-        vm.features[feature] = "1"
-    elif action == "off":
-        vm.features[feature] = ""
-    elif action == "unset":
-        try:
-            del vm.features[feature]
-        except exc.QubesFeatureNotFoundError:
-            pass
-    else:
-        try:
-            print(state_word(vm.features[feature]))
-        except exc.QubesFeatureNotFoundError:
-            return 1
-    return 0
+    return one_feature(vm, feature, unset=action == "unset",
+                       value=FEATURE_VALUES.get(action or ""), shown=state_word)
 
 
 #: Entry point of ``qvm-service``.
