@@ -3,9 +3,10 @@
 Production follows Qubes (``/var/lib/qubes``, ``/var/run/qubesd.sock``,
 ``/etc/qubes/policy.d``, ``/etc/qubes-rpc``). A base directory given with
 ``--base-dir`` or ``QUBES_BASE_DIR`` relocates all of them under itself, for
-local use and tests. Every command-line tool loads this module: it keeps to
-light imports (``Paths`` is a plain class with slots, neither a ``typing.NamedTuple``
-nor a dataclass, so that a tool does not load ``typing`` for it).
+local use and tests; the choice of the directory and the place of the sockets
+are :mod:`qubes_core.sockets`' (which a client tool loads instead of this module).
+It keeps to light imports (``Paths`` is a plain class with slots, neither a
+``typing.NamedTuple`` nor a dataclass, so that loading it does not load ``typing``).
 """
 
 from __future__ import annotations
@@ -13,8 +14,10 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+from qubes_core import sockets
+
 PRODUCTION_BASE = Path("/var/lib/qubes")
-ENV_VAR = "QUBES_BASE_DIR"
+ENV_VAR = sockets.ENV_VAR
 
 
 class Paths:
@@ -37,11 +40,13 @@ class Paths:
 
     @property
     def run_dir(self) -> Path:
-        return Path("/var/run") if self.production else self.base_dir / "run"
+        if self.production:
+            return Path(sockets.PRODUCTION_RUN_DIR)
+        return self.base_dir / sockets.RUN_SUBDIR
 
     @property
     def admin_socket(self) -> Path:
-        return self.run_dir / "qubesd.sock"
+        return self.run_dir / sockets.ADMIN_SOCKET
 
     @property
     def internal_socket(self) -> Path:
@@ -75,7 +80,7 @@ class Paths:
 
 def resolve(base_dir: str | os.PathLike[str] | None = None) -> Paths:
     """The installation named by ``base_dir``, else ``$QUBES_BASE_DIR``, else production."""
-    chosen = base_dir or os.environ.get(ENV_VAR)
-    if chosen:
+    chosen = sockets.chosen_base_dir(base_dir)
+    if chosen is not None:
         return Paths(Path(chosen).absolute())
     return Paths(PRODUCTION_BASE, production=True)

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import socket
 import sys
 
 from qubes_core import exc
@@ -95,24 +94,12 @@ def add_common_options(parser: argparse.ArgumentParser) -> None:
 
 
 def connect(args: argparse.Namespace) -> Any:
-    """The client of the installation named on the command line (starts qubesd if needed).
-
-    When a qubesd listens (the usual case) the embedded-qubesd machinery is not even
-    imported: a tool's start-up is most of its cost.
-    """
+    """The client of the installation named on the command line; its first call starts
+    a qubesd when none listens (when one does, the usual case, the embedded-qubesd
+    machinery is not even imported: a tool's start-up is most of its cost)."""
     from qubes_core.client.app import Qubes
-    from qubes_core.paths import resolve
 
-    base_dir = getattr(args, "base_dir", None)
-    probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    try:
-        probe.connect(str(resolve(base_dir).admin_socket))
-        listening = True
-    except OSError:
-        listening = False
-    finally:
-        probe.close()
-    return Qubes(base_dir, start=not listening)
+    return Qubes(getattr(args, "base_dir", None), start=True)
 
 
 def run(parser: argparse.ArgumentParser, argv: Sequence[str] | None,

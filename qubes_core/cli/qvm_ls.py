@@ -131,11 +131,11 @@ def list_vms(args: argparse.Namespace, app: Any, parser: argparse.ArgumentParser
                 print(vm.name)
             return 0
         columns = columns_of(args, parser)
-        need_properties = any(column not in LISTED_COLUMNS for column in columns)
+        wanted = [column for column in columns if column not in LISTED_COLUMNS]
         known: set[str] = set(LISTED_COLUMNS)
         rows = []
         for vm in vms:
-            properties = vm.property_get_some(columns) if need_properties else {}
+            properties = vm.property_get_some(wanted) if wanted else {}
             known.update(properties)
             rows.append(row_of(vm, columns, properties))
     unknown = [column for column in columns if column not in known]

@@ -1,8 +1,8 @@
 """Admin API client: talks to qubesd over its socket (one connection per call).
 
 ``Qubes()`` connects to the installation named by ``base_dir`` (or
-``$QUBES_BASE_DIR``, else the production socket); with ``start=True`` it starts
-a qubesd for the installation when none listens, and stops it on ``close()``.
+``$QUBES_BASE_DIR``, else the production socket); with ``start=True`` its first
+call starts a qubesd for the installation when none listens, and ``close()`` stops it.
 Names are imported lazily so that the fast client stays fast.
 """
 

@@ -16,6 +16,7 @@ import contextlib
 
 from qubes_core import exc
 from qubes_core.client.transport import Transport
+from qubes_core.sockets import admin_socket
 
 TYPE_CHECKING = False  # typing.TYPE_CHECKING without loading typing: every tool loads this
 if TYPE_CHECKING:
@@ -46,6 +47,25 @@ def unescape_line_value(text: str) -> str:
         out.append(char)
         i += 1
     return "".join(out)
+
+
+def getall_line(reply: str, name: str) -> str | None:
+    """What follows ``NAME`` on the line of property ``name`` in a ``GetAll`` reply (one
+    ``NAME default=D type=T VALUE`` line per property); None when there is none.
+
+    Two ``str.find`` calls rather than splitting the reply: a listing reads a few of
+    the fifty-odd properties of each of many VMs.
+    """
+    head = name + " "
+    if reply.startswith(head):
+        start = len(head)
+    else:
+        found = reply.find("\n" + head)
+        if found < 0:
+            return None
+        start = found + 1 + len(head)
+    end = reply.find("\n", start)
+    return reply[start:] if end < 0 else reply[start:end]
 
 
 def encode_value(value: Any) -> str:
@@ -124,24 +144,21 @@ class PropertyHolderClient:
     def _call(self, suffix: str, arg: str = "", payload: str | bytes = b"") -> str:
         return self.app.call(self._prefix + suffix, self._dest, arg, payload)
 
-    def _all(self) -> dict[str, str]:
-        """Every property's ``GetAll`` line (after the name), parsed only when read."""
+    def _all(self) -> str:
+        """The ``GetAll`` reply, asked once per cache generation; its lines are split
+        only when read (see :func:`getall_line`)."""
         cache = self._cache
         if not self.app.caching or cache is None or cache[0] != self.app._generation:
-            lines = {}
-            for line in self._call("GetAll").splitlines():
-                name, _, rest = line.partition(" ")
-                lines[name] = rest
-            cache = (self.app._generation, lines)
+            cache = (self.app._generation, self._call("GetAll"))
             object.__setattr__(self, "_cache", cache)
         return cache[1]
 
     def _get(self, name: str) -> tuple[bool, Any]:
         if self.app.caching:
-            lines = self._all()
-            if name not in lines:
+            line = getall_line(self._all(), name)
+            if line is None:
                 raise exc.QubesNoSuchPropertyError(self._dest, name)
-            return PropertyValues.parse(self.app, lines[name], escaped=True)
+            return PropertyValues.parse(self.app, line, escaped=True)
         return PropertyValues.parse(self.app, self._call("Get", name), escaped=False)
 
     def __getattr__(self, name: str) -> Any:
@@ -168,15 +185,22 @@ class PropertyHolderClient:
 
     def property_get_all(self) -> dict[str, Any]:
         """Every property's value (one ``GetAll``)."""
-        return {name: PropertyValues.parse(self.app, rest, escaped=True)[1]
-                for name, rest in self._all().items()}
+        values = {}
+        for line in self._all().splitlines():
+            name, _, rest = line.partition(" ")
+            values[name] = PropertyValues.parse(self.app, rest, escaped=True)[1]
+        return values
 
     def property_get_some(self, names: Iterable[str]) -> dict[str, Any]:
-        """The values of those of ``names`` this holder has (one ``GetAll``; only these
-        are parsed)."""
-        lines = self._all()
-        return {name: PropertyValues.parse(self.app, lines[name], escaped=True)[1]
-                for name in names if name in lines}
+        """The values of those of ``names`` this holder has (one ``GetAll``; only their
+        lines are read)."""
+        reply = self._all()
+        values = {}
+        for name in names:
+            line = getall_line(reply, name)
+            if line is not None:
+                values[name] = PropertyValues.parse(self.app, line, escaped=True)[1]
+        return values
 
     def property_is_default(self, name: str) -> bool:
         return self._get(name)[0]
@@ -474,17 +498,13 @@ class Qubes(PropertyHolderClient):
                  src: str = "dom0", start: bool = False, runtime: str | None = None,
                  create: bool = False):
         super().__init__(self, "dom0", "admin.property.")
-        from qubes_core.paths import resolve
-
-        path = socket_path if socket_path is not None else resolve(base_dir).admin_socket
-        embedded = None
+        path = socket_path if socket_path is not None else admin_socket(base_dir)
+        start_qubesd = None
         if start and socket_path is None:
-            # Imported only here: a client of a running qubesd need not load it.
-            from qubes_core.client.embedded import EmbeddedQubesd
-
-            embedded = EmbeddedQubesd.start_if_needed(base_dir, runtime=runtime, create=create)
-        object.__setattr__(self, "_embedded", embedded)
-        object.__setattr__(self, "transport", Transport(path, src))
+            def start_qubesd() -> None:
+                self._start_embedded(base_dir, runtime, create)
+        object.__setattr__(self, "_embedded", None)
+        object.__setattr__(self, "transport", Transport(path, src, start=start_qubesd))
         object.__setattr__(self, "domains", VMCollectionClient(self))
         object.__setattr__(self, "caching", False)
         object.__setattr__(self, "_cache_depth", 0)
@@ -494,6 +514,16 @@ class Qubes(PropertyHolderClient):
 
     def __repr__(self) -> str:
         return f"<client Qubes at {self.transport.socket_path}>"
+
+    def _start_embedded(self, base_dir: str | Path | None, runtime: str | None,
+                        create: bool) -> None:
+        """Start a qubesd for the installation (its first call found none), stopped by
+        :meth:`close`."""
+        # Imported only here: a client of a running qubesd need not load it.
+        from qubes_core.client.embedded import EmbeddedQubesd
+
+        embedded = EmbeddedQubesd.start(base_dir, runtime=runtime, create=create)
+        object.__setattr__(self, "_embedded", embedded)
 
     def close(self) -> None:
         """Stop the qubesd this client started, if any."""
@@ -604,6 +634,6 @@ class Qubes(PropertyHolderClient):
 
 
 def connect(base_dir: str | Path | None = None, **kwargs: Any) -> Qubes:
-    """A client of the installation; starts a qubesd for it when none listens."""
+    """A client of the installation; its first call starts a qubesd when none listens."""
     kwargs.setdefault("start", True)
     return Qubes(base_dir, **kwargs)

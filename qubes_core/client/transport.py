@@ -8,13 +8,16 @@ does not know becomes :class:`qubes_core.exc.QubesException`.
 
 from __future__ import annotations
 
-import socket
+# The C module under socket: socket.py adds file objects and enum tables that Unix
+# stream calls do not need, and loading it (with selectors) would cost every tool
+# about 2 ms of its start-up, most of a tool's cost.
+import _socket
 
 from qubes_core import exc, protocol
 
 TYPE_CHECKING = False  # typing.TYPE_CHECKING without loading typing: every tool loads this
 if TYPE_CHECKING:
-    from collections.abc import Iterator
+    from collections.abc import Callable, Iterator
     from pathlib import Path
 
 RECV_SIZE = 65536
@@ -57,29 +60,40 @@ def parse_reply(data: bytes) -> bytes:
 
 
 class Transport:
-    """Calls on one qubesd socket, as one source domain (dom0 by default)."""
+    """Calls on one qubesd socket, as one source domain (dom0 by default).
 
-    def __init__(self, socket_path: str | Path, src: str = "dom0"):
+    ``start``, when given, is called the first time nothing listens on the socket (it
+    starts a qubesd there), and the connection is tried again. No connection is made
+    only to see whether one listens: qubesd would log each one as a malformed call.
+    """
+
+    def __init__(self, socket_path: str | Path, src: str = "dom0",
+                 start: Callable[[], object] | None = None):
         self.socket_path = str(socket_path)
         self.src = src
+        self.start = start
         self.calls = 0
 
-    def _connect(self) -> socket.socket:
-        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    def _connect(self) -> _socket.socket:
+        sock = _socket.socket(_socket.AF_UNIX, _socket.SOCK_STREAM)
         try:
             sock.connect(self.socket_path)
+            return sock
         except OSError as err:
             sock.close()
-            raise QubesDaemonCommunicationError(
-                f"cannot connect to qubesd at {self.socket_path}: {err.strerror} (is qubesd "
-                "running for this installation?)") from None
-        return sock
+            if self.start is None:
+                raise QubesDaemonCommunicationError(
+                    f"cannot connect to qubesd at {self.socket_path}: {err.strerror} (is "
+                    "qubesd running for this installation?)") from None
+        start, self.start = self.start, None  # only once
+        start()
+        return self._connect()
 
-    def _send(self, method: str, dest: str, arg: str, payload: bytes) -> socket.socket:
+    def _send(self, method: str, dest: str, arg: str, payload: bytes) -> _socket.socket:
         sock = self._connect()
         try:
             sock.sendall(protocol.encode_request(method, self.src, dest, arg, payload))
-            sock.shutdown(socket.SHUT_WR)
+            sock.shutdown(_socket.SHUT_WR)
         except OSError:
             pass  # the server may refuse early; read what it sent
         self.calls += 1
