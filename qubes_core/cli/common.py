@@ -194,10 +194,11 @@ def print_table(rows: Iterable[Sequence[str]], out: TextIO | None = None) -> Non
         return
     widths = [max(len(row[i]) for row in cells_of if i < len(row))
               for i in range(len(cells_of[0]))]
-    stream = out or sys.stdout
+    lines = []
     for row in cells_of:
         cells = [cell.ljust(widths[i]) for i, cell in enumerate(row[:-1])] + row[-1:]
-        stream.write("  ".join(cells).rstrip() + "\n")
+        lines.append("  ".join(cells).rstrip() + "\n")
+    (out or sys.stdout).write("".join(lines))
 
 
 def parse_key_values(parser: argparse.ArgumentParser, items: Iterable[str],

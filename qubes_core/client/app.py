@@ -12,8 +12,6 @@ many steps (a Salt state run) keeps the same cache across its steps with
 
 from __future__ import annotations
 
-import contextlib
-
 from qubes_core import exc
 from qubes_core.client.transport import Transport
 from qubes_core.sockets import admin_socket
@@ -565,16 +563,9 @@ class Qubes(PropertyHolderClient):
             self.invalidate()
         object.__setattr__(self, "caching", on)
 
-    @contextlib.contextmanager
-    def cache(self) -> Iterator[Qubes]:
+    def cache(self) -> CacheScope:
         """Within this scope, read each VM's properties once (``GetAll``)."""
-        object.__setattr__(self, "_cache_depth", self._cache_depth + 1)
-        object.__setattr__(self, "caching", True)
-        try:
-            yield self
-        finally:
-            object.__setattr__(self, "_cache_depth", self._cache_depth - 1)
-            self._set_caching()
+        return CacheScope(self)
 
     def keep_reads(self, run: object | None) -> None:
         """Reuse read replies for as long as calls come with the same ``run``.
@@ -631,6 +622,24 @@ class Qubes(PropertyHolderClient):
     def events(self, dest: str = "dom0") -> Iterator[tuple[str, str, dict[str, str]]]:
         """The event stream (``admin.Events``); close the generator to hang up."""
         return self.transport.events(dest)
+
+
+class CacheScope:
+    """``with app.cache():`` caching is on inside (scopes nest); the outermost one's end
+    drops what was cached. A class, not a ``contextlib`` generator: every tool loads
+    this module, and loading contextlib would add to a tool's start-up."""
+
+    def __init__(self, app: Qubes):
+        self.app = app
+
+    def __enter__(self) -> Qubes:
+        object.__setattr__(self.app, "_cache_depth", self.app._cache_depth + 1)
+        object.__setattr__(self.app, "caching", True)
+        return self.app
+
+    def __exit__(self, *exc_info: object) -> None:
+        object.__setattr__(self.app, "_cache_depth", self.app._cache_depth - 1)
+        self.app._set_caching()
 
 
 def connect(base_dir: str | Path | None = None, **kwargs: Any) -> Qubes:

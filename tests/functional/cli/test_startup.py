@@ -1,0 +1,63 @@
+"""What ``qvm-ls`` and ``qvm-prefs`` load, as processes against a real qubesd.
+
+A tool's start-up is most of its cost, so the client path keeps to the modules it
+uses: not typing, pathlib, socket.py, shutil (argparse's terminal measure) nor
+contextlib, and, while a qubesd listens, not the embedded-qubesd machinery. Module
+names are asserted here, not times (those are measured in bench/bench_cli.py).
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from tests.functional.api.conftest import RunningQubesd, build_installation
+
+NOT_LOADED = {"typing", "pathlib", "socket", "shutil", "contextlib", "subprocess",
+              "dataclasses", "inspect", "asyncio", "qubes_core.paths",
+              "qubes_core.client.embedded"}
+
+# What the console scripts do, then the modules the tool added to the interpreter's.
+RUN_TOOL = """
+import importlib, sys
+before = set(sys.modules)
+tool, argv = sys.argv[1], sys.argv[2:]
+code = importlib.import_module(tool).main(argv)
+sys.stdout.flush()
+print(code, *sorted(set(sys.modules) - before), file=sys.stderr)
+"""
+
+
+@pytest.fixture(scope="module")
+def served(tmp_path_factory) -> RunningQubesd:
+    base: Path = tmp_path_factory.mktemp("startup")
+    build_installation(base, appvms=2)
+    daemon = RunningQubesd(base)
+    daemon.start()
+    yield daemon
+    daemon.stop()
+
+
+def loaded_by(served: RunningQubesd, module: str, *argv: str) -> tuple[str, set[str]]:
+    """Run the tool in a fresh interpreter: its output and the modules it loaded."""
+    env = {**os.environ, "QUBES_BASE_DIR": str(served.base_dir)}
+    done = subprocess.run([sys.executable, "-c", RUN_TOOL, module, *argv], env=env,
+                          capture_output=True, text=True, timeout=120, check=True)
+    code, *modules = done.stderr.split()
+    assert code == "0", done.stderr
+    return done.stdout, set(modules)
+
+
+@pytest.mark.parametrize(("module", "argv", "shown"), [
+    ("qubes_core.cli.qvm_ls", (), "vm2 "),
+    ("qubes_core.cli.qvm_prefs", ("vm1", "label"), "blue\n"),
+])
+def test_a_tool_loads_only_what_it_uses(served, module, argv, shown):
+    out, modules = loaded_by(served, module, *argv)
+    assert shown in out
+    assert "qubes_core.client.transport" in modules  # it did load the client
+    assert not modules & NOT_LOADED, sorted(modules & NOT_LOADED)
