@@ -99,7 +99,7 @@ def connect(args: argparse.Namespace) -> Any:
     machinery is not even imported: a tool's start-up is most of its cost)."""
     from qubes_core.client.app import Qubes
 
-    return Qubes(getattr(args, "base_dir", None), start=True)
+    return Qubes(getattr(args, "base_dir", None), start_on_call=True)
 
 
 def run(parser: argparse.ArgumentParser, argv: Sequence[str] | None,

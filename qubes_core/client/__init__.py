@@ -1,8 +1,9 @@
 """Admin API client: talks to qubesd over its socket (one connection per call).
 
 ``Qubes()`` connects to the installation named by ``base_dir`` (or
-``$QUBES_BASE_DIR``, else the production socket); with ``start=True`` its first
-call starts a qubesd for the installation when none listens, and ``close()`` stops it.
+``$QUBES_BASE_DIR``, else the production socket); with ``start=True`` it starts
+a qubesd for the installation when none listens (``start_on_call=True``: its first
+call does), and stops it on ``close()``.
 Names are imported lazily so that the fast client stays fast.
 """
 

@@ -486,22 +486,35 @@ class VMCollectionClient:
 
 
 class Qubes(PropertyHolderClient):
-    """The system behind one qubesd socket."""
+    """The system behind one qubesd socket.
+
+    When none listens on the installation's socket, ``start`` starts a qubesd at once
+    (it then serves whatever the caller runs, other processes too), ``start_on_call``
+    lets the first call that finds none start it (no connection is made only to see
+    whether one listens: qubesd logs each such as a malformed call); :meth:`close`
+    stops it.
+    """
 
     _own = PropertyHolderClient._own | frozenset({
         "transport", "domains", "caching", "_generation", "_embedded", "_cache_depth",
         "_replies", "_run"})
 
     def __init__(self, base_dir: str | Path | None = None, *, socket_path: str | Path | None = None,
-                 src: str = "dom0", start: bool = False, runtime: str | None = None,
-                 create: bool = False):
+                 src: str = "dom0", start: bool = False, start_on_call: bool = False,
+                 runtime: str | None = None, create: bool = False):
         super().__init__(self, "dom0", "admin.property.")
         path = socket_path if socket_path is not None else admin_socket(base_dir)
+        object.__setattr__(self, "_embedded", None)
         start_qubesd = None
         if start and socket_path is None:
+            # Imported only here: a client of a running qubesd need not load it.
+            from qubes_core.client.embedded import EmbeddedQubesd
+
+            embedded = EmbeddedQubesd.start_if_needed(base_dir, runtime=runtime, create=create)
+            object.__setattr__(self, "_embedded", embedded)
+        elif start_on_call and socket_path is None:
             def start_qubesd() -> None:
                 self._start_embedded(base_dir, runtime, create)
-        object.__setattr__(self, "_embedded", None)
         object.__setattr__(self, "transport", Transport(path, src, start=start_qubesd))
         object.__setattr__(self, "domains", VMCollectionClient(self))
         object.__setattr__(self, "caching", False)
@@ -515,9 +528,7 @@ class Qubes(PropertyHolderClient):
 
     def _start_embedded(self, base_dir: str | Path | None, runtime: str | None,
                         create: bool) -> None:
-        """Start a qubesd for the installation (its first call found none), stopped by
-        :meth:`close`."""
-        # Imported only here: a client of a running qubesd need not load it.
+        """Start a qubesd for the installation (a call found none), stopped by :meth:`close`."""
         from qubes_core.client.embedded import EmbeddedQubesd
 
         embedded = EmbeddedQubesd.start(base_dir, runtime=runtime, create=create)
@@ -643,6 +654,6 @@ class CacheScope:
 
 
 def connect(base_dir: str | Path | None = None, **kwargs: Any) -> Qubes:
-    """A client of the installation; its first call starts a qubesd when none listens."""
+    """A client of the installation; starts a qubesd for it when none listens."""
     kwargs.setdefault("start", True)
     return Qubes(base_dir, **kwargs)

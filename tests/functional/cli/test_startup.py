@@ -15,6 +15,7 @@ from pathlib import Path
 
 import pytest
 
+from qubes_core.client.embedded import listening
 from tests.functional.api.conftest import RunningQubesd, build_installation
 
 NOT_LOADED = {"typing", "pathlib", "socket", "shutil", "contextlib", "subprocess",
@@ -61,3 +62,24 @@ def test_a_tool_loads_only_what_it_uses(served, module, argv, shown):
     assert shown in out
     assert "qubes_core.client.transport" in modules  # it did load the client
     assert not modules & NOT_LOADED, sorted(modules & NOT_LOADED)
+
+
+def test_a_tool_run_costs_qubesd_no_malformed_call(served):
+    """Only the calls themselves reach qubesd: no connection made just to see whether it
+    listens (qubesd logs each such as a framing error)."""
+    before = served.log_path.read_text(errors="replace").count("framing error")
+    out, _ = loaded_by(served, "qubes_core.cli.qvm_ls", "--raw-list")
+    assert "vm1" in out.split()
+    assert served.log_path.read_text(errors="replace").count("framing error") == before
+
+
+def test_a_tool_starts_qubesd_for_its_call_when_none_listens(tmp_path):
+    base = tmp_path / "inst"
+    base.mkdir()
+    build_installation(base, appvms=1)
+    env = {**os.environ, "QUBES_BASE_DIR": str(base)}
+    done = subprocess.run([str(Path(sys.executable).parent / "qvm-ls"), "--raw-list"],
+                          env=env, capture_output=True, text=True, timeout=120, check=False)
+    assert done.returncode == 0, done.stderr
+    assert "vm1" in done.stdout.split()
+    assert not listening(base / "run" / "qubesd.sock")  # stopped with the command
