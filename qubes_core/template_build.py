@@ -207,6 +207,7 @@ def cached_root(suite: str, with_salt: bool, cache_dir: Path, mirror: str,
 
 def make_image(tarball: Path, image: str, size: int, work: Path, progress: Progress) -> None:
     """An ext4 image at ``image`` (``size`` bytes) of the cached root plus the in-VM side."""
+    from qubes_core.agent import INSTALL_DIR
     from qubes_core.agent.install import install
 
     root = work / "root"
@@ -217,6 +218,10 @@ def make_image(tarball: Path, image: str, size: int, work: Path, progress: Progr
     if not (root / "usr/bin/python3").exists():
         raise BuildError(f"{tarball} has no /usr/bin/python3: remove it to build again")
     install(root)
+    # Compiled by the template's own Python now: a DispVM's root is new at every start,
+    # so a module compiled at run time would be compiled again by every DispVM.
+    in_root(root, ["python3", "-I", "-m", "compileall", "-q", "--invalidation-mode",
+                   "checked-hash", INSTALL_DIR], "compiling the in-VM side")
     progress.step(f"making the ext4 image ({size // 1024**2} MiB)")
     with open(image, "r+b") as file:
         file.truncate(size)

@@ -18,7 +18,6 @@ may set it).
 from __future__ import annotations
 
 import ctypes
-import datetime
 import os
 import select
 import signal
@@ -132,6 +131,8 @@ def get_date() -> bytes | None:
 
 def clock_offset() -> float | None:
     """Seconds the clock would move by the clockvm's answer; None if it gave none."""
+    import datetime  # not on the start path: the first ask is after it
+
     text = (get_date() or b"").decode(errors="replace").strip()
     if not text:
         return None

@@ -15,7 +15,10 @@ import os
 import socket
 import stat
 import struct
-from typing import Any
+
+TYPE_CHECKING = False  # typing is not imported at run time: every VM start and tool pays it
+if TYPE_CHECKING:
+    from typing import Any
 
 MAX_MESSAGE = 65536
 MAX_FDS = 3

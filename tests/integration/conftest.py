@@ -21,6 +21,7 @@ import pytest
 
 from tests.integration.support import (  # noqa: F401
     bookworm_image,
+    keeper_processes,
     leaks_under,
     production_paths_state,
     require_sandbox,
@@ -146,4 +147,5 @@ def installation(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPa
     finally:
         inst.stop_qubesd()
     assert leaks_under(base) == []
+    assert keeper_processes(base, servers=True) == []  # qubesd's stop ended its server
     assert production_paths_state() == outside  # nothing written outside the base

@@ -92,15 +92,26 @@ def leaks_under(base: Path) -> list[str]:
     found = [f"mount {m}" for m in mounts if m.startswith(inside)]
     found += [f"loop {b}" for b in loops if b.startswith(inside)]
     # Mounts inside other mount namespaces (a keeper left alive) show as processes.
+    found += [f"keeper process {pid}" for pid in keeper_processes(base, servers=False)]
+    return found
+
+
+def keeper_processes(base: Path, servers: bool) -> list[int]:
+    """The keepers of the installation at ``base`` (a keeper has a mount namespace of its
+    own), or with ``servers`` the keeper servers that fork them (which have not)."""
+    own = os.stat("/proc/self/ns/mnt").st_ino
+    found = []
     for pid in os.listdir("/proc"):
         if not pid.isdigit():
             continue
         try:
             cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
+            namespace = os.stat(f"/proc/{pid}/ns/mnt").st_ino
         except OSError:
             continue
-        if b"keeper.py" in cmdline and str(base).encode() in cmdline:
-            found.append(f"keeper process {pid}")
+        if b"keeper.py" in cmdline and str(base).encode() in cmdline and (
+                (namespace == own) == servers):
+            found.append(int(pid))
     return found
 
 

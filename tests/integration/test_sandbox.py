@@ -14,6 +14,7 @@ import pytest
 from qubes_core import protocol
 from qubes_core.paths import resolve
 from tests.integration.conftest import BIN, Installation
+from tests.integration.support import keeper_processes
 from tests.support import wait_until
 
 FLOOD = r"""
@@ -304,6 +305,9 @@ def test_qubesd_killed_while_a_vm_starts_or_stops(installation: Installation) ->
     wait_until(record.exists, what="the keeper's record")
     inst.stop_qubesd(signal.SIGKILL)
     starter.join(30)
+    # The server that forked the keeper ends with qubesd; the keeper does not.
+    wait_until(lambda: not keeper_processes(inst.base, servers=True),
+               what="the keeper server gone with qubesd")
     inst.start_qubesd()
     # Found again, running: the start went on without qubesd.
     inst.wait_state(vm, "Running")

@@ -27,8 +27,10 @@ import logging
 import os
 import shutil
 import signal
+import socket
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -223,6 +225,7 @@ class SandboxRuntime(Runtime):
         self.stopping: dict[str, Sandbox] = {}
         self._apps: list[Any] = []
         self._routers: dict[int, Any] = {}
+        self._servers: dict[Path, KeeperServer] = {}
 
     # --- bookkeeping --------------------------------------------------------------
 
@@ -293,7 +296,7 @@ class SandboxRuntime(Runtime):
 
     # --- start ------------------------------------------------------------------------
 
-    def _spec(self, vm: Any, box: Sandbox, status_fd: int) -> dict[str, Any]:
+    def _spec(self, vm: Any, box: Sandbox) -> dict[str, Any]:
         volumes = getattr(vm, "volumes", {})
 
         def path(name: str) -> str | None:
@@ -305,8 +308,7 @@ class SandboxRuntime(Runtime):
             raise exc.QubesVMError(vm, f"cannot start {vm}: it has no root volume")
         return {"name": vm.name, "root": root, "private": path("private"),
                 "volatile": path("volatile"), "mount_dir": str(box.dir / "mnt"),
-                "channel_dir": str(box.channel_dir), "record": str(box.record_path),
-                "status_fd": status_fd}
+                "channel_dir": str(box.channel_dir), "record": str(box.record_path)}
 
     async def start(self, vm: Any) -> None:
         from qubes_core.backend.sandbox.channel import Channel
@@ -339,19 +341,18 @@ class SandboxRuntime(Runtime):
         guest_log = log_dir(vm.app) / f"guest-{vm.name}.log"
         guest_log.parent.mkdir(parents=True, exist_ok=True)
         try:
-            spec = self._spec(vm, box, status_w)
+            spec = self._spec(vm, box)
+            await self._prepare_fs(vm, spec)
             with open(guest_log, "ab") as output:
-                process = subprocess.Popen(
-                    [sys.executable, "-I", KEEPER_SCRIPT, json.dumps(spec)],
-                    stdin=subprocess.DEVNULL, stdout=output, stderr=output,
-                    pass_fds=[status_w], cwd="/")
+                await asyncio.to_thread(self._keepers(vm.app).launch, spec, status_w,
+                                        output.fileno())
         except BaseException:
             os.close(status_r)
             raise
         finally:
             os.close(status_w)
         try:
-            line = await asyncio.wait_for(asyncio.to_thread(_read_line, status_r, process),
+            line = await asyncio.wait_for(asyncio.to_thread(_read_line, status_r),
                                           STATUS_TIMEOUT)
         except TimeoutError:
             raise exc.QubesVMError(vm, f"cannot start {vm}: its sandbox did not report "
@@ -366,6 +367,29 @@ class SandboxRuntime(Runtime):
             error = status.get("error") or f"its keeper stopped without a word (see {guest_log})"
             raise exc.QubesVMError(vm, f"cannot start {vm}: {error}")
         return status
+
+    def _keepers(self, app: Any) -> KeeperServer:
+        """The server that forks the keepers of ``app``'s VMs (one per installation)."""
+        root = run_root(app)
+        server = self._servers.get(root)
+        if server is None:
+            server = self._servers[root] = KeeperServer(root)
+        return server
+
+    async def _prepare_fs(self, vm: Any, spec: dict[str, Any]) -> None:
+        """A new volatile file system, and a private one at the private volume's first start."""
+        from qubes_core.backend.sandbox import blankfs
+
+        volume = vm.volumes.get("volatile") or vm.volumes.get("private")
+        pool_dir = getattr(getattr(volume, "pool", None), "dir_path", None)
+        cache = Path(pool_dir) if pool_dir else run_root(vm.app)
+        try:
+            await asyncio.to_thread(blankfs.prepare, spec["private"], spec["volatile"],
+                                    cache / blankfs.CACHE_DIR)
+        except (OSError, blankfs.BlankFsError) as error:
+            reason = error.strerror if isinstance(error, OSError) and error.strerror else error
+            raise exc.QubesVMError(vm, f"cannot start {vm}: making the file systems of its "
+                                       f"volumes failed: {reason}") from error
 
     async def _wait_ready(self, vm: Any, box: Sandbox) -> None:
         timeout = float(getattr(vm, "qrexec_timeout", 60) or 60)
@@ -507,11 +531,72 @@ class SandboxRuntime(Runtime):
                 os.close(box.init_pidfd)
                 box.init_pidfd = None
         self._sandboxes.clear()
+        for server in self._servers.values():
+            server.close()
+        self._servers.clear()
 
 
-def _read_line(fd: int, process: subprocess.Popen) -> bytes:
-    """The keeper's status line (the first child exits at once; the keeper writes it)."""
-    process.wait()
+class KeeperServer:
+    """The process that forks the keepers of one installation's VMs (see :mod:`.keeper`):
+    one warm Python instead of a new one per start. Started on first use, and again if
+    it ended; it exits when this side closes the socket or qubesd dies."""
+
+    def __init__(self, root: Path):
+        self.root = root
+        self.process: subprocess.Popen | None = None
+        self.sock: socket.socket | None = None
+        self.lock = threading.Lock()
+
+    def launch(self, spec: dict[str, Any], status_fd: int, output_fd: int) -> None:
+        """Have a keeper started for ``spec`` (in a worker thread: it may start the server)."""
+        request = json.dumps(spec).encode()
+        with self.lock:
+            for attempt in (1, 2):
+                if self.sock is None or self.process is None or self.process.poll() is not None:
+                    self._start()
+                assert self.sock is not None
+                try:
+                    socket.send_fds(self.sock, [request], [status_fd, output_fd])
+                    return
+                except OSError:
+                    self._stop()
+                    if attempt == 2:
+                        raise
+
+    def _start(self) -> None:
+        self._stop()
+        ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+        try:
+            self.process = subprocess.Popen(
+                [sys.executable, "-I", KEEPER_SCRIPT, str(theirs.fileno()), str(self.root)],
+                pass_fds=[theirs.fileno()], stdin=subprocess.DEVNULL, cwd="/",
+                start_new_session=True)
+        except BaseException:
+            ours.close()
+            raise
+        finally:
+            theirs.close()
+        self.sock = ours
+
+    def _stop(self) -> None:
+        if self.sock is not None:
+            self.sock.close()  # the server's end of file: it exits
+            self.sock = None
+        if self.process is not None:
+            try:
+                self.process.wait(SIGNAL_TIMEOUT)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+            self.process = None
+
+    def close(self) -> None:
+        with self.lock:
+            self._stop()
+
+
+def _read_line(fd: int) -> bytes:
+    """The keeper's status line (or what it wrote before it ended)."""
     data = b""
     while not data.endswith(b"\n"):
         chunk = os.read(fd, 4096)

@@ -9,8 +9,10 @@ from __future__ import annotations
 
 import array
 import asyncio
+import contextlib
 import os
 import socket
+from collections.abc import Iterator
 from typing import Any
 
 from qubes_core.agent import wire
@@ -87,13 +89,21 @@ async def send(sock: socket.socket, message: dict[str, Any], fds: list[int] | No
         await loop.sock_sendall(sock, data)
 
 
-def unix_path(path: str) -> tuple[str, int | None]:
-    """An address for ``path`` that fits sun_path, and a directory descriptor to close."""
+@contextlib.contextmanager
+def unix_address(path: str) -> Iterator[str]:
+    """An address for ``path`` that fits sun_path, valid inside the ``with`` block.
+
+    A long path is reached through a descriptor of its directory, which this closes.
+    """
     if len(path.encode()) < 100:
-        return path, None
+        yield path
+        return
     directory, name = os.path.split(path)
     dirfd = os.open(directory, os.O_PATH | os.O_DIRECTORY)
-    return f"/proc/self/fd/{dirfd}/{name}", dirfd
+    try:
+        yield f"/proc/self/fd/{dirfd}/{name}"
+    finally:
+        os.close(dirfd)
 
 
 def listen(path: str, backlog: int = 64, mode: int = 0o600) -> socket.socket:
@@ -103,15 +113,12 @@ def listen(path: str, backlog: int = 64, mode: int = 0o600) -> socket.socket:
     except FileNotFoundError:
         pass
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    address, dirfd = unix_path(path)
     try:
-        sock.bind(address)
+        with unix_address(path) as address:
+            sock.bind(address)
     except BaseException:
         sock.close()
         raise
-    finally:
-        if dirfd is not None:
-            os.close(dirfd)
     os.chmod(path, mode)
     sock.listen(backlog)
     sock.setblocking(False)
@@ -122,13 +129,10 @@ async def connect(path: str) -> socket.socket:
     """A non-blocking connection to ``path``; refused at once when its backlog is full."""
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     sock.setblocking(False)
-    address, dirfd = unix_path(path)
     try:
-        sock.connect(address)
+        with unix_address(path) as address:
+            sock.connect(address)
     except BaseException:
         sock.close()
         raise
-    finally:
-        if dirfd is not None:
-            os.close(dirfd)
     return sock

@@ -10,21 +10,30 @@ the record, unmounts (the loop devices, set to autoclear, detach) and exits. qub
 reads what happened from the record and the process exits, never from the keeper's
 word alone.
 
-Run as ``python KEEPER_FILE SPEC_JSON`` (by path: it imports nothing of the project);
-the status pipe is the spec's ``status_fd``: one JSON line ``{"init-pid": N, ...}``
-or ``{"error": TEXT}``.
+Keepers are forked, not executed: ``python KEEPER_FILE SOCKET_FD RUN_ROOT`` (by path:
+it imports nothing of the project) is a server that qubesd starts once and that forks
+a keeper for each request on its socket, so that a VM start does not pay for a new
+Python and its imports. A request is one ``SOCK_SEQPACKET`` record, the spec (JSON)
+with two descriptors: the status pipe, on which the keeper writes one JSON line
+``{"init-pid": N, ...}`` or ``{"error": TEXT}``, and the guest log, its output. The
+server is single-threaded (forking it is safe), owns nothing of a VM, and exits when
+qubesd hangs up (or dies); the keepers it forked live on. RUN_ROOT only names the
+installation it serves (in ``ps``).
 """
 
 from __future__ import annotations
 
 import contextlib
 import ctypes
+import fcntl
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
+import traceback
 
 CLONE_NEWNS = 0x00020000
 MS_NOATIME = 1024
@@ -50,21 +59,6 @@ def has_ext_fs(image: str) -> bool:
     with open(image, "rb") as file:
         file.seek(EXT_MAGIC_OFFSET)
         return file.read(2) == EXT_MAGIC
-
-
-def run(*argv: str) -> None:
-    """Run a tool; its last error line as a :class:`KeeperError` if it fails."""
-    result = subprocess.run(argv, capture_output=True, text=True, check=False)
-    if result.returncode != 0:
-        detail = (result.stderr or result.stdout).strip().splitlines()
-        raise KeeperError(f"{argv[0]} failed: {detail[-1] if detail else result.returncode}")
-
-
-def make_fs(image: str, label: str, journal: bool = True) -> None:
-    """A new, empty ext4 file system on ``image`` (without a journal: for one that is made
-    again at every start, whose content no crash has to keep)."""
-    run("mkfs.ext4", "-q", "-F", "-L", label, "-O", "has_journal" if journal else "^has_journal",
-        "-E", "nodiscard,lazy_itable_init=1,lazy_journal_init=1", image)
 
 
 LIBC = ctypes.CDLL(None, use_errno=True)
@@ -99,8 +93,6 @@ class LoopConfig(ctypes.Structure):
 def attach_loop(image: str) -> tuple[int, str]:
     """A loop device on ``image`` (autoclear: it detaches when its last user lets go):
     an open descriptor of it and its path. The system calls mount(8) makes, without its process."""
-    import fcntl
-
     backing = os.open(image, os.O_RDWR | os.O_CLOEXEC)
     try:
         control = os.open("/dev/loop-control", os.O_RDWR | os.O_CLOEXEC)
@@ -165,13 +157,12 @@ def mount_volumes(spec: dict) -> list[str]:
         raise KeeperError("its root volume holds no ext4 file system (build templates with "
                           "qubes-template-build)")
     volumes = [("root", root)]
-    if spec.get("private"):
-        if not has_ext_fs(spec["private"]):
-            make_fs(spec["private"], "private")
-        volumes.append(("rw", spec["private"]))
-    if spec.get("volatile"):
-        make_fs(spec["volatile"], "volatile", journal=False)  # fresh each start, as Qubes
-        volumes.append(("volatile", spec["volatile"]))
+    # qubesd gave them their file systems (a new volatile one at every start, as Qubes)
+    for name, key in (("rw", "private"), ("volatile", "volatile")):
+        if spec.get(key):
+            if not has_ext_fs(spec[key]):
+                raise KeeperError(f"its {key} volume holds no ext4 file system")
+            volumes.append((name, spec[key]))
     try:
         for name, image in volumes:
             point = os.path.join(mnt, name)
@@ -283,15 +274,51 @@ def keep(spec: dict, status: int) -> int:
     return 0
 
 
-def main() -> int:
-    """Detach from qubesd, then keep the VM described by ``argv[1]``."""
-    spec = json.loads(sys.argv[1])
-    if os.fork():
-        return 0  # the first child: qubesd reaps it at once
+MAX_REQUEST = 65536
+
+
+def serve(sock: socket.socket) -> int:
+    """Fork a keeper for each request on ``sock`` until qubesd hangs up."""
+    while True:
+        try:
+            data, fds, _flags, _address = socket.recv_fds(sock, MAX_REQUEST, 2)
+        except InterruptedError:
+            continue
+        if not data:
+            return 0
+        try:
+            if len(fds) != 2:
+                raise ValueError("a request needs the status pipe and the guest log")
+            spec = json.loads(data)
+        except ValueError as error:
+            print(f"keeper server: bad request: {error}", file=sys.stderr, flush=True)
+            for fd in fds:
+                os.close(fd)
+            continue
+        pid = os.fork()
+        if pid == 0:
+            code = 1
+            try:
+                sock.close()
+                code = detach_and_keep(spec, *fds)
+            except BaseException:
+                traceback.print_exc()
+            finally:
+                os._exit(code)
+        for fd in fds:
+            os.close(fd)
+        os.waitpid(pid, 0)  # the first child exits as soon as the keeper is forked
+
+
+def detach_and_keep(spec: dict, status: int, output: int) -> int:
+    """In the server's child: a new session, then the keeper in a grandchild (which no
+    one waits for: it outlives the server and qubesd)."""
     os.setsid()
     if os.fork():
-        os._exit(0)
-    status = int(spec["status_fd"])
+        return 0
+    os.dup2(output, 1)
+    os.dup2(output, 2)
+    os.close(output)
     try:
         return keep(spec, status)
     except (KeeperError, OSError, ValueError, KeyError) as error:
@@ -303,9 +330,14 @@ def main() -> int:
         except OSError:
             pass
         return 1
+    finally:
+        sys.stdout.flush()
+
+
+def main() -> int:
+    """The server on the socket ``argv[1]`` (a descriptor number)."""
+    return serve(socket.socket(fileno=int(sys.argv[1])))
 
 
 if __name__ == "__main__":
-    code = main()
-    sys.stdout.flush()
-    os._exit(code)
+    sys.exit(main())
