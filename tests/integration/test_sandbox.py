@@ -88,6 +88,26 @@ def test_a_dispvm_vanishes_with_its_files(installation: Installation) -> None:
     assert not (inst.base / "appvms" / dispvm).exists()
 
 
+def test_a_dispvm_runs_the_in_vm_side_compiled_at_template_build(installation: Installation
+                                                                  ) -> None:
+    """A DispVM's root is new at every start: what it compiled would be compiled again by
+    the next one, so the template holds the compiled modules (hash-checked ones, which
+    no Python writes at run time)."""
+    from pathlib import Path
+
+    import qubes_core.agent
+
+    inst = installation
+    base = inst.new_appvm("dvm", template_for_dispvms="True")
+    script = ("python3 -c \"import glob, sys; found = glob.glob('/usr/lib/qubes-sandbox/"
+              "qubes_agent/__pycache__/*.' + sys.implementation.cache_tag + '.pyc'); "
+              "print(len(found), sorted({open(f, 'rb').read(8)[4] for f in found}))\"")
+    result = inst.qvm_run("-p", f"--dispvm={base}", script)
+    assert result.returncode == 0, result.stderr
+    modules = len(list(Path(qubes_core.agent.__file__).parent.glob("*.py")))
+    assert result.stdout.decode().split(maxsplit=1) == [str(modules), "[3]\n"]
+
+
 def test_vms_see_nothing_of_each_other(installation: Installation) -> None:
     inst = installation
     first, second = inst.new_appvm(), inst.new_appvm()
