@@ -16,9 +16,12 @@ from __future__ import annotations
 import re
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING
 
 from qubes_core import exc
+
+if TYPE_CHECKING:
+    from qubes_core.vm.base import BaseVM
 
 # A PCI port is a path of bridges: [SSSS_]BB_DD.F[-BB_DD.F...] (``00_1c.0-00_00.0``).
 PCI_IDENT_RE = re.compile(
@@ -89,7 +92,7 @@ class DeviceAssignment:
 class DeviceCollection:
     """The assignments of one device class to one VM; changes fire events on the VM."""
 
-    def __init__(self, vm: Any, devclass: str):
+    def __init__(self, vm: BaseVM, devclass: str):
         self.vm = vm
         self.devclass = devclass
         self._assigned: dict[tuple[str, str], DeviceAssignment] = {}
@@ -155,7 +158,7 @@ class DeviceCollection:
 class DeviceManager(dict[str, "DeviceCollection"]):
     """``vm.devices['pci']``: one collection per device class."""
 
-    def __init__(self, vm: Any, classes: tuple[str, ...] = DEVICE_CLASSES):
+    def __init__(self, vm: BaseVM, classes: tuple[str, ...] = DEVICE_CLASSES):
         super().__init__({devclass: DeviceCollection(vm, devclass) for devclass in classes})
         self.vm = vm
 

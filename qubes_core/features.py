@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import re
-from collections.abc import Iterator, MutableMapping
-from typing import Any, TypeVar, overload
+from collections.abc import Callable, Iterator, MutableMapping
+from typing import TYPE_CHECKING, Any, TypeVar, overload
 
 from qubes_core import exc
+
+if TYPE_CHECKING:
+    from qubes_core.vm.base import BaseVM
 
 FEATURE_NAME_RE = re.compile(r"^[a-zA-Z0-9_.:+-]{1,255}$")
 TAG_NAME_RE = re.compile(r"^[a-zA-Z0-9_-]{1,255}$")
@@ -42,7 +45,7 @@ def validate_feature_name(name: str) -> str:
 class Features(MutableMapping[str, str]):
     """The features of one VM; every change fires an event on the VM."""
 
-    def __init__(self, vm: Any):
+    def __init__(self, vm: BaseVM):
         self.vm = vm
         self._values: dict[str, str] = {}
 
@@ -91,7 +94,7 @@ class Features(MutableMapping[str, str]):
 
     def check_with_template(self, key: str, default: Any = _NO_DEFAULT) -> Any:
         """The value on this VM, else on its template, and so on up the chain."""
-        return self._check_chain(key, default, "template")
+        return self._check_chain(key, default, lambda vm: vm.template)
 
     @overload
     def check_with_netvm(self, key: str) -> str: ...
@@ -101,7 +104,7 @@ class Features(MutableMapping[str, str]):
 
     def check_with_netvm(self, key: str, default: Any = _NO_DEFAULT) -> Any:
         """The value on this VM, else on its netvm, and so on up the chain."""
-        return self._check_chain(key, default, "netvm")
+        return self._check_chain(key, default, lambda vm: vm.netvm)
 
     @overload
     def check_with_adminvm(self, key: str) -> str: ...
@@ -119,14 +122,15 @@ class Features(MutableMapping[str, str]):
             raise exc.QubesFeatureNotFoundError(self.vm, key)
         return default
 
-    def _check_chain(self, key: str, default: Any, link: str) -> Any:
-        vm: Any = self.vm
+    def _check_chain(self, key: str, default: Any,
+                     link: Callable[[BaseVM], BaseVM | None]) -> Any:
+        vm: BaseVM | None = self.vm
         seen = set()
         while vm is not None and id(vm) not in seen:
             seen.add(id(vm))
             if key in vm.features._values:
                 return vm.features._values[key]
-            vm = getattr(vm, link, None)
+            vm = link(vm)
         if default is _NO_DEFAULT:
             raise exc.QubesFeatureNotFoundError(self.vm, key)
         return default
@@ -135,7 +139,7 @@ class Features(MutableMapping[str, str]):
 class Tags:
     """The tags of one VM; adding and removing fire events on the VM."""
 
-    def __init__(self, vm: Any):
+    def __init__(self, vm: BaseVM):
         self.vm = vm
         self._tags: set[str] = set()
 

@@ -33,9 +33,10 @@ from qubes_core import exc, fsutil
 from qubes_core.devices import DeviceAssignment
 from qubes_core.features import TAG_NAME_RE, validate_feature_name
 from qubes_core.labels import LABEL_COLOR_MIGRATIONS, Label, validate_label
-from qubes_core.properties import PropertyHolder
+from qubes_core.properties import Property, PropertyHolder
 from qubes_core.storage import make_pool
 from qubes_core.vm import get_vm_class
+from qubes_core.vm.base import BaseVM
 
 if TYPE_CHECKING:
     from qubes_core.app import Qubes
@@ -275,7 +276,7 @@ class XmlLoader:
         self.app.fire_event("app-loaded")
 
     @staticmethod
-    def _where(vm: Any) -> str:
+    def _where(vm: BaseVM) -> str:
         return f'<domain id="domain-{vm.qid}"> ({vm.name})'
 
     def check_loaded(self) -> None:
@@ -378,7 +379,7 @@ class XmlLoader:
             self.migrate_vm(vm, props)
             self.vm_elements.append((vm, props))
 
-    def load_vm_collections(self, vm: Any, element: Any, where: str) -> None:
+    def load_vm_collections(self, vm: BaseVM, element: Any, where: str) -> None:
         for feature in element.findall("features/feature"):
             name = feature.get("name")
             try:
@@ -398,7 +399,7 @@ class XmlLoader:
         for volume in element.findall("volume-config/volume"):
             self.load_volume(vm, volume, where)
 
-    def load_devices(self, vm: Any, devices: Any, where: str) -> None:
+    def load_devices(self, vm: BaseVM, devices: Any, where: str) -> None:
         devclass = devices.get("class", "")
         try:
             collection = vm.devices.collection(devclass)
@@ -428,7 +429,7 @@ class XmlLoader:
                 self.fail(here, "assigned twice")
             collection.load(assignment)
 
-    def load_volume(self, vm: Any, volume: Any, where: str) -> None:
+    def load_volume(self, vm: BaseVM, volume: Any, where: str) -> None:
         config: dict[str, Any] = dict(volume.attrib)
         name = config.get("name")
         if not name or not VOLUME_NAME_RE.match(name):
@@ -449,7 +450,7 @@ class XmlLoader:
                 config[key] = int(text)
         vm.volume_config[name] = config
 
-    def migrate_vm(self, vm: Any, props: dict[str, str | None]) -> None:
+    def migrate_vm(self, vm: BaseVM, props: dict[str, str | None]) -> None:
         """What Qubes changes at load in files of older releases."""
         # service.meminfo-writer off meant "no memory balancing": maxmem=0 now.
         meminfo_writer = vm.features._values.pop("service.meminfo-writer", None)
@@ -460,7 +461,7 @@ class XmlLoader:
                         where: str, stage: int | None = None) -> None:
         for name, text in props.items():
             prop = getattr(type(holder), name, None)
-            if prop is None or not hasattr(prop, "load_stage"):
+            if not isinstance(prop, Property):
                 if stage in (None, 2):
                     log.warning("%s: keeping unknown property %r=%r", where, name, text)
                     holder.unknown_properties[name] = text or ""
@@ -471,7 +472,7 @@ class XmlLoader:
                 continue
             self._load_one(holder, name, text, where)
 
-    def _load_one(self, holder: Any, name: str, text: str | None, where: str) -> None:
+    def _load_one(self, holder: PropertyHolder, name: str, text: str | None, where: str) -> None:
         prop = holder.property_get_def(name)
         if name in DISPOSABLE_TEMPLATE_PROPERTIES and text:
             target = self.app.domains.get(text)
@@ -492,17 +493,17 @@ def _sub(parent: Any, tag: str, text: str | None = None, **attrs: str) -> Any:
     return element
 
 
-def _properties_element(parent: Any, holder: Any) -> None:
+def _properties_element(parent: Any, holder: PropertyHolder) -> None:
     """Only the properties that are set; dom0 as Qubes writes it (label, never qid,
     name or uuid)."""
     props = _sub(parent, "properties")
-    is_dom0 = getattr(holder, "qid", None) == 0
+    dom0 = holder if isinstance(holder, BaseVM) and holder.qid == 0 else None
     for prop in holder.property_list():
         name = prop.__name__
-        if is_dom0 and name in ADMINVM_IMPLIED:
+        if dom0 is not None and name in ADMINVM_IMPLIED:
             continue
-        if is_dom0 and name == "label":
-            _sub(props, "property", prop.serialize(holder.label), name=name)
+        if dom0 is not None and name == "label":
+            _sub(props, "property", prop.serialize(dom0.label), name=name)
         elif prop.persisted and holder.property_is_set(name):
             _sub(props, "property", prop.serialize(holder.property_own_value(name)) or None,
                  name=name)
@@ -519,7 +520,7 @@ def _volume_attrs(config: dict[str, Any]) -> dict[str, str]:
     return attrs
 
 
-def _domain_element(vm: Any) -> Any:
+def _domain_element(vm: BaseVM) -> Any:
     domain = etree.Element("domain", id=f"domain-{vm.qid}", **{"class": vm.klass})
     _properties_element(domain, vm)
     features = _sub(domain, "features")
@@ -544,7 +545,7 @@ def _domain_element(vm: Any) -> Any:
     return domain
 
 
-def _volume_signature(vm: Any) -> tuple[Any, ...]:
+def _volume_signature(vm: BaseVM) -> tuple[Any, ...]:
     """What the volume config holds now (the storage layer edits it without events)."""
     return tuple((name, tuple(config.items())) for name, config in vm.volume_config.items())
 
@@ -552,11 +553,11 @@ def _volume_signature(vm: Any) -> tuple[Any, ...]:
 # vm -> (change counter, volume signature, the VM's <domain> bytes). Serializing a
 # <domain> is most of a save; a VM that fired no event and whose volume config is
 # the same since its last save is written from here.
-_domain_cache: weakref.WeakKeyDictionary[Any, tuple[int, tuple[Any, ...], bytes]] = (
+_domain_cache: weakref.WeakKeyDictionary[BaseVM, tuple[int, tuple[Any, ...], bytes]] = (
     weakref.WeakKeyDictionary())
 
 
-def _domain_bytes(vm: Any, use_cache: bool) -> bytes:
+def _domain_bytes(vm: BaseVM, use_cache: bool) -> bytes:
     key = (vm.change_counter, _volume_signature(vm))
     cached = _domain_cache.get(vm) if use_cache else None
     if cached is not None and cached[:2] == key:
@@ -568,7 +569,7 @@ def _domain_bytes(vm: Any, use_cache: bool) -> bytes:
     return data
 
 
-def _by_name(vm: Any) -> str:
+def _by_name(vm: BaseVM) -> str:
     return vm.name
 
 

@@ -20,9 +20,13 @@ from __future__ import annotations
 
 import os
 from collections.abc import Iterable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from qubes_core import exc
+
+if TYPE_CHECKING:
+    from qubes_core.app import Qubes
+    from qubes_core.vm.base import BaseVM
 
 RUNTIME_NAMES = ("offline", "test", "xen", "sandbox")
 
@@ -36,15 +40,15 @@ class Runtime:
     #: (libvirtd): the Admin API then reads in a worker thread.
     slow_reads = False
 
-    def state(self, vm: Any) -> str:
+    def state(self, vm: BaseVM) -> str:
         """Power state of ``vm``: one of ``qubes_core.vm.base.POWER_STATES``."""
         raise NotImplementedError
 
-    def start_time(self, vm: Any) -> float | None:
+    def start_time(self, vm: BaseVM) -> float | None:
         """When ``vm`` was started (seconds since the epoch); None unless it runs."""
         raise NotImplementedError
 
-    async def power_states(self, vms: Iterable[Any]) -> dict[int, str]:
+    async def power_states(self, vms: Iterable[BaseVM]) -> dict[int, str]:
         """The power state of each of ``vms`` (dom0's included) by qid, for a listing.
 
         Here each VM's own :meth:`state`: a runtime whose reads are quick (they ask
@@ -52,16 +56,16 @@ class Runtime:
         """
         return {vm.qid: vm.get_power_state() for vm in vms}
 
-    def xid(self, vm: Any) -> int:
+    def xid(self, vm: BaseVM) -> int:
         """Hypervisor id of the running ``vm``; -1 when the runtime has none for it."""
         return -1
 
-    def stubdom_xid(self, vm: Any) -> int:
+    def stubdom_xid(self, vm: BaseVM) -> int:
         """Hypervisor id of the device model stub domain of the running HVM ``vm``; -1 if
         there is none (only Xen runs stub domains)."""
         return -1
 
-    def stubdom_uuid(self, vm: Any) -> str:
+    def stubdom_uuid(self, vm: BaseVM) -> str:
         """UUID of the stub domain of ``vm``; empty if there is none."""
         return ""
 
@@ -69,48 +73,48 @@ class Runtime:
         """The most virtual CPUs a VM may have here; None where the runtime sets none."""
         return None
 
-    def console_tty(self, vm: Any) -> str:
+    def console_tty(self, vm: BaseVM) -> str:
         """Path of the running ``vm``'s console terminal; empty where it has none."""
         return ""
 
-    async def start(self, vm: Any) -> None:
+    async def start(self, vm: BaseVM) -> None:
         """Start ``vm`` (its storage is already started); return once it runs."""
         raise NotImplementedError
 
-    async def shutdown(self, vm: Any) -> None:
+    async def shutdown(self, vm: BaseVM) -> None:
         """Ask ``vm`` to shut down cleanly; do not wait for it."""
         raise NotImplementedError
 
-    async def kill(self, vm: Any) -> None:
+    async def kill(self, vm: BaseVM) -> None:
         """Stop ``vm`` at once; return once its stop was reported."""
         raise NotImplementedError
 
-    async def pause(self, vm: Any) -> None:
+    async def pause(self, vm: BaseVM) -> None:
         raise NotImplementedError
 
-    async def unpause(self, vm: Any) -> None:
+    async def unpause(self, vm: BaseVM) -> None:
         raise NotImplementedError
 
-    async def suspend(self, vm: Any) -> None:
+    async def suspend(self, vm: BaseVM) -> None:
         """Suspend the running ``vm`` to memory (power state ``Suspended``) where the
         hypervisor and the system inside can; elsewhere freeze it as :meth:`pause` does."""
         await self.pause(vm)
 
-    async def resume(self, vm: Any) -> None:
+    async def resume(self, vm: BaseVM) -> None:
         """Wake the suspended ``vm`` (only called while its state is ``Suspended``)."""
         raise exc.QubesVMError(vm, f"cannot resume {vm}: the {self.name} runtime never "
                                    "suspends to memory")
 
-    async def wait_stopped(self, vm: Any, timeout: float) -> bool:
+    async def wait_stopped(self, vm: BaseVM, timeout: float) -> bool:
         """Wait until the stop of ``vm`` was reported; False if ``timeout`` passed first."""
         raise NotImplementedError
 
-    def current_state(self, vm: Any) -> dict[str, int]:
+    def current_state(self, vm: BaseVM) -> dict[str, int]:
         """Memory (KiB: ``mem``, ``mem_static_max``), ``cputime`` (ns) and, while it runs,
         ``online_vcpus`` of ``vm``."""
         return {"mem": 0, "mem_static_max": 0, "cputime": 0}
 
-    def bind(self, app: Any) -> None:
+    def bind(self, app: Qubes) -> None:
         """Report events of ``app``'s VMs (also those started before this process)."""
 
     def close(self) -> None:
@@ -123,34 +127,34 @@ class OfflineRuntime(Runtime):
     name = "offline"
     runs_vms = False
 
-    def state(self, vm: Any) -> str:
+    def state(self, vm: BaseVM) -> str:
         return "Halted"
 
-    def start_time(self, vm: Any) -> float | None:
+    def start_time(self, vm: BaseVM) -> float | None:
         return None
 
-    def _refuse(self, vm: Any, action: str) -> exc.QubesVMError:
+    def _refuse(self, vm: BaseVM, action: str) -> exc.QubesVMError:
         return exc.QubesVMError(
             vm, f"cannot {action} {vm}: this installation is opened without a runtime "
                 "(offline); run qubesd with --runtime xen, test or sandbox",
         )
 
-    async def start(self, vm: Any) -> None:
+    async def start(self, vm: BaseVM) -> None:
         raise self._refuse(vm, "start")
 
-    async def shutdown(self, vm: Any) -> None:
+    async def shutdown(self, vm: BaseVM) -> None:
         raise self._refuse(vm, "shut down")
 
-    async def kill(self, vm: Any) -> None:
+    async def kill(self, vm: BaseVM) -> None:
         raise self._refuse(vm, "kill")
 
-    async def pause(self, vm: Any) -> None:
+    async def pause(self, vm: BaseVM) -> None:
         raise self._refuse(vm, "pause")
 
-    async def unpause(self, vm: Any) -> None:
+    async def unpause(self, vm: BaseVM) -> None:
         raise self._refuse(vm, "unpause")
 
-    async def wait_stopped(self, vm: Any, timeout: float) -> bool:
+    async def wait_stopped(self, vm: BaseVM, timeout: float) -> bool:
         return True
 
 

@@ -11,9 +11,13 @@ from __future__ import annotations
 
 import functools
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import jinja2
+
+if TYPE_CHECKING:
+    from qubes_core.app import Qubes
+    from qubes_core.vm.qubesvm import QubesVM
 
 METADATA_NS = "https://www.qubes-os.org/libvirt"
 TEMPLATE = "libvirt/xen.xml"
@@ -40,7 +44,7 @@ def _environment() -> jinja2.Environment:
     )
 
 
-def kernels_dir(app: Any) -> Path:
+def kernels_dir(app: Qubes) -> Path:
     """Where dom0's VM kernels live when no kernel pool says: ``BASE/vm-kernels``."""
     store = app.store
     if store is None:
@@ -48,10 +52,10 @@ def kernels_dir(app: Any) -> Path:
     return app.base_dir / "vm-kernels"
 
 
-def _kernel_dir(vm: Any) -> Path:
+def _kernel_dir(vm: QubesVM) -> Path:
     """Directory of the VM's kernel: in its kernel volume's pool, else the default place."""
     config = vm.volume_config.get("kernel", {})
-    pool = vm.app.pools.get(config.get("pool")) if config.get("pool") else None
+    pool = vm.app.pools.get(config.get("pool", "")) if config.get("pool") else None
     dir_path = getattr(pool, "dir_path", None) or (pool.config.get("dir_path") if pool else None)
     return Path(dir_path or kernels_dir(vm.app)) / vm.kernel
 
@@ -59,7 +63,7 @@ def _kernel_dir(vm: Any) -> Path:
 _NOT_KNOWN = object()
 
 
-def _storage_path(vm: Any, name: str) -> Any:
+def _storage_path(vm: QubesVM, name: str) -> Any:
     """The image the storage layer gives volume ``name`` (None: none), or ``_NOT_KNOWN``."""
     try:
         volume = vm.volumes.get(name)
@@ -71,7 +75,7 @@ def _storage_path(vm: Any, name: str) -> Any:
     return str(path) if path else None
 
 
-def volume_path(vm: Any, name: str, config: dict[str, Any]) -> str | None:
+def volume_path(vm: QubesVM, name: str, config: dict[str, Any]) -> str | None:
     """Path of the image the running VM sees for volume ``name`` (None: not attached).
 
     The storage layer's answer wins; without one, the file-reflink layout: a
@@ -88,12 +92,12 @@ def volume_path(vm: Any, name: str, config: dict[str, Any]) -> str | None:
     if not vid:
         return None
     suffix = "-dirty.img" if config.get("rw", True) else ".img"
-    pool = vm.app.pools.get(config.get("pool"))
+    pool = vm.app.pools.get(config.get("pool", ""))
     dir_path = pool.config.get("dir_path") if pool is not None else None
     return str(Path(dir_path or kernels_dir(vm.app).parent) / f"{vid}{suffix}")
 
 
-def _disks(vm: Any) -> list[dict[str, Any]]:
+def _disks(vm: QubesVM) -> list[dict[str, Any]]:
     disks = []
     extra = iter(f"xvd{letter}" for letter in "efghijklmnopqrstuvwxyz")
     order = sorted(vm.volume_config, key=lambda n: (n not in DISK_TARGETS,
@@ -112,7 +116,7 @@ def _disks(vm: Any) -> list[dict[str, Any]]:
     return disks
 
 
-def _os(vm: Any, flavour: str) -> dict[str, Any]:
+def _os(vm: QubesVM, flavour: str) -> dict[str, Any]:
     virt_mode = vm.virt_mode
     os_type, machine = XEN_OS[virt_mode]
     if flavour == "test":
@@ -132,21 +136,21 @@ def _os(vm: Any, flavour: str) -> dict[str, Any]:
     return info
 
 
-def _memory(vm: Any) -> tuple[int, int]:
+def _memory(vm: QubesVM) -> tuple[int, int]:
     """(memory, maxmem) in MiB: no balancing with PCI devices or maxmem 0."""
     memory = vm.memory
     maxmem = vm.maxmem if vm.maxmem and not vm.devices["pci"] else memory
     return memory, max(memory, maxmem)
 
 
-def _interface(vm: Any) -> dict[str, Any] | None:
+def _interface(vm: QubesVM) -> dict[str, Any] | None:
     netvm = vm.netvm
     if netvm is None:
         return None
     return {"mac": vm.mac, "ip": vm.ip, "backend": netvm.name}
 
 
-def _pci_devices(vm: Any) -> list[dict[str, str]]:
+def _pci_devices(vm: QubesVM) -> list[dict[str, str]]:
     devices = []
     for assignment in vm.devices["pci"]:
         bus, _, rest = assignment.ident.partition("_")
@@ -155,7 +159,7 @@ def _pci_devices(vm: Any) -> list[dict[str, str]]:
     return devices
 
 
-def domain_context(vm: Any, flavour: str = "xen") -> dict[str, Any]:
+def domain_context(vm: QubesVM, flavour: str = "xen") -> dict[str, Any]:
     """What the template needs, computed from ``vm``'s properties."""
     if flavour not in FLAVOURS:
         raise ValueError(f"unknown domain XML flavour {flavour!r} (known: {FLAVOURS})")
@@ -180,6 +184,6 @@ def domain_context(vm: Any, flavour: str = "xen") -> dict[str, Any]:
     }
 
 
-def render_domain_xml(vm: Any, flavour: str = "xen") -> str:
+def render_domain_xml(vm: QubesVM, flavour: str = "xen") -> str:
     """The libvirt domain XML of ``vm``."""
     return _environment().get_template(TEMPLATE).render(domain_context(vm, flavour))

@@ -24,7 +24,7 @@ import weakref
 from collections import defaultdict
 from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any, cast
 
 import libvirt
 from lxml import etree
@@ -40,6 +40,11 @@ from qubes_core.backend.libvirt_events import (
     bind_event_loop,
     lifecycle_kind,
 )
+
+if TYPE_CHECKING:
+    from qubes_core.app import Qubes
+    from qubes_core.vm.base import BaseVM
+    from qubes_core.vm.qubesvm import QubesVM
 
 log = logging.getLogger("qubes.backend.libvirt")
 
@@ -113,7 +118,7 @@ class LibvirtRuntime(Runtime):
         self._conn: libvirt.virConnect | None = None
         self._callback_id: int | None = None
         self._conn_lock = threading.Lock()
-        self._apps: list[weakref.ref[Any]] = []
+        self._apps: list[weakref.ref[Qubes]] = []
         self._delivery: _Delivery | None = None
         self._waiters: dict[tuple[str, str], list[asyncio.Future[None]]] = defaultdict(list)
         # Last kind of event reported per domain, and the events we reported ourselves
@@ -197,10 +202,10 @@ class LibvirtRuntime(Runtime):
 
     # --- apps whose VMs this runtime reports on --------------------------------
 
-    def _bound_apps(self) -> list[Any]:
+    def _bound_apps(self) -> list[Qubes]:
         return [app for app in (ref() for ref in self._apps) if app is not None]
 
-    def bind(self, app: Any) -> None:
+    def bind(self, app: Qubes) -> None:
         if not any(bound is app for bound in self._bound_apps()):
             self._apps = [ref for ref in self._apps if ref() is not None]
             self._apps.append(weakref.ref(app))
@@ -212,7 +217,7 @@ class LibvirtRuntime(Runtime):
             return
         self._bind_loop()
 
-    def _find_vm(self, domain_uuid: str) -> Any:
+    def _find_vm(self, domain_uuid: str) -> BaseVM | None:
         key = uuidlib.UUID(domain_uuid)
         for app in reversed(self._bound_apps()):  # the app bound last wins
             vm = app.domains.get(key)
@@ -220,7 +225,7 @@ class LibvirtRuntime(Runtime):
                 return vm
         return None
 
-    def _on_domain_delete(self, app: Any, event: str, vm: Any, **kwargs: Any) -> None:
+    def _on_domain_delete(self, app: Qubes, event: str, vm: BaseVM, **kwargs: Any) -> None:
         """A VM left the model: its libvirt domain goes too (unless it still runs)."""
         domain = self._lookup(vm)
         if domain is None:
@@ -238,7 +243,7 @@ class LibvirtRuntime(Runtime):
 
     # --- reading state -------------------------------------------------------------
 
-    def _lookup(self, vm: Any) -> libvirt.virDomain | None:
+    def _lookup(self, vm: BaseVM) -> libvirt.virDomain | None:
         conn = self.connection()
         try:
             if vm.uuid is not None:
@@ -249,7 +254,7 @@ class LibvirtRuntime(Runtime):
                 return None
             raise exc.QubesVMError(vm, f"cannot look up {vm} in libvirt: {_message(error)}")
 
-    def state(self, vm: Any) -> str:
+    def state(self, vm: BaseVM) -> str:
         domain = self._lookup(vm)
         if domain is None:
             return "Halted"
@@ -261,7 +266,7 @@ class LibvirtRuntime(Runtime):
             raise exc.QubesVMError(vm, f"cannot read the state of {vm}: {_message(error)}")
         return POWER_STATES.get(state, "Halted")
 
-    async def power_states(self, vms: Iterable[Any]) -> dict[int, str]:
+    async def power_states(self, vms: Iterable[BaseVM]) -> dict[int, str]:
         """Every domain's state read at once in a worker thread (libvirtd answers each
         read); dom0, which is no domain, answers itself."""
         vms = list(vms)
@@ -286,14 +291,14 @@ class LibvirtRuntime(Runtime):
                         f"cannot read the state of the libvirt domains: {_message(error)}")
         return by_uuid, by_name
 
-    def xid(self, vm: Any) -> int:
+    def xid(self, vm: BaseVM) -> int:
         domain = self._lookup(vm)
         try:
             return domain.ID() if domain is not None and domain.isActive() else -1
         except libvirt.libvirtError:
             return -1
 
-    def stubdom_xid(self, vm: Any) -> int:
+    def stubdom_xid(self, vm: BaseVM) -> int:
         """Read from XenStore on Xen (``image/device-model-domid``); -1 elsewhere."""
         xid = self.xid(vm)
         if self.flavour != "xen" or xid < 0:
@@ -301,7 +306,7 @@ class LibvirtRuntime(Runtime):
         text = _xenstore_read(f"/local/domain/{xid}/image/device-model-domid")
         return int(text) if text is not None and text.isascii() and text.isdigit() else -1
 
-    def stubdom_uuid(self, vm: Any) -> str:
+    def stubdom_uuid(self, vm: BaseVM) -> str:
         stubdom = self.stubdom_xid(vm)
         if stubdom < 0:
             return ""
@@ -318,7 +323,7 @@ class LibvirtRuntime(Runtime):
                 return None
         return self._max_vcpus
 
-    def console_tty(self, vm: Any) -> str:
+    def console_tty(self, vm: BaseVM) -> str:
         """The pty libvirt gave the domain's console (none on the test driver)."""
         domain = self._lookup(vm)
         try:
@@ -329,7 +334,7 @@ class LibvirtRuntime(Runtime):
             return ""
         return str(description.xpath("string(/domain/devices/console/@tty)"))
 
-    def start_time(self, vm: Any) -> float | None:
+    def start_time(self, vm: BaseVM) -> float | None:
         domain = self._lookup(vm)
         if domain is None:
             return None
@@ -343,7 +348,7 @@ class LibvirtRuntime(Runtime):
         value = etree.fromstring(text).get("time")
         return float(value) if value else None
 
-    def current_state(self, vm: Any) -> dict[str, int]:
+    def current_state(self, vm: BaseVM) -> dict[str, int]:
         domain = self._lookup(vm)
         try:
             if domain is None or not domain.isActive():
@@ -357,24 +362,25 @@ class LibvirtRuntime(Runtime):
     # --- lifecycle -----------------------------------------------------------------
 
     @staticmethod
-    def _uuid(vm: Any) -> str:
+    def _uuid(vm: BaseVM) -> str:
         if vm.uuid is None:
             raise exc.QubesVMError(vm, f"{vm} has no uuid; libvirt needs one to run it")
         return str(vm.uuid)
 
-    def _prepare(self, vm: Any) -> str:
+    def _prepare(self, vm: BaseVM) -> str:
         self.bind(vm.app)
         self._bind_loop()
         return self._uuid(vm)
 
-    async def start(self, vm: Any) -> None:
+    async def start(self, vm: BaseVM) -> None:
         domain_uuid = self._prepare(vm)
         if await asyncio.to_thread(self.state, vm) != "Halted":
             raise exc.QubesVMNotHaltedError(vm, f"cannot start {vm}: it is not halted")
         # A stop that libvirt already made but that is still on its way to the model
         # is reported first, so that handlers see stop and start in order.
         await self.wait_stopped(vm, self.event_timeout)
-        xml = render_domain_xml(vm, self.flavour)
+        # Only QubesVM runs (its lifecycle mixin is what calls start).
+        xml = render_domain_xml(cast("QubesVM", vm), self.flavour)
         waiter = self._expect(domain_uuid, STARTED)
         gate = self._starting[domain_uuid] = asyncio.Event()
         try:
@@ -387,7 +393,7 @@ class LibvirtRuntime(Runtime):
             self._starting.pop(domain_uuid, None)
         await self._settle(vm, domain_uuid, waiter, STARTED, None)
 
-    def _define_and_create(self, vm: Any, xml: str) -> None:
+    def _define_and_create(self, vm: BaseVM, xml: str) -> None:
         """Define the domain from fresh XML and start it (in a worker thread)."""
         conn = self.connection()
         self._clear_stale_name(conn, vm)
@@ -409,7 +415,7 @@ class LibvirtRuntime(Runtime):
         log.info("started domain %s (%s)", vm, self.uri)
 
     @staticmethod
-    def _clear_stale_name(conn: libvirt.virConnect, vm: Any) -> None:
+    def _clear_stale_name(conn: libvirt.virConnect, vm: BaseVM) -> None:
         """Undefine a halted domain of the same name left by a VM that no longer exists."""
         try:
             other = conn.lookupByName(vm.name)
@@ -427,13 +433,13 @@ class LibvirtRuntime(Runtime):
         log.info("undefining stale libvirt domain %s (uuid %s)", vm.name, other.UUIDString())
         other.undefine()
 
-    def _active_domain(self, vm: Any, action: str) -> libvirt.virDomain:
+    def _active_domain(self, vm: BaseVM, action: str) -> libvirt.virDomain:
         domain = self._lookup(vm)
         if domain is None or not domain.isActive():
             raise exc.QubesVMNotStartedError(vm, f"cannot {action} {vm}: it is not running")
         return domain
 
-    async def _call(self, vm: Any, action: str, method: str) -> None:
+    async def _call(self, vm: BaseVM, action: str, method: str) -> None:
         """Run ``domain.method()`` of the running ``vm`` in a worker thread."""
         def call() -> None:
             domain = self._active_domain(vm, action)
@@ -444,7 +450,7 @@ class LibvirtRuntime(Runtime):
 
         await asyncio.to_thread(call)
 
-    async def _change(self, vm: Any, action: str, method: str, kind: str,
+    async def _change(self, vm: BaseVM, action: str, method: str, kind: str,
                       reason: str | None) -> None:
         """Ask libvirt for a change and return once its event was handled."""
         domain_uuid = self._prepare(vm)
@@ -456,20 +462,20 @@ class LibvirtRuntime(Runtime):
             raise
         await self._settle(vm, domain_uuid, waiter, kind, reason)
 
-    async def shutdown(self, vm: Any) -> None:
+    async def shutdown(self, vm: BaseVM) -> None:
         self._prepare(vm)
         await self._call(vm, "shut down", "shutdown")
 
-    async def kill(self, vm: Any) -> None:
+    async def kill(self, vm: BaseVM) -> None:
         await self._change(vm, "kill", "destroy", STOPPED, "destroyed")
 
-    async def pause(self, vm: Any) -> None:
+    async def pause(self, vm: BaseVM) -> None:
         await self._change(vm, "pause", "suspend", PAUSED, None)
 
-    async def unpause(self, vm: Any) -> None:
+    async def unpause(self, vm: BaseVM) -> None:
         await self._change(vm, "unpause", "resume", UNPAUSED, None)
 
-    async def suspend(self, vm: Any) -> None:
+    async def suspend(self, vm: BaseVM) -> None:
         """Suspend to memory (S3); a driver or guest that cannot is paused instead, as
         Qubes does."""
         def call() -> bool:
@@ -486,10 +492,10 @@ class LibvirtRuntime(Runtime):
         if not await asyncio.to_thread(call):
             await self.pause(vm)
 
-    async def resume(self, vm: Any) -> None:
+    async def resume(self, vm: BaseVM) -> None:
         await self._call(vm, "resume", "pMWakeup")
 
-    async def wait_stopped(self, vm: Any, timeout: float) -> bool:
+    async def wait_stopped(self, vm: BaseVM, timeout: float) -> bool:
         domain_uuid = self._prepare(vm)
         # The state is read in a worker thread first; what the events said is read after,
         # with no await before the decision.
@@ -525,8 +531,8 @@ class LibvirtRuntime(Runtime):
         self._waiters.clear()
         self._starting.clear()
 
-    def _on_lifecycle(self, conn: Any, domain: Any, event: int, detail: int,
-                      opaque: Any) -> None:
+    def _on_lifecycle(self, conn: libvirt.virConnect, domain: libvirt.virDomain, event: int,
+                      detail: int, opaque: Any) -> None:
         """libvirt's callback, on the loop libvirt's events run on: queue the event for
         the delivering task (of this loop, unless the runtime moved to another since)."""
         kind = lifecycle_kind(event, detail)
@@ -567,7 +573,7 @@ class LibvirtRuntime(Runtime):
             if vm is None:
                 return
             log.debug("%s: %s (%s)", vm, MODEL_EVENTS[kind], reason)
-            kwargs = {"reason": reason} if kind == STOPPED else {}
+            kwargs: dict[str, Any] = {"reason": reason} if kind == STOPPED else {}
             try:
                 await vm.fire_event_async(MODEL_EVENTS[kind], **kwargs)
             except Exception:
@@ -594,7 +600,7 @@ class LibvirtRuntime(Runtime):
             if not future.done():
                 future.set_result(None)
 
-    async def _settle(self, vm: Any, domain_uuid: str, waiter: asyncio.Future[None],
+    async def _settle(self, vm: BaseVM, domain_uuid: str, waiter: asyncio.Future[None],
                       kind: str, reason: str | None) -> None:
         """Wait for the event of a change we asked for; report it ourselves if it is late."""
         try:

@@ -15,13 +15,13 @@ from qubes_core.vm.qubesvm import (
 )
 
 
-def _only_dom0(vm: Any, prop: Any, value: str) -> str:
+def _only_dom0(vm: AdminVM, prop: Any, value: str) -> str:
     if value != "dom0":
         raise ValueError("the AdminVM is always named dom0")
     return value
 
 
-def _only_zero(vm: Any, prop: Any, value: int) -> int:
+def _only_zero(vm: AdminVM, prop: Any, value: int) -> int:
     if value != 0:
         raise ValueError("the AdminVM always has qid 0")
     return value

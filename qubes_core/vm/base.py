@@ -15,6 +15,7 @@ from qubes_core.qubesdb import InMemoryQubesDB
 from qubes_core.vm import volumes
 
 if TYPE_CHECKING:
+    from qubes_core.app import Qubes
     from qubes_core.storage import Volume
 
 MAX_NAME_LENGTH = 31
@@ -90,6 +91,8 @@ class BaseVM(PropertyHolder):
     default_dispvm: BaseVM | None = None
     management_dispvm: BaseVM | None = None
     guivm: BaseVM | None = None
+    #: The kernel its kernel volume follows (None: dom0's own are not the model's).
+    kernel: str | None = None
     #: Every class declares it (dom0's and a VM's own defaults).
     devices_denied: str
 
@@ -105,7 +108,7 @@ class BaseVM(PropertyHolder):
     #: Qubes' icon of the class, before the label: ``appvm-red``, ``dispvm-red``...
     icon_kind: ClassVar[str] = "appvm"
 
-    def __init__(self, app: Any, **kwargs: Any) -> None:
+    def __init__(self, app: Qubes, **kwargs: Any) -> None:
         self.app = app
         self.features = Features(self)
         self.tags = Tags(self)

@@ -30,6 +30,7 @@ from qubes_core.vm import pending
 from qubes_core.vm.base import BaseVM
 
 if TYPE_CHECKING:
+    from qubes_core.app import Qubes
     from qubes_core.backend import Runtime
     from qubes_core.storage.vmstorage import Storage
 
@@ -97,7 +98,7 @@ class LifecycleMixin(BaseVM):
         for name, config in self.volume_config.items():
             if name == "kernel" and not config.get("vid"):
                 continue  # no dom0 kernel: the VM boots its own
-            pool = self.app.pools.get(config.get("pool"))
+            pool = self.app.pools.get(config.get("pool", ""))
             if pool is None or not pool.usable:
                 log.debug("%s: pool %r of volume %s is not usable; skipping storage",
                           self, config.get("pool"), name)
@@ -392,7 +393,7 @@ class LifecycleMixin(BaseVM):
             log.exception("removing the files of %s failed; remove them by hand", self)
 
 
-async def save_app(app: Any) -> None:
+async def save_app(app: Qubes) -> None:
     """Persist a change made outside any API call.
 
     A handler of the app's ``save-request`` event that saved (qubesd, which

@@ -60,7 +60,7 @@ def _validate_mac(holder: Any, prop: Any, value: str) -> str:
     return value
 
 
-def _default_netvm(vm: Any) -> Any:
+def _default_netvm(vm: NetworkMixin) -> Any:
     """The global default_netvm, unless its chain leads back to ``vm`` (then None).
 
     Only explicitly set netvms are followed: a VM on the default points back at the
@@ -76,14 +76,14 @@ def _default_netvm(vm: Any) -> Any:
     return candidate
 
 
-def follows_default_netvm(vm: Any) -> bool:
+def follows_default_netvm(vm: NetworkMixin) -> bool:
     """Whether ``vm``'s netvm is the global default_netvm (not set, and defaulting to it)."""
     prop = getattr(type(vm), "netvm", None)
     return (getattr(prop, "_default", None) is _default_netvm
             and not vm.property_is_set("netvm"))
 
 
-def netvm_chain(vm: Any) -> list[Any]:
+def netvm_chain(vm: NetworkMixin) -> list[Any]:
     """The VMs traffic of ``vm`` passes through: its netvm, that one's netvm, ..."""
     chain: list[Any] = []
     current = vm.netvm
@@ -93,7 +93,7 @@ def netvm_chain(vm: Any) -> list[Any]:
     return chain
 
 
-def netvm_loop(vm: Any) -> list[str]:
+def netvm_loop(vm: NetworkMixin) -> list[str]:
     """The names along a netvm loop that starts at ``vm``; empty when there is none."""
     current = vm.property_own_value("netvm")
     path, names = [vm], [vm.name]
@@ -108,7 +108,7 @@ def netvm_loop(vm: Any) -> list[str]:
     return []
 
 
-def validate_netvm(vm: Any, prop: Any, value: Any) -> Any:
+def validate_netvm(vm: NetworkMixin, prop: Any, value: Any) -> Any:
     """Refuse a netvm that does not provide network or would make a loop; None means offline.
 
     Both refusals are ``QubesValueError``, as Qubes raises them (clients branch on it).
@@ -126,60 +126,60 @@ def validate_netvm(vm: Any, prop: Any, value: Any) -> Any:
     return value
 
 
-def is_networked(vm: Any) -> bool:
+def is_networked(vm: NetworkMixin) -> bool:
     """Whether ``vm`` reaches a network: it has a netvm, or it provides network itself."""
     return bool(vm.provides_network) or vm.netvm is not None
 
 
-def _default_ip(vm: Any) -> str | None:
+def _default_ip(vm: NetworkMixin) -> str | None:
     if not is_networked(vm):
         return None
     prefix, _group, number = vm.address_number()
     return vmid_to_ipv4(prefix, number)
 
 
-def _default_ip6(vm: Any) -> str | None:
+def _default_ip6(vm: NetworkMixin) -> str | None:
     if not is_networked(vm) or not vm.features.check_with_netvm("ipv6", False):
         return None
     _prefix, group, number = vm.address_number()
     return str(ipaddress.IPv6Address(f"{IPV6_PREFIX}::{group}:{number:x}"))
 
 
-def _netmask(vm: Any) -> str | None:
+def _netmask(vm: NetworkMixin) -> str | None:
     return "255.255.255.255" if is_networked(vm) else None
 
 
-def _visible_ip(vm: Any) -> str | None:
+def _visible_ip(vm: NetworkMixin) -> str | None:
     return vm.features.check_with_template("net.fake-ip", None) or vm.ip
 
 
-def _visible_gateway(vm: Any) -> str | None:
+def _visible_gateway(vm: NetworkMixin) -> str | None:
     fake = vm.features.check_with_template("net.fake-gateway", None)
     return fake or (vm.netvm.gateway if vm.netvm is not None else None)
 
 
-def _visible_gateway6(vm: Any) -> str | None:
+def _visible_gateway6(vm: NetworkMixin) -> str | None:
     if vm.features.check_with_netvm("ipv6", False) and vm.netvm is not None:
         return vm.netvm.gateway6
     return None
 
 
-def _visible_netmask(vm: Any) -> str | None:
+def _visible_netmask(vm: NetworkMixin) -> str | None:
     fake = vm.features.check_with_template("net.fake-netmask", None)
     return fake or (_netmask(vm.netvm) if vm.netvm is not None else None)
 
 
-def _gateway(vm: Any) -> str | None:
+def _gateway(vm: NetworkMixin) -> str | None:
     return vm.visible_ip if vm.provides_network else None
 
 
-def _gateway6(vm: Any) -> str | None:
+def _gateway6(vm: NetworkMixin) -> str | None:
     if vm.features.check_with_netvm("ipv6", False) and vm.provides_network:
         return vm.visible_ip6
     return None
 
 
-def _dns(vm: Any) -> tuple[str, ...] | None:
+def _dns(vm: NetworkMixin) -> tuple[str, ...] | None:
     return DNS_SERVERS if vm.netvm is not None or vm.provides_network else None
 
 

@@ -20,21 +20,25 @@ import os
 import shutil
 import uuid as uuidlib
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING
 
 from qubes_core import fsutil
+
+if TYPE_CHECKING:
+    from qubes_core.app import Qubes
+    from qubes_core.vm.lifecycle import LifecycleMixin
 
 log = logging.getLogger("qubes.vm.pending")
 
 DIRECTORY = "pending-creations"
 
 
-def _directory(app: Any) -> Path | None:
+def _directory(app: Qubes) -> Path | None:
     store = app.store
     return None if store is None else store.path.parent / DIRECTORY
 
 
-def record(vm: Any) -> None:
+def record(vm: LifecycleMixin) -> None:
     """Note, durably, the files ``vm`` is about to get (before they are made)."""
     directory = _directory(vm.app)
     if directory is None or vm.uuid is None:
@@ -57,7 +61,7 @@ def record(vm: Any) -> None:
     fsutil.fsync_dir(directory)
 
 
-def forget(vm: Any) -> None:
+def forget(vm: LifecycleMixin) -> None:
     """Drop the record of ``vm`` (its files are gone, or it is saved)."""
     directory = _directory(vm.app)
     if directory is not None and vm.uuid is not None:
@@ -65,7 +69,7 @@ def forget(vm: Any) -> None:
             (directory / f"{vm.uuid}.json").unlink()
 
 
-async def clean_up(app: Any) -> list[str]:
+async def clean_up(app: Qubes) -> list[str]:
     """At start: remove the files of the VMs whose creation qubes.xml never recorded.
 
     Returns the names of those VMs. A record that cannot be read is left, with a
@@ -100,7 +104,7 @@ async def clean_up(app: Any) -> list[str]:
     return removed
 
 
-async def _remove_files(app: Any, name: str, volumes: list[tuple[str, str]],
+async def _remove_files(app: Qubes, name: str, volumes: list[tuple[str, str]],
                         dir_path: str) -> None:
     for pool_name, vid in volumes:
         pool = app.pools.get(pool_name)

@@ -35,6 +35,7 @@ from qubes_core.vm.network import (  # noqa: F401  (re-exported for the VM class
 )
 
 if TYPE_CHECKING:
+    from qubes_core.app import Qubes
     from qubes_core.storage import Volume
 
 VIRT_MODES = ("hvm", "pv", "pvh")
@@ -52,7 +53,7 @@ MAX_VCPUS = 512
 def from_template(name: str, fallback: Any) -> Any:
     """Default: the template's value if the VM has a template, else ``fallback``."""
 
-    def default(vm: Any) -> Any:
+    def default(vm: QubesVM) -> Any:
         template = vm.template
         if template is not None:
             return getattr(template, name)
@@ -109,7 +110,7 @@ def validate_kernel(holder: Any, prop: Any, value: str) -> str:
     return value
 
 
-def _validate_vcpus(vm: Any, prop: Any, value: int) -> int:
+def _validate_vcpus(vm: QubesVM, prop: Any, value: int) -> int:
     """vcpus: positive, at most :data:`MAX_VCPUS`, and at most what the runtime accepts
     (checked on a change, not while qubes.xml loads: the file may come from a larger
     machine)."""
@@ -124,7 +125,7 @@ def _validate_vcpus(vm: Any, prop: Any, value: int) -> int:
     return value
 
 
-def _validate_memory(vm: Any, prop: Any, value: int) -> int:
+def _validate_memory(vm: QubesVM, prop: Any, value: int) -> int:
     """memory: positive, at most maxmem while memory balancing is on (maxmem > 0)."""
     _positive(vm, prop, value)
     if value > MAX_MEMORY_MIB:
@@ -136,7 +137,7 @@ def _validate_memory(vm: Any, prop: Any, value: int) -> int:
     return value
 
 
-def _validate_maxmem(vm: Any, prop: Any, value: int) -> int:
+def _validate_maxmem(vm: QubesVM, prop: Any, value: int) -> int:
     _non_negative(vm, prop, value)
     if value > MAX_MEMORY_MIB:
         raise ValueError(f"{value} MiB is more than {MAX_MEMORY_MIB} MiB")
@@ -147,7 +148,7 @@ def _validate_maxmem(vm: Any, prop: Any, value: int) -> int:
     return value
 
 
-def _default_maxmem(vm: Any) -> int:
+def _default_maxmem(vm: QubesVM) -> int:
     """As Qubes: 0 with PCI devices; ten times memory for Linux, else 4000, capped at half
     the host's memory; a template's value first. Unlike Qubes, never below the VM's
     own memory: a default must not make the VM's settings contradict each other."""
@@ -163,26 +164,26 @@ def _default_maxmem(vm: Any) -> int:
     return max(default, vm.memory) if default else 0
 
 
-def _validate_kernelopts(vm: Any, prop: Any, value: str) -> str:
+def _validate_kernelopts(vm: QubesVM, prop: Any, value: str) -> str:
     if len(value) > MAX_KERNELOPTS or "\n" in value or "\0" in value:
         raise ValueError(f"kernelopts is one line of at most {MAX_KERNELOPTS} characters")
     return value
 
 
-def _validate_user(vm: Any, prop: Any, value: str) -> str:
+def _validate_user(vm: QubesVM, prop: Any, value: str) -> str:
     if not USER_RE.match(value):
         raise ValueError(f"user name {value!r} may hold only letters, digits and _ - + , .")
     return value
 
 
-def validate_bootmode(vm: Any, prop: Any, value: str) -> str:
+def validate_bootmode(vm: QubesVM, prop: Any, value: str) -> str:
     """A boot mode name (a ``boot-mode.kernelopts.NAME`` feature, or ``default``)."""
     if not BOOTMODE_RE.match(value):
         raise ValueError(f"boot mode {value!r} may hold only letters, digits, '_', '.', '-'")
     return value
 
 
-def validate_keyboard_layout(vm: Any, prop: Any, value: str) -> str:
+def validate_keyboard_layout(vm: QubesVM, prop: Any, value: str) -> str:
     """``LAYOUT+VARIANT+OPTIONS``, e.g. ``us++`` or ``de+nodeadkeys+grp:alt_shift_toggle``."""
     parts = value.split("+")
     if (not value.isascii() or len(parts) != 3 or not parts[0].isalpha()
@@ -202,7 +203,7 @@ def validate_disposable_template(holder: Any, prop: Any, value: Any) -> Any:
     return value
 
 
-def _validate_virt_mode(vm: Any, prop: Any, value: str) -> str:
+def _validate_virt_mode(vm: QubesVM, prop: Any, value: str) -> str:
     if value == "pvh" and vm.devices["pci"]:
         raise exc.QubesPropertyValueError(
             vm, prop, value,
@@ -212,7 +213,7 @@ def _validate_virt_mode(vm: Any, prop: Any, value: str) -> str:
     return value
 
 
-def _default_virt_mode(vm: Any) -> str:
+def _default_virt_mode(vm: QubesVM) -> str:
     if vm.devices["pci"]:
         return "hvm"
     template = vm.template
@@ -221,7 +222,7 @@ def _default_virt_mode(vm: Any) -> str:
     return "pvh"
 
 
-def _default_bootmode(vm: Any) -> str:
+def _default_bootmode(vm: QubesVM) -> str:
     """The active boot mode feature if its kernel options exist, else the template's
     ``appvm_default_bootmode``, else ``default``."""
     active = vm.features.get("boot-mode.active")
@@ -230,7 +231,7 @@ def _default_bootmode(vm: Any) -> str:
         return active
     subject = vm
     while subject.template is not None:
-        mode = getattr(subject.template, "appvm_default_bootmode", None)
+        mode = subject.template.appvm_default_bootmode
         if mode is not None and (mode == "default" or subject.features.check_with_template(
                 f"boot-mode.kernelopts.{mode}", None) is not None):
             return mode
@@ -238,7 +239,7 @@ def _default_bootmode(vm: Any) -> str:
     return "default"
 
 
-def _default_keyboard_layout(vm: Any) -> str:
+def _default_keyboard_layout(vm: QubesVM) -> str:
     """The layout set on the nearest guivm up the chain, else ``us++``.
 
     The chain is walked, not recursed into: a VM may be its own guivm, or two VMs
@@ -254,17 +255,17 @@ def _default_keyboard_layout(vm: Any) -> str:
     return "us++"
 
 
-def _xid(vm: Any) -> int:
+def _xid(vm: QubesVM) -> int:
     return vm.app.runtime.xid(vm) if vm.is_running() else -1
 
 
-def _stubdom_xid(vm: Any) -> int:
+def _stubdom_xid(vm: QubesVM) -> int:
     if vm.virt_mode != "hvm" or not vm.is_running():
         return -1
     return vm.app.runtime.stubdom_xid(vm)
 
 
-def _stubdom_uuid(vm: Any) -> str:
+def _stubdom_uuid(vm: QubesVM) -> str:
     if _stubdom_xid(vm) == -1:
         return ""
     return vm.app.runtime.stubdom_uuid(vm)
@@ -272,6 +273,12 @@ def _stubdom_uuid(vm: Any) -> str:
 
 class QubesVM(NetworkMixin, LifecycleMixin, BaseVM):
     """A VM that can run."""
+
+    if TYPE_CHECKING:
+        # What a VM is based on (a TemplateVM, or the AppVM a DispVM is made of) runs.
+        template: QubesVM | None
+    #: Boot mode of the VMs based on this one: None here, a property of templates.
+    appvm_default_bootmode: str | None = None
 
     guivm = VMProperty(
         "guivm", allow_none=True, load_stage=4, default=lambda vm: vm.app.default_guivm,
@@ -370,7 +377,7 @@ class QubesVM(NetworkMixin, LifecycleMixin, BaseVM):
             "from the runtime, never stored.",
     )
 
-    def __init__(self, app: Any, **kwargs: Any) -> None:
+    def __init__(self, app: Qubes, **kwargs: Any) -> None:
         super().__init__(app, **kwargs)
 
     @property

@@ -2,14 +2,12 @@
 
 from __future__ import annotations
 
-from typing import Any
-
 from qubes_core.properties import Property, VMProperty
 from qubes_core.vm import volumes
 from qubes_core.vm.qubesvm import QubesVM, validate_bootmode, validate_netvm
 
 
-def _default_appvm_bootmode(vm: Any) -> str:
+def _default_appvm_bootmode(vm: QubesVM) -> str:
     return vm.features.get("boot-mode.appvm-default", "default")
 
 
@@ -37,4 +35,4 @@ class TemplateVM(QubesVM):
     @property
     def appvms(self) -> list[QubesVM]:
         """VMs based on this template (set or by default)."""
-        return [vm for vm in self.app.domains if vm.template is self]
+        return [vm for vm in self.app.domains if isinstance(vm, QubesVM) and vm.template is self]

@@ -8,7 +8,10 @@ plugin inherits both. The config is plain data, persisted in
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from qubes_core.vm.qubesvm import QubesVM
 
 GiB = 1024**3
 
@@ -41,20 +44,20 @@ DISPOSABLE: Layout = {
 }
 
 
-def vid_for(vm: Any, volume: str) -> str:
+def vid_for(vm: QubesVM, volume: str) -> str:
     """The volume id inside its pool: ``appvms/NAME/VOL`` or ``vm-templates/NAME/VOL``
     (the directory is the class's ``vid_dir``)."""
     return f"{vm.vid_dir}/{vm.name}/{volume}"
 
 
-def pool_for(vm: Any, volume: str) -> str | None:
+def pool_for(vm: QubesVM, volume: str) -> str | None:
     """The pool for a new VM's volume: the app's ``default_pool_VOLUME``, else ``default_pool``."""
     app = vm.app
     specific = getattr(app, f"default_pool_{volume}", None)
     return specific or app.default_pool
 
 
-def snapshot_source(template: Any, name: str, pool: str | None) -> dict[str, Any]:
+def snapshot_source(template: QubesVM, name: str, pool: str | None) -> dict[str, Any]:
     """``source`` and ``pool`` of a snapshot of ``template``'s volume ``name``.
 
     A snapshot of a snapshot (a DispVM's root, whose AppVM's root snapshots a
@@ -68,7 +71,7 @@ def snapshot_source(template: Any, name: str, pool: str | None) -> dict[str, Any
     return {"source": source, "pool": config.get("pool") or pool}
 
 
-def rebase_snapshots(vm: Any) -> list[str]:
+def rebase_snapshots(vm: QubesVM) -> list[str]:
     """Point every snapshot volume of ``vm`` at its current template; the names changed.
 
     Only volumes whose source is the template's (those with a ``source``) move;
@@ -90,7 +93,7 @@ def rebase_snapshots(vm: Any) -> list[str]:
     return changed
 
 
-def default_config(vm: Any) -> dict[str, dict[str, Any]]:
+def default_config(vm: QubesVM) -> dict[str, dict[str, Any]]:
     """The volume config a new VM of ``vm``'s class starts with (its ``volume_layout``)."""
     layout = vm.volume_layout
     if layout is None:
