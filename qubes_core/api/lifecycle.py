@@ -14,16 +14,20 @@ import asyncio
 import inspect
 import os
 import time
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from qubes_core import exc, protocol
 from qubes_core.api.call import NO_REPLY, ApiCall, NoReply
 from qubes_core.api.registry import method
 
+if TYPE_CHECKING:
+    from qubes_core.app import Qubes
+    from qubes_core.vm.base import BaseVM
+
 SHUTDOWN_OPTIONS = {"", "force", "wait", "force+wait", "wait+force"}
 
 
-async def _invoke(vm: Any, action: str, **kwargs: Any) -> None:
+async def _invoke(vm: BaseVM, action: str, **kwargs: Any) -> None:
     func = getattr(vm, action, None)
     if func is None:
         raise exc.QubesVMError(vm, f"{vm} cannot {action}")
@@ -100,19 +104,28 @@ async def vm_console(call: ApiCall) -> str:
     return tty
 
 
-@method("admin.vm.CurrentState", scope="local", read=True)
-async def vm_current_state(call: ApiCall) -> str:
-    """The VM's power state and, where the runtime knows them, its memory and CPU time."""
-    vm = call.dest
-    state = {"mem": 0, "mem_static_max": 0, "cputime": 0,
-             "power_state": vm.get_power_state()}
+def _current_state(vm: BaseVM) -> str:
+    """``mem=... mem_static_max=... cputime=... power_state=...`` of ``vm``, as the
+    runtime says now."""
+    state: dict[str, int | str] = {"mem": 0, "mem_static_max": 0, "cputime": 0,
+                                   "power_state": vm.get_power_state()}
     figures = vm.app.runtime.current_state(vm)
     state.update({key: figures[key] for key in ("mem", "mem_static_max", "cputime")
                   if key in figures})
     return " ".join(f"{key}={value}" for key, value in state.items())
 
 
-def _stats_sweep(app: Any, vms: list[Any], previous: dict[int, tuple[float, int]]
+@method("admin.vm.CurrentState", scope="local", read=True)
+async def vm_current_state(call: ApiCall) -> str:
+    """The VM's power state and, where the runtime knows them, its memory and CPU time
+    (read in a worker thread when the runtime's reads wait for another process)."""
+    vm = call.dest
+    if vm.app.runtime.slow_reads:
+        return await asyncio.to_thread(_current_state, vm)
+    return _current_state(vm)
+
+
+def _stats_sweep(app: Qubes, vms: list[BaseVM], previous: dict[int, tuple[float, int]]
                  ) -> list[tuple[str, dict[str, str]]]:
     """``vm-stats`` of each running VM of ``vms``: what the runtime says now, with the
     CPU usage (percent of the host's CPUs) since the previous sweep (``previous``,

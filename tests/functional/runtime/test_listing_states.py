@@ -1,9 +1,10 @@
 """Listings read what libvirt knows of the VMs off the loop.
 
 ``admin.vm.List`` and ``internal.GetSystemInfo`` show every VM's power state,
-``admin.vm.property.GetAll`` a VM's xid and start time. libvirt answers each
-read over a connection, so those reads run in a worker thread (a listing asks
-for all the domains at once): qubesd answers other calls meanwhile. The tests
+``admin.vm.property.GetAll`` a VM's xid and start time, ``admin.vm.CurrentState``
+its memory and CPU time. libvirt answers each read over a connection, so those
+reads run in a worker thread (a listing asks for all the domains at once): qubesd
+answers other calls meanwhile. The tests
 hold libvirt's answer until another call was answered (libvirt's test driver,
 real file-reflink storage).
 """
@@ -89,3 +90,31 @@ async def test_property_get_all_asks_libvirt_off_the_loop(lifecycle_app: Any, tm
         "default=False type=label blue"
     answered.set()
     assert await get_all == expected
+
+
+async def test_current_state_asks_libvirt_off_the_loop(lifecycle_app: Any, tmp_path: Path,
+                                                       monkeypatch: pytest.MonkeyPatch
+                                                       ) -> None:
+    app = lifecycle_app
+    api = Harness(app, tmp_path)
+    await app.domains["work"].start()
+    expected = await api.call("admin.vm.CurrentState", "work")
+    assert "power_state=Running" in expected
+
+    entered, answered = threading.Event(), threading.Event()
+    real_info = libvirt.virDomain.info
+
+    def held_info(domain: libvirt.virDomain) -> list[int]:
+        entered.set()
+        assert answered.wait(TIMEOUT), "no call was answered while libvirt was asked"
+        return real_info(domain)
+
+    monkeypatch.setattr(libvirt.virDomain, "info", held_info)
+    current = asyncio.create_task(api.call("admin.vm.CurrentState", "work"))
+    await wait_until_async(lambda: entered.is_set() or current.done(), what="CurrentState")
+    assert await api.call("admin.vm.property.Get", "work", "label") == \
+        "default=False type=label blue"
+    answered.set()
+    reply = await current
+    assert reply.split()[0] == "mem=" + expected.split()[0].removeprefix("mem=")
+    assert reply.endswith("power_state=Running")
