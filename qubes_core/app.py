@@ -15,7 +15,7 @@ import random
 import uuid as uuidlib
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar, overload
 
 from qubes_core import exc
 from qubes_core.backend import OfflineRuntime, Runtime
@@ -29,9 +29,16 @@ from qubes_core.vm import get_vm_class
 from qubes_core.vm.base import MAX_QID, BaseVM
 from qubes_core.vm.dispvm import MAX_DISPID, DispVM
 from qubes_core.vm.network import follows_default_netvm
-from qubes_core.vm.qubesvm import host_memory_mib, validate_disposable_template, validate_kernel
+from qubes_core.vm.qubesvm import (
+    QubesVM,
+    host_memory_mib,
+    validate_disposable_template,
+    validate_kernel,
+)
 
 log = logging.getLogger("qubes.app")
+
+V = TypeVar("V", bound=BaseVM)
 
 
 class VMCollection:
@@ -339,6 +346,12 @@ class Qubes(PropertyHolder):
         app.save()
         return app
 
+    @overload
+    def add_new_vm(self, cls: type[V], qid: int | None = None, **kwargs: Any) -> V: ...
+
+    @overload
+    def add_new_vm(self, cls: str, qid: int | None = None, **kwargs: Any) -> BaseVM: ...
+
     def add_new_vm(self, cls: str | type[BaseVM], qid: int | None = None,
                    **kwargs: Any) -> BaseVM:
         """Create a VM in the model (not on disk); return it."""
@@ -353,7 +366,7 @@ class Qubes(PropertyHolder):
             raise exc.QubesValueError("a new VM needs a name")
         if not vm.property_is_set("label") and not vm.property_get_def("label").has_default:
             raise exc.QubesValueError(f"a new VM needs a label ({vm.name})")
-        if hasattr(vm, "init_volume_config"):
+        if isinstance(vm, QubesVM):
             vm.init_volume_config()
         self.domains.add(vm)
         return vm

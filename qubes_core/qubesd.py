@@ -16,10 +16,15 @@ import logging
 import os
 import signal
 import sys
-from typing import Any
+from typing import TYPE_CHECKING
 
 from qubes_core import exc
 from qubes_core.vm import dispvm
+
+if TYPE_CHECKING:
+    from qubes_core.app import Qubes
+    from qubes_core.backend import Runtime
+    from qubes_core.paths import Paths
 
 log = logging.getLogger("qubes.qubesd")
 
@@ -50,7 +55,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
-def open_app(paths: Any, runtime: Any, create: bool) -> Any:
+def open_app(paths: Paths, runtime: Runtime, create: bool) -> Qubes:
     """Load (and lock) the installation's qubes.xml; with ``create``, make an empty one first
     if there is none.
     """

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import asyncio
 import time
-from typing import Any
 
 from qubes_core import exc
 from qubes_core.api.call import ApiCall
@@ -29,18 +28,12 @@ from qubes_core.backup.writer import BackupWriter, plan, qubes_xml_for_backup, s
 
 def _running(call: ApiCall) -> dict[str, BackupWriter]:
     """The backups running now, by profile name (kept by the server)."""
-    server: Any = call.server if call.server is not None else call.app
-    running = getattr(server, "running_backups", None)
-    if running is None:
-        running = server.running_backups = {}
-    return running
+    return call.served().running_backups
 
 
 def _profile(call: ApiCall) -> BackupProfile:
-    paths = getattr(call.server, "paths", None)
-    if paths is None:
-        raise exc.QubesException("backups need qubesd's paths (run it with --base-dir)")
-    return load_profile(profile_dir(paths), call.require_arg("a backup profile name"))
+    return load_profile(profile_dir(call.served().paths),
+                        call.require_arg("a backup profile name"))
 
 
 def _check_destination(call: ApiCall, profile: BackupProfile) -> bytes:

@@ -13,6 +13,7 @@ from qubes_core.vm.qubesvm import QubesVM
 
 if TYPE_CHECKING:
     from qubes_core.api.registry import MethodSpec
+    from qubes_core.api.server import Connection, QubesdServer
     from qubes_core.app import Qubes
     from qubes_core.vm.base import BaseVM
 
@@ -39,7 +40,7 @@ class ApiCall:
     """
 
     def __init__(self, app: Qubes, spec: MethodSpec, src: BaseVM, dest: BaseVM, arg: str,
-                 payload: bytes, server: Any = None):
+                 payload: bytes, server: QubesdServer | None = None):
         self.app = app
         self.spec = spec
         self.method = spec.name
@@ -48,6 +49,8 @@ class ApiCall:
         self.arg = arg
         self.payload = payload
         self.server = server
+        # The client's connection, for the methods that stream (set by the server).
+        self.connection: Connection | None = None
         # Callables returned by admin-permission handlers: they filter listings.
         self.filters: list[Callable[[Any], bool]] = []
         # Number of the model change made under model_change(), for its save.
@@ -88,6 +91,14 @@ class ApiCall:
         if not self.arg:
             raise exc.QubesValueError(f"{self.method} needs {what} (METHOD+ARG)")
         return self.arg
+
+    def served(self) -> QubesdServer:
+        """The server the call came through (its paths); refused for a call made
+        outside qubesd."""
+        if self.server is None:
+            raise exc.QubesException(
+                f"{self.method} needs qubesd's paths (run it with --base-dir)")
+        return self.server
 
     def require_not_dom0(self) -> None:
         """Refuse a call whose destination is dom0."""

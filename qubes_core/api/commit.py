@@ -36,10 +36,15 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import logging
-from typing import Any
+from typing import TYPE_CHECKING
 
 from qubes_core import exc
 from qubes_core.store import serialize
+
+if TYPE_CHECKING:
+    from pathlib import Path
+
+    from qubes_core.app import Qubes
 
 log = logging.getLogger("qubes.api.commit")
 
@@ -60,7 +65,7 @@ class GroupCommit:
     raises what made that save fail. ``saves`` counts the saves that succeeded.
     """
 
-    def __init__(self, app: Any, write_lock: asyncio.Lock,
+    def __init__(self, app: Qubes, write_lock: asyncio.Lock,
                  executor: concurrent.futures.Executor):
         self.app = app
         self.write_lock = write_lock
@@ -206,11 +211,11 @@ class GroupCommit:
         return woken
 
 
-def _store_path(app: Any) -> Any:
+def _store_path(app: Qubes) -> Path | str:
     return app.store.path if app.store is not None else "qubes.xml"
 
 
-def _save_error(app: Any, err: Exception) -> exc.QubesException:
+def _save_error(app: Qubes, err: Exception) -> exc.QubesException:
     """What a caller whose change was not saved is told (one exception per caller)."""
     reason = err.strerror if isinstance(err, OSError) and err.strerror else str(err)
     return exc.QubesStoreError(

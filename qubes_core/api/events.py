@@ -28,11 +28,16 @@ from __future__ import annotations
 import asyncio
 import collections
 import logging
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from qubes_core import protocol
 from qubes_core.api.call import NO_REPLY, ApiCall, NoReply
 from qubes_core.api.registry import method
+from qubes_core.vm.base import BaseVM
+
+if TYPE_CHECKING:
+    from qubes_core.api.server import QubesdServer
+    from qubes_core.app import Qubes
 
 log = logging.getLogger("qubes.api.events")
 
@@ -45,14 +50,9 @@ DROPPED_EVENT = "connection-dropped"
 def _text(value: Any) -> str:
     if value is None:
         return ""
-    name = getattr(value, "name", None)
-    if name is not None and hasattr(value, "qid"):
-        return str(name)
+    if isinstance(value, BaseVM):
+        return value.name
     return str(value)
-
-
-def _is_vm(value: Any) -> bool:
-    return hasattr(value, "qid") and hasattr(value, "name")
 
 
 class Subscriber:
@@ -103,7 +103,7 @@ class Subscriber:
         self.queued_bytes -= len(record)
         return record
 
-    def sees(self, vm: Any) -> bool:
+    def sees(self, vm: BaseVM) -> bool:
         """Whether every filter lets ``vm`` through (a failing filter hides it)."""
         if not self.filters:
             return True
@@ -115,21 +115,22 @@ class Subscriber:
             log.exception("an events filter failed on %s; not sending its events", vm)
             return False
 
-    def may_receive(self, app: Any, subject: Any, name: str, kwargs: dict[str, Any]) -> bool:
+    def may_receive(self, app: Qubes, subject: BaseVM | Qubes, name: str,
+                    kwargs: dict[str, Any]) -> bool:
         """Whether this subscriber is shown ``name`` of ``subject`` (its VM and its filters)."""
         if self.only is not None and name != self.only:
             return False
         if not self.filters:
             return True
-        if subject is not app:
+        if isinstance(subject, BaseVM):
             return self.sees(subject)
-        return all(self.sees(value) for value in kwargs.values() if _is_vm(value))
+        return all(self.sees(value) for value in kwargs.values() if isinstance(value, BaseVM))
 
 
 class EventBroadcaster:
     """Hears every event of the app and its VMs and hands them to the subscribers."""
 
-    def __init__(self, app: Any):
+    def __init__(self, app: Qubes):
         self.app = app
         self.subscribers: set[Subscriber] = set()
         self._hooked: set[int] = set()
@@ -146,7 +147,7 @@ class EventBroadcaster:
                 vm.remove_handler("*", self._on_event)
         self._hooked.clear()
 
-    def _hook_vm(self, vm: Any) -> None:
+    def _hook_vm(self, vm: BaseVM) -> None:
         if id(vm) not in self._hooked:
             vm.add_handler("*", self._on_event)
             self._hooked.add(id(vm))
@@ -165,7 +166,7 @@ class EventBroadcaster:
         if not self.subscribers:
             self._unhook()
 
-    def _on_event(self, subject: Any, event: str, **kwargs: Any) -> None:
+    def _on_event(self, subject: BaseVM | Qubes, event: str, **kwargs: Any) -> None:
         if event.startswith("admin-permission:"):
             return
         leaving = None
@@ -199,12 +200,11 @@ class EventBroadcaster:
                 subscriber.leaving.pop(id(leaving), None)
 
 
-def broadcaster(server: Any) -> EventBroadcaster:
+def broadcaster(server: QubesdServer) -> EventBroadcaster:
     """The server's one broadcaster, made on the first ``admin.Events`` call."""
-    found = getattr(server, "event_broadcaster", None)
-    if found is None:
-        found = server.event_broadcaster = EventBroadcaster(server.app)
-    return found
+    if server.event_broadcaster is None:
+        server.event_broadcaster = EventBroadcaster(server.app)
+    return server.event_broadcaster
 
 
 @method("admin.Events", scope="global", read=True, dest="any")
@@ -212,7 +212,7 @@ async def events(call: ApiCall) -> NoReply:
     """Stream the model's events (all VMs for dom0, else one VM) until the client hangs up
     or falls too far behind.
     """
-    connection = getattr(call, "connection", None)
+    connection = call.connection
     if connection is None or call.server is None:
         raise RuntimeError("admin.Events needs a connection to stream to")
     hub = broadcaster(call.server)

@@ -4,17 +4,20 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from qubes_core.api.call import ApiCall
 from qubes_core.api.registry import method
 
+if TYPE_CHECKING:
+    from qubes_core.vm.base import BaseVM
 
-def _name(vm: Any) -> str | None:
+
+def _name(vm: BaseVM | None) -> str | None:
     return None if vm is None else vm.name
 
 
-def system_info(vms: Iterable[Any], states: dict[int, str]) -> dict[str, Any]:
+def system_info(vms: Iterable[BaseVM], states: dict[int, str]) -> dict[str, Any]:
     """What the policy evaluator needs to know about each domain (``states``: their
     power states by qid)."""
     domains = {}

@@ -167,7 +167,7 @@ async def vm_stats(call: ApiCall) -> NoReply:
     qubesd has no view of the memory use inside it, so the ``memory_assigned_*``
     and ``memory_with_swap_used`` keys repeat ``memory_kb``.
     """
-    connection = getattr(call, "connection", None)
+    connection = call.connection
     if connection is None:
         raise RuntimeError("admin.vm.Stats needs a connection to stream to")
     only = None if call.dest.qid == 0 else call.dest

@@ -9,12 +9,15 @@ VM sends is untrusted: features go through ``features-request``, whose handler
 from __future__ import annotations
 
 import datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from qubes_core import exc
 from qubes_core.api.call import ApiCall
 from qubes_core.api.registry import method
 from qubes_core.vm.qubesvm import QubesVM
+
+if TYPE_CHECKING:
+    from qubes_core.vm.base import BaseVM
 
 FEATURES_PREFIX = "/features-request/"
 TOOLS_PREFIX = "/qubes-tools/"
@@ -22,7 +25,7 @@ TOOLS_KEYS = ("qrexec", "gui", "gui-emulated", "default-user", "os")
 MAX_UPDATE_COUNT_DIGITS = 9
 
 
-def _qdb(vm: Any) -> Any:
+def _qdb(vm: BaseVM) -> Any:
     if vm.qdb is None:
         raise exc.QubesVMError(vm, f"{vm} has no QubesDB to read its request from")
     return vm.qdb

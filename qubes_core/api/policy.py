@@ -16,5 +16,5 @@ from qubes_core.policy.register import register_argument
 async def register(call: ApiCall) -> None:
     """The source (backend) lets the destination (frontend) call ``ARG+PAYLOAD`` in it."""
     service = call.require_arg("the service whose argument is registered")
-    register_argument(call.server.paths.rpc_dir / "policy", call.src.name, call.dest.name,
+    register_argument(call.served().paths.rpc_dir / "policy", call.src.name, call.dest.name,
                       service, call.payload)

@@ -41,13 +41,18 @@ import traceback
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from qubes_core import exc, protocol
 from qubes_core.api.call import NO_REPLY, ApiCall, NoReply
 from qubes_core.api.commit import GroupCommit
 from qubes_core.api.registry import MethodSpec, get_method, import_api_modules
 
+if TYPE_CHECKING:
+    from qubes_core.api.events import EventBroadcaster
+    from qubes_core.app import Qubes
+    from qubes_core.backup.writer import BackupWriter
+    from qubes_core.paths import Paths
 log = logging.getLogger("qubes.api")
 
 SOCKET_GROUP = "qubes"  # its members (and the owner) may call; nobody else
@@ -170,7 +175,7 @@ class Connection:
 class QubesdServer:
     """Serves the Admin API of ``app`` on the sockets named by ``paths``."""
 
-    def __init__(self, app: Any, paths: Any, *, debug: bool = False,
+    def __init__(self, app: Qubes, paths: Paths, *, debug: bool = False,
                  group_commit: bool = True, socket_group: str = SOCKET_GROUP):
         """``group_commit=False`` saves once per write call, holding the write lock
         through the save (the slower way, kept to measure against)."""
@@ -190,6 +195,9 @@ class QubesdServer:
         self.max_connections: dict[str, int] = {}  # per socket, set at start
         self.open_connections: dict[str, int] = dict.fromkeys(self.limits, 0)
         self.client_log = RateLimitedLog(log)
+        # Made by the first admin.Events call; the backups running now, by profile name.
+        self.event_broadcaster: EventBroadcaster | None = None
+        self.running_backups: dict[str, BackupWriter] = {}
         import_api_modules()
 
     # --- sockets --------------------------------------------------------------
@@ -343,7 +351,7 @@ class QubesdServer:
                    connection: Connection | None = None) -> str | bytes | None | NoReply:
         """Resolve and run one call; its body, or an exception the caller turns into a reply."""
         call = self.resolve(request, kind)
-        call.connection = connection  # type: ignore[attr-defined]
+        call.connection = connection
         await self.check_permission(call)
         if call.spec.write and not call.spec.own_write_lock:
             return await self._write_call(call)
@@ -405,7 +413,7 @@ class QubesdServer:
         """Persist a change made outside an API call (runtime events, timers)."""
         await self.commits.wait_saved(self.commits.changed())
 
-    async def _on_save_request(self, app: Any, event: str, **kwargs: Any) -> bool:
+    async def _on_save_request(self, app: Qubes, event: str, **kwargs: Any) -> bool:
         """``save-request`` on the app: the model changed outside a call; save it."""
         if asyncio.current_task() in self._writers:
             return True  # inside a write call: the call's own save covers the change

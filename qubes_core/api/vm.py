@@ -9,7 +9,7 @@ the model again, so a failed call leaves nothing behind.
 from __future__ import annotations
 
 import logging
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from qubes_core import exc
 from qubes_core.api.call import ApiCall
@@ -21,10 +21,13 @@ from qubes_core.vm.base import BaseVM
 from qubes_core.vm.dispvm import DispVM
 from qubes_core.vm.qubesvm import QubesVM
 
+if TYPE_CHECKING:
+    from qubes_core.app import Qubes
+
 log = logging.getLogger("qubes.api.vm")
 
 
-def vm_line(vm: Any, state: str) -> str:
+def vm_line(vm: BaseVM, state: str) -> str:
     """The VM's line in ``admin.vm.List`` (name, class, power state, UUID), as clients
     parse it."""
     return f"{vm.name} class={vm.klass} state={state} uuid={vm.uuid}\n"
@@ -53,7 +56,7 @@ def _runnable(vm: BaseVM) -> QubesVM:
     return vm
 
 
-def _forget(app: Any, vm: Any) -> None:
+def _forget(app: Qubes, vm: BaseVM) -> None:
     """Take a VM that could not be created out of the model again."""
     try:
         del app.domains[vm]
@@ -73,7 +76,7 @@ def _check_pools(call: ApiCall, cls: type[BaseVM], pools: dict[str, str]) -> Non
             raise exc.QubesValueError(f"{cls.__name__} has no volume {volume!r}")
 
 
-def _apply_pools(call: ApiCall, vm: Any, pools: dict[str, str]) -> None:
+def _apply_pools(call: ApiCall, vm: BaseVM, pools: dict[str, str]) -> None:
     for key, pool in pools.items():
         if pool not in call.app.pools:
             raise exc.QubesValueError(f"no such pool: {pool!r}")

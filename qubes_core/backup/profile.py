@@ -15,12 +15,17 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import yaml
 
 from qubes_core import exc
 from qubes_core.backup import COMPRESSION_FILTERS, DEFAULT_COMPRESSION
+from qubes_core.vm.qubesvm import QubesVM
+
+if TYPE_CHECKING:
+    from qubes_core.app import Qubes
+    from qubes_core.vm.base import BaseVM
 
 PROFILE_NAME_RE = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,63}$")
 MAX_PROFILE_BYTES = 64 * 1024
@@ -108,7 +113,7 @@ def load_profile(directory: Path, name: str) -> BackupProfile:
         compression=compression, passphrase=passphrase)
 
 
-def matches(vm: Any, pattern: str) -> bool:
+def matches(vm: BaseVM, pattern: str) -> bool:
     """Whether ``vm`` is named by ``pattern``: its name, ``@tag:T`` or ``@type:CLASS``."""
     if pattern.startswith("@tag:"):
         return pattern[5:] in vm.tags
@@ -117,13 +122,13 @@ def matches(vm: Any, pattern: str) -> bool:
     return bool(vm.name == pattern)
 
 
-def selected_vms(app: Any, profile: BackupProfile) -> list[Any]:
+def selected_vms(app: Qubes, profile: BackupProfile) -> list[QubesVM]:
     """The VMs the profile backs up, by name (dom0 never: its home is not backed up)."""
+    vms = [vm for vm in app.domains if isinstance(vm, QubesVM)]  # every domain but dom0
     if profile.include is None:
-        chosen = [vm for vm in app.domains if getattr(vm, "include_in_backups", False)]
+        chosen = [vm for vm in vms if vm.include_in_backups]
     else:
-        chosen = [vm for vm in app.domains
-                  if any(matches(vm, pattern) for pattern in profile.include)]
-    return sorted((vm for vm in chosen if vm.qid != 0
-                   and not any(matches(vm, pattern) for pattern in profile.exclude)),
+        chosen = [vm for vm in vms if any(matches(vm, pattern) for pattern in profile.include)]
+    return sorted((vm for vm in chosen
+                   if not any(matches(vm, pattern) for pattern in profile.exclude)),
                   key=lambda vm: vm.name)

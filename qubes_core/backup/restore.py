@@ -25,11 +25,16 @@ import tarfile
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from qubes_core import exc, fsutil
 from qubes_core.backup import COMPRESSION_FILTERS, HEADER_FILENAME, VM_FILES, scrypt
 from qubes_core.storage import fileops
+from qubes_core.vm.qubesvm import QubesVM
+
+if TYPE_CHECKING:
+    from qubes_core.app import Qubes
+    from qubes_core.vm.base import BaseVM
 
 log = logging.getLogger("qubes.backup")
 
@@ -178,7 +183,7 @@ def _restore_order(vms: list[Any]) -> list[Any]:
     return sorted(vms, key=lambda vm: (rank.get(type(vm).__name__, 2), vm.name))
 
 
-async def restore_backup(app: Any, path: Path, passphrase: bytes,
+async def restore_backup(app: Qubes, path: Path, passphrase: bytes,
                          names: list[str] | None = None) -> RestoreResult:
     """Recreate the VMs of the backup at ``path`` (those in ``names``, or all) in
     ``app``: class, label, template, the properties set, features, tags, firewall,
@@ -215,16 +220,18 @@ async def restore_backup(app: Any, path: Path, passphrase: bytes,
     return result
 
 
-def _why_not(app: Any, bvm: Any) -> str:
+def _why_not(app: Qubes, bvm: BaseVM) -> str:
     if bvm.name in app.domains:
         return f"a VM named {bvm.name!r} exists already"
-    template = getattr(bvm, "template", None)
+    if not isinstance(bvm, QubesVM):
+        return f"{bvm.name!r} is not a VM that runs"
+    template = bvm.template
     if template is not None and template.name not in app.domains:
         return f"its template {template.name!r} is neither installed nor restored"
     return ""
 
 
-def _copy_properties(vm: Any, bvm: Any, references: bool) -> None:
+def _copy_properties(vm: BaseVM, bvm: BaseVM, references: bool) -> None:
     """Set on ``vm`` each property set on ``bvm``: those naming VMs only with
     ``references`` (by name; one naming a VM that is not here is left at its default)."""
     for prop in bvm.property_list():
@@ -241,13 +248,13 @@ def _copy_properties(vm: Any, bvm: Any, references: bool) -> None:
                         error)
 
 
-async def _restore_vm(app: Any, bvm: Any, content: BackupContent) -> Any:
+async def _restore_vm(app: Qubes, bvm: QubesVM, content: BackupContent) -> QubesVM:
     subdir = bvm.features["backup-path"]
     kwargs: dict[str, Any] = {"name": bvm.name, "label": bvm.label.name}
-    template = getattr(bvm, "template", None)
+    template = bvm.template
     if template is not None:
         kwargs["template"] = app.domains[template.name]
-    vm = app.add_new_vm(type(bvm).__name__, **kwargs)
+    vm = app.add_new_vm(type(bvm), **kwargs)
     try:
         _copy_properties(vm, bvm, references=False)
         for key, value in bvm.features.items():

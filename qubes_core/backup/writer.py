@@ -24,7 +24,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO, Any
+from typing import IO, TYPE_CHECKING
 
 from lxml import etree
 
@@ -39,6 +39,10 @@ from qubes_core.backup import (
 from qubes_core.backup.profile import BackupProfile, selected_vms
 from qubes_core.store import serialize
 
+if TYPE_CHECKING:
+    from qubes_core.app import Qubes
+    from qubes_core.vm.qubesvm import QubesVM
+
 log = logging.getLogger("qubes.backup")
 
 
@@ -46,7 +50,7 @@ log = logging.getLogger("qubes.backup")
 class VMContent:
     """One VM's share of a backup: its directory in the archive and its files."""
 
-    vm: Any
+    vm: QubesVM
     subdir: str
     # name in the archive (below subdir) -> path on disk
     files: dict[str, str] = field(default_factory=dict)
@@ -60,28 +64,28 @@ def _usage(path: str) -> int:
         return 0
 
 
-async def plan(app: Any, profile: BackupProfile) -> list[VMContent]:
+async def plan(app: Qubes, profile: BackupProfile) -> list[VMContent]:
     """What the profile's backup holds, per VM: the committed image of each volume
     saved at stop (taken under the volume's lock), and the VM's own files."""
     contents = []
     for vm in selected_vms(app, profile):
         content = VMContent(vm, f"vm{vm.qid}/")
-        for name, volume in sorted(getattr(vm, "volumes", {}).items()):
+        for name, volume in sorted(vm.volumes.items()):
             if not volume.save_on_stop:
                 continue
             path = await volume.export()
             content.files[f"{name}.img"] = path
             content.size += _usage(path)
         for name in VM_FILES:
-            path = Path(vm.dir_path) / name
-            if path.is_file():
-                content.files[name] = str(path)
-                content.size += _usage(str(path))
+            own_file = Path(vm.dir_path) / name
+            if own_file.is_file():
+                content.files[name] = str(own_file)
+                content.size += _usage(str(own_file))
         contents.append(content)
     return contents
 
 
-def summary(app: Any, contents: list[VMContent]) -> str:
+def summary(app: Qubes, contents: list[VMContent]) -> str:
     """The table ``admin.backup.Info`` shows (as Qubes': VM, type, size; then the
     VMs left out)."""
     rows = [(content.vm.name, type(content.vm).__name__, content.size)
@@ -107,7 +111,7 @@ def _human(size: int) -> str:
     return f"{value:.1f} TiB"
 
 
-def qubes_xml_for_backup(app: Any, contents: list[VMContent]) -> bytes:
+def qubes_xml_for_backup(app: Qubes, contents: list[VMContent]) -> bytes:
     """The model's qubes.xml, each backed-up VM marked with the ``backup-*`` features
     a restore looks for."""
     root = etree.fromstring(serialize(app))

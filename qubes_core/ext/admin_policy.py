@@ -12,22 +12,29 @@ to the clockvm by a policy file that follows the ``clockvm`` property.
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from qubes_core import exc, fsutil
 from qubes_core.ext import Extension, app_handler, vm_handler
+from qubes_core.labels import Label
 from qubes_core.paths import PRODUCTION_BASE, Paths
 from qubes_core.policy.evaluate import ModelSystem, Request
 from qubes_core.policy.generate import clockvm_policy
 from qubes_core.policy.watch import PolicyWatcher
+from qubes_core.vm.base import BaseVM
+
+if TYPE_CHECKING:
+    from qubes_core.api.server import QubesdServer
+    from qubes_core.app import Qubes
 
 log = logging.getLogger("qubes.ext.admin_policy")
 
 CLOCKVM_POLICY = "50-clockvm.policy"
 
 
-def paths_of(app: Any) -> Paths | None:
+def paths_of(app: Qubes) -> Paths | None:
     """The installation paths of an app opened from a qubes.xml (None without one)."""
     if app.store is None:
         return None
@@ -37,7 +44,7 @@ def paths_of(app: Any) -> Paths | None:
     return Paths(base)
 
 
-def write_clockvm_policy(policy_dir: Path, clockvm: Any) -> bool:
+def write_clockvm_policy(policy_dir: Path, clockvm: BaseVM | None) -> bool:
     """Make the GetDate redirect match ``clockvm``; return whether a file changed."""
     path = Path(policy_dir) / CLOCKVM_POLICY
     if clockvm is None:
@@ -62,9 +69,9 @@ class AdminPolicyExtension(Extension):
     """
 
     def __init__(self) -> None:
-        self._watchers: dict[int, tuple[Any, PolicyWatcher]] = {}
+        self._watchers: dict[int, tuple[Qubes, PolicyWatcher]] = {}
 
-    def watcher(self, app: Any) -> PolicyWatcher | None:
+    def watcher(self, app: Qubes) -> PolicyWatcher | None:
         """The policy watcher of an app served by qubesd (None when not served)."""
         entry = self._watchers.get(id(app))
         return entry[1] if entry is not None and entry[0] is app else None
@@ -72,12 +79,12 @@ class AdminPolicyExtension(Extension):
     # --- qubesd lifecycle ---------------------------------------------------
 
     @app_handler("qubesd-start")
-    async def on_qubesd_start(self, app: Any, event: str, server: Any = None,
+    async def on_qubesd_start(self, app: Qubes, event: str, server: QubesdServer | None = None,
                               **kwargs: Any) -> None:
         from qubes_core.api.registry import all_methods
         from qubes_core.policy.install import install
 
-        paths = getattr(server, "paths", None) or paths_of(app)
+        paths = server.paths if server is not None else paths_of(app)
         if paths is None:
             return
         try:
@@ -90,7 +97,7 @@ class AdminPolicyExtension(Extension):
         self._watchers[id(app)] = (app, watcher)
 
     @app_handler("qubesd-stop")
-    async def on_qubesd_stop(self, app: Any, event: str, **kwargs: Any) -> None:
+    async def on_qubesd_stop(self, app: Qubes, event: str, **kwargs: Any) -> None:
         entry = self._watchers.pop(id(app), None)
         if entry is not None and entry[0] is app:
             await entry[1].stop()
@@ -98,7 +105,8 @@ class AdminPolicyExtension(Extension):
     # --- Admin API permission ------------------------------------------------
 
     @vm_handler("admin-permission:*")
-    def on_admin_permission(self, vm: Any, event: str, dest: Any = None, arg: str = "",
+    def on_admin_permission(self, vm: BaseVM, event: str, dest: BaseVM | None = None,
+                            arg: str = "",
                             method: str = "", **kwargs: Any) -> Any:
         if vm.qid == 0:
             return None
@@ -116,18 +124,18 @@ class AdminPolicyExtension(Extension):
                 f"{decision.reason} sends it to {decision.target}, not dom0"
             raise exc.PermissionDenied(f"{method}+{arg or ''} from {vm.name} to {target}: "
                                        f"{reason}")
-        if spec is not None and spec.dest == "any" and getattr(dest, "qid", None) == 0:
+        if spec is not None and spec.dest == "any" and dest is not None and dest.qid == 0:
             return [True, self._listing_filter(watcher, method, arg or "", vm, system)]
         return True
 
     @staticmethod
-    def _listing_filter(watcher: PolicyWatcher, method: str, arg: str, vm: Any,
-                        system: ModelSystem) -> Any:
-        def allowed(item: Any) -> bool:
-            name = getattr(item, "name", None)
-            if name is None:
+    def _listing_filter(watcher: PolicyWatcher, method: str, arg: str, vm: BaseVM,
+                        system: ModelSystem) -> Callable[[object], bool]:
+        def allowed(item: object) -> bool:
+            # Listed VMs and labels are named in the policy; other items (pool names) pass.
+            if not isinstance(item, (BaseVM, Label)):
                 return True
-            decision = watcher.evaluate(Request(method, arg, vm.name, name), system)
+            decision = watcher.evaluate(Request(method, arg, vm.name, item.name), system)
             return decision.allowed and decision.target == "dom0"
 
         return allowed
@@ -135,16 +143,16 @@ class AdminPolicyExtension(Extension):
     # --- clockvm -------------------------------------------------------------
 
     @app_handler("property-set:clockvm")
-    def on_clockvm_set(self, app: Any, event: str, name: str, newvalue: Any,
+    def on_clockvm_set(self, app: Qubes, event: str, name: str, newvalue: Any,
                        oldvalue: Any = None) -> None:
         self._update_clockvm(app, newvalue)
 
     @app_handler("property-reset:clockvm")
-    def on_clockvm_reset(self, app: Any, event: str, name: str, oldvalue: Any = None
+    def on_clockvm_reset(self, app: Qubes, event: str, name: str, oldvalue: Any = None
                          ) -> None:
         self._update_clockvm(app, None)
 
-    def _update_clockvm(self, app: Any, clockvm: Any) -> None:
+    def _update_clockvm(self, app: Qubes, clockvm: BaseVM | None) -> None:
         paths = paths_of(app)
         if paths is None or not paths.policy_dir.is_dir():
             return  # no policy installed yet: qubesd-start writes it

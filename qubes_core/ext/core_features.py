@@ -13,10 +13,13 @@ import asyncio
 import logging
 import re
 from collections.abc import Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from qubes_core import exc
 from qubes_core.ext import Extension, vm_handler
+
+if TYPE_CHECKING:
+    from qubes_core.vm.base import BaseVM
 
 log = logging.getLogger("qubes.ext.core_features")
 
@@ -77,7 +80,7 @@ class CoreFeaturesExtension(Extension):
     """
 
     @vm_handler("features-request")
-    def on_features_request(self, vm: Any, event: str,
+    def on_features_request(self, vm: BaseVM, event: str,
                             untrusted_features: Mapping[Any, Any]) -> None:
         if vm.template is not None:
             log.info("ignoring features request from %s: it is template-based", vm)
@@ -97,7 +100,7 @@ class CoreFeaturesExtension(Extension):
             self._fire_postinstall(vm)
 
     @staticmethod
-    def _fire_postinstall(vm: Any) -> None:
+    def _fire_postinstall(vm: BaseVM) -> None:
         try:
             loop = asyncio.get_running_loop()
         except RuntimeError:

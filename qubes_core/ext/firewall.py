@@ -8,64 +8,68 @@ their AppVM's rules), and qubesd starting and stopping (the expiry schedule).
 from __future__ import annotations
 
 import logging
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from qubes_core.ext import Extension, app_handler, vm_handler
 from qubes_core.firewall.expiry import schedule_of
 from qubes_core.firewall.export import export_of
-from qubes_core.firewall.vmfirewall import firewall_of
+from qubes_core.firewall.vmfirewall import firewall_of, has_firewall
 from qubes_core.firewall.xmlfile import FirewallFileError
 from qubes_core.vm.dispvm import DispVM
 
+if TYPE_CHECKING:
+    from qubes_core.app import Qubes
+    from qubes_core.vm.base import BaseVM
+    from qubes_core.vm.qubesvm import QubesVM
+
 log = logging.getLogger("qubes.ext.firewall")
-
-
-def _has_firewall(vm: Any) -> bool:
-    return bool(vm.has_property("netvm"))
 
 
 class FirewallExtension(Extension):
     """Keeps the rules exported to netvms and the expiry schedule in step with the model."""
 
+    # Events only a VM that runs fires (a firewall change, a start, a clone) are
+    # handled as QubesVM's; those of every VM check :func:`has_firewall` first.
+
     # --- rules and addresses ----------------------------------------------
 
     @vm_handler("firewall-changed")
-    def on_firewall_changed(self, vm: Any, event: str, **kwargs: Any) -> None:
+    def on_firewall_changed(self, vm: QubesVM, event: str, **kwargs: Any) -> None:
         export_of(vm.app).refresh(vm)
         schedule_of(vm.app).note_changed(vm)
 
     @vm_handler("property-set:netvm", "property-reset:netvm", "property-set:ip",
                 "property-reset:ip", "property-set:ip6", "property-reset:ip6")
-    def on_address_changed(self, vm: Any, event: str, **kwargs: Any) -> None:
-        if _has_firewall(vm):
+    def on_address_changed(self, vm: BaseVM, event: str, **kwargs: Any) -> None:
+        if has_firewall(vm):
             export_of(vm.app).refresh(vm)
 
     @app_handler("property-set:default_netvm", "property-reset:default_netvm")
-    def on_default_netvm_changed(self, app: Any, event: str, **kwargs: Any) -> None:
+    def on_default_netvm_changed(self, app: Qubes, event: str, **kwargs: Any) -> None:
         followers = [vm for vm in app.domains
-                     if _has_firewall(vm) and vm.property_is_default("netvm")]
+                     if has_firewall(vm) and vm.property_is_default("netvm")]
         export_of(app).refresh_all(followers)
 
     # --- lifecycle ----------------------------------------------------------
 
     @vm_handler("domain-start")
-    def on_domain_start(self, vm: Any, event: str, **kwargs: Any) -> None:
-        if _has_firewall(vm):
+    def on_domain_start(self, vm: BaseVM, event: str, **kwargs: Any) -> None:
+        if has_firewall(vm):
             export_of(vm.app).refresh(vm, running=True)
 
     @vm_handler("domain-qdb-create")
-    def on_qdb_create(self, vm: Any, event: str, **kwargs: Any) -> None:
+    def on_qdb_create(self, vm: QubesVM, event: str, **kwargs: Any) -> None:
         if vm.provides_network:
             export_of(vm.app).netvm_started(vm)
 
     @vm_handler("domain-shutdown")
-    def on_domain_shutdown(self, vm: Any, event: str, **kwargs: Any) -> None:
+    def on_domain_shutdown(self, vm: QubesVM, event: str, **kwargs: Any) -> None:
         export = export_of(vm.app)
         export.withdraw(vm)
         export.netvm_stopped(vm)
 
     @app_handler("domain-add")
-    def on_domain_add(self, app: Any, event: str, vm: Any, **kwargs: Any) -> None:
+    def on_domain_add(self, app: Qubes, event: str, vm: BaseVM, **kwargs: Any) -> None:
         """A new DispVM takes its AppVM's firewall (FACTS: DispVM)."""
         if not isinstance(vm, DispVM) or vm.template is None:
             return
@@ -80,15 +84,15 @@ class FirewallExtension(Extension):
             firewall_of(vm).set_rules([])
 
     @vm_handler("domain-cloned")
-    def on_domain_cloned(self, vm: Any, event: str, src: Any, **kwargs: Any) -> None:
+    def on_domain_cloned(self, vm: QubesVM, event: str, src: QubesVM, **kwargs: Any) -> None:
         """A clone takes the rules of the VM it was cloned from."""
         source = firewall_of(src)
         if source.has_file():
             firewall_of(vm).clone_from(source)
 
     @app_handler("domain-delete")
-    def on_domain_delete(self, app: Any, event: str, vm: Any, **kwargs: Any) -> None:
-        if _has_firewall(vm):
+    def on_domain_delete(self, app: Qubes, event: str, vm: BaseVM, **kwargs: Any) -> None:
+        if has_firewall(vm):
             export_of(app).withdraw(vm)
             export_of(app).netvm_stopped(vm)
             schedule_of(app).forget(vm)
@@ -96,11 +100,11 @@ class FirewallExtension(Extension):
     # --- qubesd -----------------------------------------------------------------
 
     @app_handler("qubesd-start")
-    def on_qubesd_start(self, app: Any, event: str, **kwargs: Any) -> None:
+    def on_qubesd_start(self, app: Qubes, event: str, **kwargs: Any) -> None:
         schedule = schedule_of(app)
         schedule.start()
         log.info("firewall expiry schedule built; next expiry at %s", schedule.next_expiry())
 
     @app_handler("qubesd-stop")
-    async def on_qubesd_stop(self, app: Any, event: str, **kwargs: Any) -> None:
+    async def on_qubesd_stop(self, app: Qubes, event: str, **kwargs: Any) -> None:
         await schedule_of(app).stop()

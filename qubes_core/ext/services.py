@@ -8,10 +8,13 @@ change reaches the running VM at once.
 from __future__ import annotations
 
 import re
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from qubes_core import exc
 from qubes_core.ext import Extension, vm_handler
+
+if TYPE_CHECKING:
+    from qubes_core.vm.base import BaseVM
 
 PREFIX = "service."
 SERVICE_NAME_RE = re.compile(r"^[a-zA-Z0-9_.-]+$")
@@ -37,22 +40,22 @@ class ServicesExtension(Extension):
     """Exports ``service.*`` features to the VM's QubesDB and refuses bad service names."""
 
     @vm_handler("domain-feature-pre-set:service.*")
-    def on_feature_pre_set(self, vm: Any, event: str, feature: str, **kwargs: Any) -> None:
+    def on_feature_pre_set(self, vm: BaseVM, event: str, feature: str, **kwargs: Any) -> None:
         validate_service_name(feature[len(PREFIX):])
 
     @vm_handler("domain-feature-set:service.*")
-    def on_feature_set(self, vm: Any, event: str, feature: str, value: str,
+    def on_feature_set(self, vm: BaseVM, event: str, feature: str, value: str,
                        **kwargs: Any) -> None:
         if vm.qdb is not None:
             vm.qdb.write(service_key(feature), "1" if value else "0")
 
     @vm_handler("domain-feature-delete:service.*")
-    def on_feature_delete(self, vm: Any, event: str, feature: str, **kwargs: Any) -> None:
+    def on_feature_delete(self, vm: BaseVM, event: str, feature: str, **kwargs: Any) -> None:
         if vm.qdb is not None:
             vm.qdb.rm(service_key(feature))
 
     @vm_handler("domain-qdb-create")
-    def on_qdb_create(self, vm: Any, event: str, **kwargs: Any) -> None:
+    def on_qdb_create(self, vm: BaseVM, event: str, **kwargs: Any) -> None:
         """A new QubesDB (the VM starts): write every service."""
         for feature, value in vm.features.items():
             if feature.startswith(PREFIX):

@@ -12,7 +12,10 @@ import asyncio
 import time
 import weakref
 from collections.abc import Awaitable
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Protocol
+
+if TYPE_CHECKING:
+    from qubes_core.app import Qubes
 
 
 class Clock(Protocol):
@@ -89,15 +92,15 @@ class ManualClock:
         self._wall += seconds
 
 
-_clocks: weakref.WeakKeyDictionary[Any, Clock] = weakref.WeakKeyDictionary()
+_clocks: weakref.WeakKeyDictionary[Qubes, Clock] = weakref.WeakKeyDictionary()
 SYSTEM_CLOCK = SystemClock()
 
 
-def clock_of(app: Any) -> Clock:
+def clock_of(app: Qubes) -> Clock:
     """The clock of ``app`` (the system clock unless one was set)."""
     return _clocks.get(app, SYSTEM_CLOCK)
 
 
-def set_clock(app: Any, clock: Clock) -> None:
+def set_clock(app: Qubes, clock: Clock) -> None:
     """Make ``clock`` decide expiry for every firewall of ``app``."""
     _clocks[app] = clock

@@ -19,10 +19,14 @@ import asyncio
 import heapq
 import logging
 import weakref
-from typing import Any
+from typing import TYPE_CHECKING
 
-from qubes_core.firewall.clock import clock_of
-from qubes_core.firewall.vmfirewall import firewall_of
+from qubes_core.firewall.clock import Clock, clock_of
+from qubes_core.firewall.vmfirewall import firewall_of, has_firewall
+
+if TYPE_CHECKING:
+    from qubes_core.app import Qubes
+    from qubes_core.vm.qubesvm import QubesVM
 
 log = logging.getLogger("qubes.firewall.expiry")
 
@@ -32,15 +36,15 @@ JUMP_CHECK = 1.0
 JUMP_TOLERANCE = 0.5
 
 
-def firewall_vms(app: Any) -> list[Any]:
+def firewall_vms(app: Qubes) -> list[QubesVM]:
     """VMs that can have a firewall (every VM with a netvm property)."""
-    return [vm for vm in app.domains if vm.has_property("netvm")]
+    return [vm for vm in app.domains if has_firewall(vm)]
 
 
 class ExpirySchedule:
     """The expiry schedule of one app; :meth:`start` in qubesd, :meth:`stop` at exit."""
 
-    def __init__(self, app: Any):
+    def __init__(self, app: Qubes):
         self.app = app
         self._heap: list[tuple[int, int]] = []
         self._scheduled: dict[int, int] = {}  # qid -> its current entry's expire
@@ -50,7 +54,7 @@ class ExpirySchedule:
         self.rebuilds = 0
 
     @property
-    def clock(self) -> Any:
+    def clock(self) -> Clock:
         """The app's clock."""
         return clock_of(self.app)
 
@@ -74,12 +78,12 @@ class ExpirySchedule:
         self._offset = self.clock.time() - self.clock.monotonic()
         self._wake()
 
-    def note_changed(self, vm: Any) -> None:
+    def note_changed(self, vm: QubesVM) -> None:
         """``vm``'s rules changed: schedule its nearest expiry."""
         if self._push(vm):
             self._wake()
 
-    def forget(self, vm: Any) -> None:
+    def forget(self, vm: QubesVM) -> None:
         """``vm`` was removed: its entry goes."""
         self._scheduled.pop(vm.qid, None)
 
@@ -87,7 +91,7 @@ class ExpirySchedule:
         if self._wakeup is not None:
             self._wakeup.set()
 
-    def _push(self, vm: Any) -> bool:
+    def _push(self, vm: QubesVM) -> bool:
         expire = firewall_of(vm).nearest_expiry()
         if expire is None:
             self._scheduled.pop(vm.qid, None)
@@ -132,7 +136,7 @@ class ExpirySchedule:
         except asyncio.CancelledError:
             pass
 
-    async def expire_due(self) -> list[Any]:
+    async def expire_due(self) -> list[QubesVM]:
         """Remove every rule whose time came (firewall.xml written in a worker thread);
         return the VMs that lost rules."""
         now = self.clock.time()
@@ -184,10 +188,10 @@ class ExpirySchedule:
                 waker.cancel()
 
 
-_schedules: weakref.WeakKeyDictionary[Any, ExpirySchedule] = weakref.WeakKeyDictionary()
+_schedules: weakref.WeakKeyDictionary[Qubes, ExpirySchedule] = weakref.WeakKeyDictionary()
 
 
-def schedule_of(app: Any) -> ExpirySchedule:
+def schedule_of(app: Qubes) -> ExpirySchedule:
     """The one expiry schedule of ``app``."""
     schedule = _schedules.get(app)
     if schedule is None:

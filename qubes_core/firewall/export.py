@@ -11,40 +11,41 @@ from __future__ import annotations
 
 import logging
 import weakref
-from typing import Any
+from collections.abc import Iterable
+from typing import TYPE_CHECKING
 
 from qubes_core.firewall.vmfirewall import firewall_of
+
+if TYPE_CHECKING:
+    from qubes_core.app import Qubes
+    from qubes_core.vm.qubesvm import QubesVM
 
 log = logging.getLogger("qubes.firewall.export")
 
 ROOT = "/qubes-firewall/"
 
 
-def addresses(vm: Any) -> list[tuple[int, str]]:
+def addresses(vm: QubesVM) -> list[tuple[int, str]]:
     """The VM's addresses, as (family, address); IPv6 when the model has ``ip6``."""
-    found = []
-    for family, name in ((4, "ip"), (6, "ip6")):
-        address = getattr(vm, name, None)
-        if address:
-            found.append((family, str(address)))
-    return found
+    return [(family, str(address)) for family, address in ((4, vm.ip), (6, vm.ip6))
+            if address]
 
 
 class FirewallExport:
     """Which VM's rules are in which netvm's QubesDB, for one app."""
 
-    def __init__(self, app: Any):
+    def __init__(self, app: Qubes):
         self.app = app
         # vm -> (netvm, base keys written there)
-        self._exported: weakref.WeakKeyDictionary[Any, tuple[Any, list[str]]] = (
+        self._exported: weakref.WeakKeyDictionary[QubesVM, tuple[QubesVM, list[str]]] = (
             weakref.WeakKeyDictionary())
 
-    def exported_to(self, vm: Any) -> Any:
+    def exported_to(self, vm: QubesVM) -> QubesVM | None:
         """The netvm that holds ``vm``'s rules now, or None."""
         record = self._exported.get(vm)
         return record[0] if record else None
 
-    def refresh(self, vm: Any, running: bool | None = None,
+    def refresh(self, vm: QubesVM, running: bool | None = None,
                 netvm_running: bool | None = None) -> bool:
         """Write ``vm``'s rules into its netvm if both run; remove stale entries.
 
@@ -80,7 +81,7 @@ class FirewallExport:
         log.debug("exported firewall of %s to %s (%s)", vm, netvm, ", ".join(bases))
         return True
 
-    def withdraw(self, vm: Any) -> None:
+    def withdraw(self, vm: QubesVM) -> None:
         """Remove ``vm``'s entries from the netvm that holds them."""
         record = self._exported.pop(vm, None)
         if record is None:
@@ -93,32 +94,32 @@ class FirewallExport:
             netvm.qdb.rm(base)
         log.debug("removed firewall of %s from %s", vm, netvm)
 
-    def netvm_started(self, netvm: Any) -> int:
+    def netvm_started(self, netvm: QubesVM) -> int:
         """``netvm`` has a new QubesDB (it is starting): export its running VMs into it."""
         for vm, (holder, _) in list(self._exported.items()):
             if holder is netvm:
                 del self._exported[vm]  # those keys went with the old QubesDB
         count = 0
-        for vm in getattr(netvm, "connected_vms", ()):
+        for vm in netvm.connected_vms:
             if vm.is_running() and self.refresh(vm, running=True, netvm_running=True):
                 count += 1
         return count
 
-    def netvm_stopped(self, netvm: Any) -> None:
+    def netvm_stopped(self, netvm: QubesVM) -> None:
         """``netvm`` halted: what was written into it is gone with its QubesDB."""
         for vm, (holder, _) in list(self._exported.items()):
             if holder is netvm:
                 self.withdraw(vm)
 
-    def refresh_all(self, vms: Any) -> int:
+    def refresh_all(self, vms: Iterable[QubesVM]) -> int:
         """Refresh each of ``vms`` (a netvm changed under them); how many were exported."""
         return sum(1 for vm in vms if self.refresh(vm))
 
 
-_exports: weakref.WeakKeyDictionary[Any, FirewallExport] = weakref.WeakKeyDictionary()
+_exports: weakref.WeakKeyDictionary[Qubes, FirewallExport] = weakref.WeakKeyDictionary()
 
 
-def export_of(app: Any) -> FirewallExport:
+def export_of(app: Qubes) -> FirewallExport:
     """The one :class:`FirewallExport` of ``app``."""
     export = _exports.get(app)
     if export is None:

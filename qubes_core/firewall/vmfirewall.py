@@ -19,11 +19,15 @@ import asyncio
 import logging
 import weakref
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, TypeGuard
 
 from qubes_core.firewall.clock import clock_of
 from qubes_core.firewall.rules import POLICY, Rule, RuleError, default_rules
 from qubes_core.firewall.xmlfile import FILE_NAME, FirewallFileError, parse, serialize, write_atomic
+
+if TYPE_CHECKING:
+    from qubes_core.vm.base import BaseVM
+    from qubes_core.vm.qubesvm import QubesVM
 
 log = logging.getLogger("qubes.firewall")
 
@@ -34,7 +38,7 @@ MAX_RULES = 10000
 class Firewall:
     """Rules of one VM; loaded from its firewall.xml on first use."""
 
-    def __init__(self, vm: Any):
+    def __init__(self, vm: QubesVM):
         self.vm = vm
         self._rules: list[Rule] | None = None
         self._load_error: FirewallFileError | None = None
@@ -262,10 +266,15 @@ class Firewall:
         return entries
 
 
-_firewalls: weakref.WeakKeyDictionary[Any, Firewall] = weakref.WeakKeyDictionary()
+_firewalls: weakref.WeakKeyDictionary[QubesVM, Firewall] = weakref.WeakKeyDictionary()
 
 
-def firewall_of(vm: Any) -> Firewall:
+def has_firewall(vm: BaseVM) -> TypeGuard[QubesVM]:
+    """Whether ``vm`` can have a firewall: its class has a netvm (as every QubesVM)."""
+    return vm.has_property("netvm")
+
+
+def firewall_of(vm: QubesVM) -> Firewall:
     """The one :class:`Firewall` object of ``vm`` (made on first use)."""
     firewall = _firewalls.get(vm)
     if firewall is None:

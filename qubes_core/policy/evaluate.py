@@ -11,7 +11,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from qubes_core.policy.parser import parse_policy
 from qubes_core.policy.rules import Rule
@@ -30,6 +30,7 @@ from qubes_core.policy.tokens import (
 
 if TYPE_CHECKING:
     from qubes_core.app import Qubes
+    from qubes_core.vm.base import BaseVM
 
 
 @dataclass(frozen=True)
@@ -82,7 +83,7 @@ class FixedSystem:
         return sorted(self._domains)
 
 
-def domain_info(vm: Any) -> DomainInfo:
+def domain_info(vm: BaseVM) -> DomainInfo:
     """What the policy needs of a VM of the model."""
     default_dispvm = vm.default_dispvm
     template = vm.template if vm.disposable else None

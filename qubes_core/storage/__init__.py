@@ -152,10 +152,10 @@ class Pool:
                 details[key] = str(value)
         return details
 
-    def volume_ids(self, app: Any) -> list[str]:
+    def volume_ids(self, app: StorageApp) -> list[str]:
         """The ids of the volumes of ``app``'s VMs that live in this pool."""
         return sorted({str(config["vid"]) for vm in app.domains
-                       for config in getattr(vm, "volume_config", {}).values()
+                       for config in vm.volume_config.values()
                        if config.get("pool") == self.name and config.get("vid")})
 
     @property

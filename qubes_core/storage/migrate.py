@@ -25,12 +25,16 @@ import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING
 
 from qubes_core import exc, paths
 from qubes_core.fsutil import fsync_dir
-from qubes_core.storage import fileops, make_pool
+from qubes_core.storage import Pool, fileops, make_pool
 from qubes_core.storage.reflink import filesystem_type
+
+if TYPE_CHECKING:
+    from qubes_core.app import Qubes
+    from qubes_core.vm.base import BaseVM
 
 RUNNING_STATES = ("Running", "Transient", "Paused", "Suspended", "Halting", "Dying")
 
@@ -61,7 +65,7 @@ class MigrationReport:
         return out
 
 
-def pool_users(app: Any, pool_name: str) -> list[Any]:
+def pool_users(app: Qubes, pool_name: str) -> list[BaseVM]:
     """VMs with at least one volume in the pool."""
     return [vm for vm in app.domains
             if any(c.get("pool") == pool_name for c in vm.volume_config.values())]
@@ -73,7 +77,7 @@ def cow_files(dir_path: str) -> list[str]:
                             recursive=True))
 
 
-def check_pool_idle(app: Any, pool: Any) -> None:
+def check_pool_idle(app: Qubes, pool: Pool) -> None:
     """Refuse if a VM of the pool runs, or an image of the pool is in use."""
     running = sorted(vm.name for vm in pool_users(app, pool.name)
                      if vm.get_power_state() in RUNNING_STATES)
@@ -90,7 +94,7 @@ def check_pool_idle(app: Any, pool: Any) -> None:
                   f"{', '.join(dirty)} (stop their VMs first)")
 
 
-def check_reflink(pool: Any, setup_check: bool) -> None:
+def check_reflink(pool: Pool, setup_check: bool) -> None:
     """Refuse a migration to a filesystem that cannot reflink, unless told to accept it."""
     dir_path = pool.config.get("dir_path", "")
     if not os.path.isdir(dir_path):
@@ -119,7 +123,7 @@ def backup_store(path: Path) -> Path:
     return backup
 
 
-def migrate(app: Any, pool_names: list[str] | None = None, *, setup_check: bool = True,
+def migrate(app: Qubes, pool_names: list[str] | None = None, *, setup_check: bool = True,
             dry_run: bool = False) -> MigrationReport:
     """Switch the named (default: every) ``file`` pool of ``app`` to ``file-reflink``."""
     report = MigrationReport(dry_run=dry_run)
@@ -140,6 +144,8 @@ def migrate(app: Any, pool_names: list[str] | None = None, *, setup_check: bool 
     if to_switch:
         report.pools = to_switch
         if not dry_run:
+            if app.store is None:
+                raise exc.QubesException("a migration needs the qubes.xml it changes")
             report.backup = backup_store(app.store.path)
             for name in to_switch:
                 config = dict(app.pools[name].config)
