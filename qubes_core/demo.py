@@ -83,7 +83,7 @@ def table(app: Qubes) -> str:
             is_vm = vm.klass != "AdminVM"
             rows.append((
                 vm.name, vm.klass, vm.get_power_state(), _text(vm.label),
-                _text(getattr(vm, "template", None)) if vm.klass in ("AppVM", "DispVM")
+                _text(vm.template) if vm.klass in ("AppVM", "DispVM")
                 else "-",
                 _text(vm.netvm) if is_vm else "-",
             ))

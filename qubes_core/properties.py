@@ -146,6 +146,11 @@ class Property(Generic[T]):
     def has_default(self) -> bool:
         return self._default is not _NO_DEFAULT
 
+    def defaults_to(self, default: object) -> bool:
+        """Whether the property's default is ``default`` (a value, or the function that
+        computes it)."""
+        return self._default is default
+
     def get_default(self, holder: Any) -> Any:
         if self._default is _NO_DEFAULT:
             raise AttributeError(f"property {self.__name__!r} of {holder} is not set")
@@ -290,7 +295,7 @@ class VMProperty(Property):
                     holder, self, value, f"property {self.__name__!r} of {holder} cannot be None"
                 )
             return super().coerce(holder, None) if self._setter else None
-        app = getattr(holder, "app", holder)
+        app = holder.owning_app()
         if isinstance(value, str):
             try:
                 value = app.domains[value]
@@ -331,7 +336,7 @@ class LabelProperty(Property):
     api_type = "label"
 
     def coerce(self, holder: Any, value: Any) -> Any:
-        app = getattr(holder, "app", holder)
+        app = holder.owning_app()
         try:
             return app.get_label(value)
         except exc.QubesLabelNotFoundError:
@@ -388,6 +393,11 @@ class PropertyHolder(Emitter):
     def property_is_default(self, name: str) -> bool:
         self.property_get_def(name)
         return name not in self._property_values
+
+    def owning_app(self) -> Any:
+        """The app whose VMs and labels the holder's properties name: the app itself
+        here, a VM's app on a VM."""
+        return self
 
     def property_is_set(self, name: str) -> bool:
         """Whether ``name`` holds a value of its own (not its default); no error for a

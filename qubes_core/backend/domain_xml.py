@@ -56,7 +56,7 @@ def _kernel_dir(vm: QubesVM) -> Path:
     """Directory of the VM's kernel: in its kernel volume's pool, else the default place."""
     config = vm.volume_config.get("kernel", {})
     pool = vm.app.pools.get(config.get("pool", "")) if config.get("pool") else None
-    dir_path = getattr(pool, "dir_path", None) or (pool.config.get("dir_path") if pool else None)
+    dir_path = pool.dir_path if pool is not None else None
     return Path(dir_path or kernels_dir(vm.app)) / vm.kernel
 
 

@@ -152,6 +152,16 @@ class Pool:
                 details[key] = str(value)
         return details
 
+    @property
+    def dir_path(self) -> str:
+        """The directory of the pool's files (its ``dir_path`` option); empty for a
+        driver that keeps none."""
+        return self.config.get("dir_path", "")
+
+    def kernels(self) -> list[str] | None:
+        """The kernel versions installed in the pool; None for a pool of disk images."""
+        return None
+
     def volume_ids(self, app: StorageApp) -> list[str]:
         """The ids of the volumes of ``app``'s VMs that live in this pool."""
         return sorted({str(config["vid"]) for vm in app.domains

@@ -29,7 +29,7 @@ POWER_STATES = ("Halted", "Transient", "Running", "Paused", "Suspended", "Haltin
                 "Dying", "Crashed")
 
 
-def validate_name(holder: Any, prop: Any, value: Any) -> str:
+def validate_name(holder: PropertyHolder, prop: Any, value: Any) -> str:
     """A VM name: a letter first, then letters, digits, ``_ . -``; at most 31 characters."""
     if not isinstance(value, str):
         raise exc.QubesValueError(f"VM name must be a string, not {type(value).__name__}")
@@ -44,8 +44,8 @@ def validate_name(holder: Any, prop: Any, value: Any) -> str:
         )
     if value.endswith("-dm"):
         raise exc.QubesValueError(f"VM name {value!r} may not end in '-dm' (device models)")
-    if value.lower() in RESERVED_NAMES and not (value == "dom0" and getattr(
-            holder, "qid", None) == 0):
+    if value.lower() in RESERVED_NAMES and not (
+            value == "dom0" and holder.property_own_value("qid") == 0):
         raise exc.QubesValueError(f"VM name {value!r} is reserved")
     return value
 
@@ -118,6 +118,9 @@ class BaseVM(PropertyHolder):
         self.qdb = InMemoryQubesDB()
         self.change_counter = 0
         super().__init__(**kwargs)
+
+    def owning_app(self) -> Qubes:
+        return self.app
 
     def __str__(self) -> str:
         name = self.property_own_value("name")

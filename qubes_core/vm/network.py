@@ -78,8 +78,7 @@ def _default_netvm(vm: NetworkMixin) -> Any:
 
 def follows_default_netvm(vm: NetworkMixin) -> bool:
     """Whether ``vm``'s netvm is the global default_netvm (not set, and defaulting to it)."""
-    prop = getattr(type(vm), "netvm", None)
-    return (getattr(prop, "_default", None) is _default_netvm
+    return (vm.has_property("netvm") and vm.property_get_def("netvm").defaults_to(_default_netvm)
             and not vm.property_is_set("netvm"))
 
 

@@ -19,6 +19,7 @@ from qubes_core.devices import validate_denied_list
 from qubes_core.events import handler
 from qubes_core.properties import (
     Property,
+    PropertyHolder,
     StatelessProperty,
     VMProperty,
     optional_int_type,
@@ -87,7 +88,7 @@ def host_memory_mib() -> int:
     return 0
 
 
-def validate_kernel(holder: Any, prop: Any, value: str) -> str:
+def validate_kernel(holder: PropertyHolder, prop: Any, value: str) -> str:
     """A kernel version installed in the kernel pool; ``""`` for none.
 
     Whether it is installed is checked on a change, not while qubes.xml loads: a
@@ -97,11 +98,11 @@ def validate_kernel(holder: Any, prop: Any, value: str) -> str:
         return value
     if not KERNEL_RE.match(value):
         raise ValueError(f"kernel {value!r} must be a version directory name, not a path")
-    app = getattr(holder, "app", holder)
+    app = holder.owning_app()
     if not holder.events_enabled:
         return value
     pool = app.pools.get(app.default_pool_kernel)
-    installed = pool.kernels() if hasattr(pool, "kernels") else None
+    installed = pool.kernels() if pool is not None else None
     if installed is not None and value not in installed:
         raise exc.QubesPropertyValueError(
             holder, prop, value,
