@@ -10,12 +10,16 @@ pre-built thin (:func:`~qubes_core.qubesctl.dispvm.prebuild_thin`). Qubes' own q
 tens of seconds per target. Beside each figure: the CPU time it took (qubesctl,
 qubesd and every VM's processes, from a cgroup), per target, and the load
 average: on 2 cores four targets at once cannot take less than twice one
-target's CPU time. Needs root, bubblewrap, debootstrap and loop devices; the
-templates come from the cache of ``qubes-template-build``.
+target's CPU time. The installation lives on a loop-mounted XFS with reflink, as
+the sandbox benchmark's does: file-reflink volumes are then snapshots, as on Qubes'
+pools (on a file system without reflink each VM start would copy its template's
+root image, hundreds of MB). Needs root, bubblewrap, debootstrap, mkfs.xfs and loop
+devices; the templates come from the cache of ``qubes-template-build``.
 """
 
 from __future__ import annotations
 
+import shutil
 import statistics
 import subprocess
 import sys
@@ -25,6 +29,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from bench.bench_storage import loop_mount
 from bench.common import CpuMeter, Report, load_average
 from qubes_core.demo import sandbox_missing
 
@@ -123,9 +128,13 @@ def run(report: Report) -> None:
     if reason:
         report.value("qubesctl on the sandbox runtime", "skipped", f"the sandbox runtime {reason}")
         return
+    if shutil.which("mkfs.xfs") is None:
+        report.value("qubesctl on the sandbox runtime", "skipped", "needs mkfs.xfs")
+        return
     meter = CpuMeter("qubesctl")  # before qubesd starts: it and its VMs are counted
-    with tempfile.TemporaryDirectory(prefix="bench-qubesctl-") as tmp:
-        base = Path(tmp) / "base"
+    with tempfile.TemporaryDirectory(prefix="bench-qubesctl-") as tmp, \
+            loop_mount("xfs", Path(tmp)) as mnt:
+        base = mnt / "base"
         daemon = installation(base)
         try:
             bare, note = per_target(base, False, meter)

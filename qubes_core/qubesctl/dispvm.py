@@ -23,6 +23,7 @@ import sys
 import tarfile
 import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -89,9 +90,9 @@ def dispvm_name(target: str) -> str:
 # The stand-ins run with the DispVM's python3. salt-ssh runs ssh under a pty: they never
 # read their own stdin, take salt-ssh's script from their arguments and feed it to bash
 # behind qubes.VMRootShell (bash, not dash: dash reads ahead and cuts a long script).
-SSH_STANDIN = r'''#!/usr/bin/python3
+SSH_STANDIN = r'''#!/usr/bin/python3 -IS
 """ssh and scp for salt-ssh over qrexec: the remote command goes to qubes.VMRootShell."""
-import os, subprocess, sys
+import fcntl, os, subprocess, sys
 
 WITH_VALUE = set("BbcDEeFIiJLlmOopQRSWw")
 # salt-ssh's shim only checks that the target has an scp before it asks for the thin,
@@ -119,7 +120,16 @@ def parse(argv, ssh):
     return found
 
 
+def thin_deployed():
+    """Wait until the run script has copied the thin to the target (it holds the lock)."""
+    lock = os.environ.get("QUBESCTL_THIN_LOCK")
+    if lock:
+        with open(lock) as file:
+            fcntl.flock(file, fcntl.LOCK_SH)
+
+
 def shell(host, text, data=b""):
+    thin_deployed()
     host = host.rsplit("@", 1)[-1].strip("[]")
     proc = subprocess.Popen(["qrexec-client-vm", host, "qubes.VMRootShell"],
                             stdin=subprocess.PIPE)
@@ -152,20 +162,56 @@ here="$(cd "$(dirname "$0")" && pwd)"
 target="$1"; shift
 thin="@THIN@" thin_dir="@THIN_DIR@"
 export PATH="$here/bin:/usr/local/bin:/usr/bin:/bin:/opt/salt/bin" HOME=/root
-command -v salt-ssh >/dev/null || { echo "no salt-ssh in this DispVM's template" >&2; exit 127; }
-# The thin goes to the target with this first call, unpacked by the target's tar (salt-ssh
-# would first ask, learn that it is missing, copy it, then unpack it with Python). The policy
-# lines were written just before this DispVM was created and qrexec may read them late:
-# retry while the call is refused (126), at most 20 s. If this fails, salt-ssh copies it.
+salt_ssh="$(command -v salt-ssh)" ||
+  { echo "no salt-ssh in this DispVM's template" >&2; exit 127; }
+# The thin goes to the target with a first call of our own, unpacked by the target's tar
+# (salt-ssh would first ask, learn that it is missing, copy it, then unpack it with Python),
+# while salt-ssh starts: the stand-ins wait until this call has released the lock. The
+# policy lines were written just before this DispVM was created and qrexec may read them
+# late: retry while the call is refused (126), at most 20 s. If this fails, salt-ssh
+# copies the thin itself.
 deploy="rm -rf $thin_dir && mkdir -m 700 $thin_dir && exec tar -xf - -C $thin_dir"
-for _ in $(seq 200); do
-  { printf '%s\n' "$deploy"; cat "$thin" 2>/dev/null; } |
-    qrexec-client-vm "$target" qubes.VMRootShell >/dev/null 2>&1
-  [ $? -ne 126 ] && break
-  sleep 0.1
-done
-exec salt-ssh -c "$here/conf" --roster-file="$here/conf/roster" -w --ignore-host-keys \
-  --out=json --log-level=quiet "$target" "$@"
+export QUBESCTL_THIN_LOCK="$here/thin.lock"
+exec 9>"$QUBESCTL_THIN_LOCK"
+flock 9
+(
+  for _ in $(seq 200); do
+    { printf '%s\n' "$deploy"; cat "$thin"; } | qrexec-client-vm "$target" qubes.VMRootShell
+    [ $? -ne 126 ] && break
+    sleep 0.1
+  done
+) >/dev/null 2>&1 &
+exec 9>&-
+# salt-ssh's own interpreter (its #! line), through salt_ssh.py: read there why
+exec $(sed -n '1s/^#!//p' "$salt_ssh") "$here/salt_ssh.py" -c "$here/conf" \
+  --roster-file="$here/conf/roster" -w --ignore-host-keys --out=json --log-level=quiet \
+  "$target" "$@"
+'''
+
+# Salt's terminal, through which salt-ssh talks to its ssh, has a slow pace for a local
+# pipe: it reads 1 KiB per pass with 10 ms between passes (100 KB/s, and each remote call
+# returns 50 KB and more: the minion's options and grains, then the state results), and it
+# pauses 0.1 s when it closes each call, after the ssh has exited. That was about 1.3 s of
+# waiting per target.
+SALT_SSH_LAUNCHER = '''"""salt-ssh; its terminal reads 64 KiB per pass, closes without a pause."""
+import time
+import types
+
+import salt.utils.vt
+
+
+def quicken():
+    recv = salt.utils.vt.Terminal.recv
+    salt.utils.vt.Terminal.recv = lambda self, maxsize=None: recv(self, maxsize or 65536)
+    # the terminal's only use of time: a 0.1 s sleep before each look at whether ssh exited
+    salt.utils.vt.time = types.SimpleNamespace(sleep=lambda seconds: time.sleep(seconds / 20))
+
+
+if __name__ == "__main__":
+    from salt.scripts import salt_ssh
+
+    quicken()
+    salt_ssh()
 '''
 
 
@@ -213,6 +259,7 @@ def bundle(target: Target, opts: dict[str, Any]) -> bytes:
         add_text("bin/ssh", SSH_STANDIN, 0o755)
         add_text("bin/scp", SSH_STANDIN, 0o755)
         add_text("bin/ssh-keygen", "#!/bin/sh\nexit 0\n", 0o755)
+        add_text("salt_ssh.py", SALT_SSH_LAUNCHER)
         run = RUN_SCRIPT.replace("@THIN@", THIN_TAR).replace("@THIN_DIR@", TARGET_THIN_DIR)
         add_text("run", run, 0o755)
     return buffer.getvalue()
@@ -301,23 +348,29 @@ class Session:
                                       + FIX_MGMT_DVM.replace("TARGET", target.name))
         name = dispvm_name(target.name)
         block: Block | None = None
-        try:
-            block = self.grants.grant(name, target.name)
-            if name in app.domains:  # left by a run that died after its policy sweep
-                self.destroy(name)
-            self._create(name, str(mgmt))
-            if not vm.is_running():
-                self._track(self.started, target.name)
-                vm.start()
-            return self._run_inside(name, target)
-        finally:
-            with contextlib.suppress(Exception):
-                self.destroy(name)
-            if block is not None:
-                self.grants.revoke(block)
-            if target.name in self.started:
+        # The target starts while the DispVM is made and started, and shuts down while the
+        # DispVM is destroyed: the two VMs' starts and stops overlap.
+        with ThreadPoolExecutor(max_workers=1) as beside:
+            try:
+                block = self.grants.grant(name, target.name)
+                starting = None
+                if not vm.is_running():
+                    self._track(self.started, target.name)
+                    starting = beside.submit(vm.start)
+                if name in app.domains:  # left by a run that died after its policy sweep
+                    self.destroy(name)
+                self._create(name, str(mgmt))
+                if starting is not None:
+                    starting.result()
+                return self._run_inside(name, target)
+            finally:
+                if target.name in self.started:
+                    # after the start above, if any, has returned (one worker, in order)
+                    beside.submit(self.shutdown, target.name)
                 with contextlib.suppress(Exception):
-                    self.shutdown(target.name)
+                    self.destroy(name)
+                if block is not None:
+                    self.grants.revoke(block)
 
     def _track(self, where: set[str], name: str) -> None:
         with self.lock:
