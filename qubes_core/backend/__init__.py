@@ -27,6 +27,7 @@ from qubes_core import exc
 if TYPE_CHECKING:
     from qubes_core.app import Qubes
     from qubes_core.vm.base import BaseVM
+    from qubes_core.vm.qubesvm import QubesVM
 
 RUNTIME_NAMES = ("offline", "test", "xen", "sandbox")
 
@@ -77,35 +78,35 @@ class Runtime:
         """Path of the running ``vm``'s console terminal; empty where it has none."""
         return ""
 
-    async def start(self, vm: BaseVM) -> None:
+    async def start(self, vm: QubesVM) -> None:
         """Start ``vm`` (its storage is already started); return once it runs."""
         raise NotImplementedError
 
-    async def shutdown(self, vm: BaseVM) -> None:
+    async def shutdown(self, vm: QubesVM) -> None:
         """Ask ``vm`` to shut down cleanly; do not wait for it."""
         raise NotImplementedError
 
-    async def kill(self, vm: BaseVM) -> None:
+    async def kill(self, vm: QubesVM) -> None:
         """Stop ``vm`` at once; return once its stop was reported."""
         raise NotImplementedError
 
-    async def pause(self, vm: BaseVM) -> None:
+    async def pause(self, vm: QubesVM) -> None:
         raise NotImplementedError
 
-    async def unpause(self, vm: BaseVM) -> None:
+    async def unpause(self, vm: QubesVM) -> None:
         raise NotImplementedError
 
-    async def suspend(self, vm: BaseVM) -> None:
+    async def suspend(self, vm: QubesVM) -> None:
         """Suspend the running ``vm`` to memory (power state ``Suspended``) where the
         hypervisor and the system inside can; elsewhere freeze it as :meth:`pause` does."""
         await self.pause(vm)
 
-    async def resume(self, vm: BaseVM) -> None:
+    async def resume(self, vm: QubesVM) -> None:
         """Wake the suspended ``vm`` (only called while its state is ``Suspended``)."""
         raise exc.QubesVMError(vm, f"cannot resume {vm}: the {self.name} runtime never "
                                    "suspends to memory")
 
-    async def wait_stopped(self, vm: BaseVM, timeout: float) -> bool:
+    async def wait_stopped(self, vm: QubesVM, timeout: float) -> bool:
         """Wait until the stop of ``vm`` was reported; False if ``timeout`` passed first."""
         raise NotImplementedError
 
@@ -133,28 +134,28 @@ class OfflineRuntime(Runtime):
     def start_time(self, vm: BaseVM) -> float | None:
         return None
 
-    def _refuse(self, vm: BaseVM, action: str) -> exc.QubesVMError:
+    def _refuse(self, vm: QubesVM, action: str) -> exc.QubesVMError:
         return exc.QubesVMError(
             vm, f"cannot {action} {vm}: this installation is opened without a runtime "
                 "(offline); run qubesd with --runtime xen, test or sandbox",
         )
 
-    async def start(self, vm: BaseVM) -> None:
+    async def start(self, vm: QubesVM) -> None:
         raise self._refuse(vm, "start")
 
-    async def shutdown(self, vm: BaseVM) -> None:
+    async def shutdown(self, vm: QubesVM) -> None:
         raise self._refuse(vm, "shut down")
 
-    async def kill(self, vm: BaseVM) -> None:
+    async def kill(self, vm: QubesVM) -> None:
         raise self._refuse(vm, "kill")
 
-    async def pause(self, vm: BaseVM) -> None:
+    async def pause(self, vm: QubesVM) -> None:
         raise self._refuse(vm, "pause")
 
-    async def unpause(self, vm: BaseVM) -> None:
+    async def unpause(self, vm: QubesVM) -> None:
         raise self._refuse(vm, "unpause")
 
-    async def wait_stopped(self, vm: BaseVM, timeout: float) -> bool:
+    async def wait_stopped(self, vm: QubesVM, timeout: float) -> bool:
         return True
 
 

@@ -24,7 +24,7 @@ import weakref
 from collections import defaultdict
 from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, cast
+from typing import TYPE_CHECKING, Any
 
 import libvirt
 from lxml import etree
@@ -367,20 +367,19 @@ class LibvirtRuntime(Runtime):
             raise exc.QubesVMError(vm, f"{vm} has no uuid; libvirt needs one to run it")
         return str(vm.uuid)
 
-    def _prepare(self, vm: BaseVM) -> str:
+    def _prepare(self, vm: QubesVM) -> str:
         self.bind(vm.app)
         self._bind_loop()
         return self._uuid(vm)
 
-    async def start(self, vm: BaseVM) -> None:
+    async def start(self, vm: QubesVM) -> None:
         domain_uuid = self._prepare(vm)
         if await asyncio.to_thread(self.state, vm) != "Halted":
             raise exc.QubesVMNotHaltedError(vm, f"cannot start {vm}: it is not halted")
         # A stop that libvirt already made but that is still on its way to the model
         # is reported first, so that handlers see stop and start in order.
         await self.wait_stopped(vm, self.event_timeout)
-        # Only QubesVM runs (its lifecycle mixin is what calls start).
-        xml = render_domain_xml(cast("QubesVM", vm), self.flavour)
+        xml = render_domain_xml(vm, self.flavour)
         waiter = self._expect(domain_uuid, STARTED)
         gate = self._starting[domain_uuid] = asyncio.Event()
         try:
@@ -393,7 +392,7 @@ class LibvirtRuntime(Runtime):
             self._starting.pop(domain_uuid, None)
         await self._settle(vm, domain_uuid, waiter, STARTED, None)
 
-    def _define_and_create(self, vm: BaseVM, xml: str) -> None:
+    def _define_and_create(self, vm: QubesVM, xml: str) -> None:
         """Define the domain from fresh XML and start it (in a worker thread)."""
         conn = self.connection()
         self._clear_stale_name(conn, vm)
@@ -433,13 +432,13 @@ class LibvirtRuntime(Runtime):
         log.info("undefining stale libvirt domain %s (uuid %s)", vm.name, other.UUIDString())
         other.undefine()
 
-    def _active_domain(self, vm: BaseVM, action: str) -> libvirt.virDomain:
+    def _active_domain(self, vm: QubesVM, action: str) -> libvirt.virDomain:
         domain = self._lookup(vm)
         if domain is None or not domain.isActive():
             raise exc.QubesVMNotStartedError(vm, f"cannot {action} {vm}: it is not running")
         return domain
 
-    async def _call(self, vm: BaseVM, action: str, method: str) -> None:
+    async def _call(self, vm: QubesVM, action: str, method: str) -> None:
         """Run ``domain.method()`` of the running ``vm`` in a worker thread."""
         def call() -> None:
             domain = self._active_domain(vm, action)
@@ -450,7 +449,7 @@ class LibvirtRuntime(Runtime):
 
         await asyncio.to_thread(call)
 
-    async def _change(self, vm: BaseVM, action: str, method: str, kind: str,
+    async def _change(self, vm: QubesVM, action: str, method: str, kind: str,
                       reason: str | None) -> None:
         """Ask libvirt for a change and return once its event was handled."""
         domain_uuid = self._prepare(vm)
@@ -462,20 +461,20 @@ class LibvirtRuntime(Runtime):
             raise
         await self._settle(vm, domain_uuid, waiter, kind, reason)
 
-    async def shutdown(self, vm: BaseVM) -> None:
+    async def shutdown(self, vm: QubesVM) -> None:
         self._prepare(vm)
         await self._call(vm, "shut down", "shutdown")
 
-    async def kill(self, vm: BaseVM) -> None:
+    async def kill(self, vm: QubesVM) -> None:
         await self._change(vm, "kill", "destroy", STOPPED, "destroyed")
 
-    async def pause(self, vm: BaseVM) -> None:
+    async def pause(self, vm: QubesVM) -> None:
         await self._change(vm, "pause", "suspend", PAUSED, None)
 
-    async def unpause(self, vm: BaseVM) -> None:
+    async def unpause(self, vm: QubesVM) -> None:
         await self._change(vm, "unpause", "resume", UNPAUSED, None)
 
-    async def suspend(self, vm: BaseVM) -> None:
+    async def suspend(self, vm: QubesVM) -> None:
         """Suspend to memory (S3); a driver or guest that cannot is paused instead, as
         Qubes does."""
         def call() -> bool:
@@ -492,10 +491,10 @@ class LibvirtRuntime(Runtime):
         if not await asyncio.to_thread(call):
             await self.pause(vm)
 
-    async def resume(self, vm: BaseVM) -> None:
+    async def resume(self, vm: QubesVM) -> None:
         await self._call(vm, "resume", "pMWakeup")
 
-    async def wait_stopped(self, vm: BaseVM, timeout: float) -> bool:
+    async def wait_stopped(self, vm: QubesVM, timeout: float) -> bool:
         domain_uuid = self._prepare(vm)
         # The state is read in a worker thread first; what the events said is read after,
         # with no await before the decision.
@@ -600,7 +599,7 @@ class LibvirtRuntime(Runtime):
             if not future.done():
                 future.set_result(None)
 
-    async def _settle(self, vm: BaseVM, domain_uuid: str, waiter: asyncio.Future[None],
+    async def _settle(self, vm: QubesVM, domain_uuid: str, waiter: asyncio.Future[None],
                       kind: str, reason: str | None) -> None:
         """Wait for the event of a change we asked for; report it ourselves if it is late."""
         try:

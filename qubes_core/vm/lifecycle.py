@@ -21,7 +21,7 @@ import asyncio
 import logging
 import shutil
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 from qubes_core import exc
 from qubes_core.events import handler
@@ -33,6 +33,7 @@ if TYPE_CHECKING:
     from qubes_core.app import Qubes
     from qubes_core.backend import Runtime
     from qubes_core.storage.vmstorage import Storage
+    from qubes_core.vm.qubesvm import QubesVM
 
 log = logging.getLogger("qubes.vm")
 
@@ -73,6 +74,11 @@ class LifecycleMixin(BaseVM):
         if lock is None:
             lock = self.__dict__["_startup_lock"] = asyncio.Lock()
         return lock
+
+    @property
+    def _as_vm(self) -> QubesVM:
+        """This VM as its runtime takes it: the mixin is only ever QubesVM's."""
+        return cast("QubesVM", self)
 
     def _runtime(self, action: str) -> Runtime:
         runtime = self.app.runtime
@@ -149,7 +155,7 @@ class LifecycleMixin(BaseVM):
                     started_storage = storage
                 self.create_qdb_entries()
                 self._require_in_model("start")
-                await runtime.start(self)
+                await runtime.start(self._as_vm)
             except BaseException as error:
                 await self._abort_start(started_storage, error)
                 raise
@@ -161,7 +167,7 @@ class LifecycleMixin(BaseVM):
         (its volumes not yet committed): wait for that, within a bound."""
         if not self.volumes_in_use:
             return
-        await runtime.wait_stopped(self, STOP_HANDLING_TIMEOUT)
+        await runtime.wait_stopped(self._as_vm, STOP_HANDLING_TIMEOUT)
         if self.volumes_in_use:
             raise exc.QubesVMNotHaltedError(
                 self, f"cannot start {self}: its last stop is still being handled "
@@ -255,11 +261,11 @@ class LifecycleMixin(BaseVM):
                 )
         await self.fire_event_async("domain-pre-shutdown", pre_event=True, force=force)
         if state == "Paused":
-            await runtime.unpause(self)  # a paused VM cannot act on the request
-        await runtime.shutdown(self)
+            await runtime.unpause(self._as_vm)  # a paused VM cannot act on the request
+        await runtime.shutdown(self._as_vm)
         if wait:
             limit = DEFAULT_SHUTDOWN_TIMEOUT if timeout is None else timeout
-            if not await runtime.wait_stopped(self, limit):
+            if not await runtime.wait_stopped(self._as_vm, limit):
                 raise exc.QubesVMShutdownTimeoutError(
                     self, f"{self} did not shut down within {limit:g} s (kill it to stop it)")
         return self
@@ -269,7 +275,7 @@ class LifecycleMixin(BaseVM):
         runtime = self._runtime("kill")
         if self.get_power_state() == "Halted":
             raise exc.QubesVMNotStartedError(self, f"cannot kill {self}: it is not running")
-        await runtime.kill(self)
+        await runtime.kill(self._as_vm)
         return self
 
     async def pause(self) -> LifecycleMixin:
@@ -277,7 +283,7 @@ class LifecycleMixin(BaseVM):
         state = self.get_power_state()
         if state != "Running":
             raise exc.QubesVMNotRunningError(self, f"cannot pause {self}: it is {state}")
-        await runtime.pause(self)
+        await runtime.pause(self._as_vm)
         return self
 
     async def unpause(self) -> LifecycleMixin:
@@ -285,7 +291,7 @@ class LifecycleMixin(BaseVM):
         state = self.get_power_state()
         if state != "Paused":
             raise exc.QubesVMNotPausedError(self, f"cannot unpause {self}: it is {state}")
-        await runtime.unpause(self)
+        await runtime.unpause(self._as_vm)
         return self
 
     async def suspend(self) -> LifecycleMixin:
@@ -296,7 +302,7 @@ class LifecycleMixin(BaseVM):
         if state not in ("Running", "Paused"):
             raise exc.QubesVMNotRunningError(self, f"cannot suspend {self}: it is {state}")
         if state == "Running":
-            await runtime.suspend(self)
+            await runtime.suspend(self._as_vm)
         return self
 
     async def resume(self) -> LifecycleMixin:
@@ -304,10 +310,10 @@ class LifecycleMixin(BaseVM):
         runtime = self._runtime("resume")
         state = self.get_power_state()
         if state == "Suspended":
-            await runtime.resume(self)
+            await runtime.resume(self._as_vm)
             await self.fire_event_async("domain-resumed")
         elif state == "Paused":
-            await runtime.unpause(self)
+            await runtime.unpause(self._as_vm)
         else:  # as Qubes: a resume of what is neither suspended nor paused is an unpause
             raise exc.QubesVMNotPausedError(
                 self, f"cannot resume {self}: it is {state}, not suspended or paused")
