@@ -13,7 +13,7 @@ unclean stop left behind.
 from __future__ import annotations
 
 import logging
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from qubes_core import exc
 from qubes_core.properties import Property, StatelessProperty, VMProperty
@@ -22,12 +22,15 @@ from qubes_core.vm.appvm import AppVM
 from qubes_core.vm.lifecycle import save_app
 from qubes_core.vm.qubesvm import QubesVM, validate_disposable_template
 
+if TYPE_CHECKING:
+    from qubes_core.app import Qubes
+
 log = logging.getLogger("qubes.vm")
 
 MAX_DISPID = 9999
 
 
-def _validate_dispvm_template(vm: Any, prop: Any, value: Any) -> Any:
+def _validate_dispvm_template(vm: DispVM, prop: Any, value: Any) -> Any:
     if not value.template_for_dispvms:
         raise exc.QubesPropertyValueError(
             vm, prop, value,
@@ -36,7 +39,7 @@ def _validate_dispvm_template(vm: Any, prop: Any, value: Any) -> Any:
     return value
 
 
-def _validate_dispid(vm: Any, prop: Any, value: int) -> int:
+def _validate_dispid(vm: DispVM, prop: Any, value: int) -> int:
     if not 1 <= value <= MAX_DISPID:
         raise ValueError(f"dispid must be between 1 and {MAX_DISPID}")
     return value
@@ -72,7 +75,7 @@ class DispVM(QubesVM):
         "is_preload", lambda vm: False, type=bool,
         doc="Whether this DispVM was started ahead of use (never here: no preloading).")
 
-    def __init__(self, app: Any, **kwargs: Any) -> None:
+    def __init__(self, app: Qubes, **kwargs: Any) -> None:
         creating = "template" in kwargs
         if creating and "dispid" not in kwargs:
             kwargs["dispid"] = app.domains.get_new_unused_dispid()
@@ -132,7 +135,7 @@ class DispVM(QubesVM):
         await save_app(app)
 
 
-async def remove_stale(app: Any) -> list[str]:
+async def remove_stale(app: Qubes) -> list[str]:
     """Remove the auto_cleanup DispVMs that are not running (left by an unclean stop).
 
     One that cannot be removed (another VM or a global property still refers to

@@ -33,11 +33,18 @@ import sys
 import threading
 import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from qubes_core import exc
 from qubes_core.backend import Runtime
 from qubes_core.backend.sandbox import keeper
+from qubes_core.vm.qubesvm import QubesVM
+
+if TYPE_CHECKING:
+    from qubes_core.app import Qubes
+    from qubes_core.backend.sandbox.channel import Channel
+    from qubes_core.backend.sandbox.router import Router
+    from qubes_core.vm.base import BaseVM
 
 log = logging.getLogger("qubes.backend.sandbox")
 
@@ -47,7 +54,7 @@ PAUSE_ROUNDS = 3
 SIGNAL_TIMEOUT = 5.0
 
 
-def run_root(app: Any) -> Path:
+def run_root(app: Qubes) -> Path:
     """Where the runtime keeps the run directories of ``app``'s VMs."""
     from qubes_core.paths import PRODUCTION_BASE, Paths
 
@@ -55,7 +62,7 @@ def run_root(app: Any) -> Path:
     return Paths(base, production=base == PRODUCTION_BASE).run_dir / "sandbox"
 
 
-def log_dir(app: Any) -> Path:
+def log_dir(app: Qubes) -> Path:
     """Where the guest logs of ``app``'s VMs go."""
     from qubes_core.paths import PRODUCTION_BASE, Paths
 
@@ -85,7 +92,7 @@ def _proc_state(pid: int) -> str | None:
 class Sandbox:
     """What qubesd holds of one VM that runs: its record, pidfds and channel."""
 
-    def __init__(self, runtime: SandboxRuntime, vm: Any, directory: Path):
+    def __init__(self, runtime: SandboxRuntime, vm: QubesVM, directory: Path):
         self.runtime = runtime
         self.vm = vm
         self.dir = directory
@@ -94,7 +101,7 @@ class Sandbox:
         self.stopped = asyncio.Event()
         self.init_pidfd: int | None = None
         self.init_exited = asyncio.Event()
-        self.channel: Any = None
+        self.channel: Channel | None = None
         self.requested: str | None = None  # "shutdown" or "kill": what we asked for
         self.starting = True
         self.watching = False
@@ -223,20 +230,20 @@ class SandboxRuntime(Runtime):
         # VMs halted whose stop (domain-stopped: storage commit, DispVM removal) is being
         # handled, by uuid: a start waits for that (wait_stopped) instead of failing.
         self.stopping: dict[str, Sandbox] = {}
-        self._apps: list[Any] = []
-        self._routers: dict[int, Any] = {}
+        self._apps: list[Qubes] = []
+        self._routers: dict[int, Router] = {}
         self._servers: dict[Path, KeeperServer] = {}
 
     # --- bookkeeping --------------------------------------------------------------
 
-    def _dir(self, vm: Any) -> Path:
+    def _dir(self, vm: BaseVM) -> Path:
         return run_root(vm.app) / str(vm.uuid)
 
-    def _live(self, vm: Any) -> Sandbox | None:
+    def _live(self, vm: BaseVM) -> Sandbox | None:
         """The sandbox of ``vm``; a VM object of a reopened app takes it over."""
         box = self._sandboxes.get(str(vm.uuid))
         if box is not None and box.vm is not vm:
-            if box.dir != self._dir(vm):
+            if box.dir != self._dir(vm) or not isinstance(vm, QubesVM):
                 return None  # the same uuid in another installation
             box.vm = vm
         return box
@@ -248,7 +255,7 @@ class SandboxRuntime(Runtime):
             box.channel.close()
             box.channel = None
 
-    def router(self, app: Any) -> Any:
+    def router(self, app: Qubes) -> Router:
         """The qrexec router of ``app`` (one per app)."""
         from qubes_core.backend.sandbox.router import Router
 
@@ -259,7 +266,7 @@ class SandboxRuntime(Runtime):
 
     # --- state ----------------------------------------------------------------------
 
-    def state(self, vm: Any) -> str:
+    def state(self, vm: BaseVM) -> str:
         box = self._live(vm)
         if box is None or not box.record or box.init_exited.is_set() or not box.init_alive():
             return "Halted"
@@ -267,13 +274,13 @@ class SandboxRuntime(Runtime):
             return "Transient"
         return "Paused" if _proc_state(box.record["init-pid"]) in ("T", "t") else "Running"
 
-    def start_time(self, vm: Any) -> float | None:
+    def start_time(self, vm: BaseVM) -> float | None:
         box = self._live(vm)
         if self.state(vm) == "Halted" or box is None:
             return None
         return box.record.get("started")
 
-    def current_state(self, vm: Any) -> dict[str, int]:
+    def current_state(self, vm: BaseVM) -> dict[str, int]:
         box = self._live(vm)
         if box is None or self.state(vm) == "Halted":
             return super().current_state(vm)
@@ -291,16 +298,16 @@ class SandboxRuntime(Runtime):
             online = len(os.sched_getaffinity(box.record["init-pid"]))
         except OSError:
             online = 0
-        return {"mem": mem, "mem_static_max": int(getattr(vm, "maxmem", 0) or 0) * 1024,
+        return {"mem": mem, "mem_static_max": int(box.vm.maxmem or 0) * 1024,
                 "cputime": cputime, "online_vcpus": online}
 
     # --- start ------------------------------------------------------------------------
 
-    def _spec(self, vm: Any, box: Sandbox) -> dict[str, Any]:
-        volumes = getattr(vm, "volumes", {})
+    def _spec(self, vm: QubesVM, box: Sandbox) -> dict[str, Any]:
+        volumes = vm.volumes
 
         def path(name: str) -> str | None:
-            volume = volumes.get(name) if hasattr(volumes, "get") else None
+            volume = volumes.get(name)
             return volume.block_device() if volume is not None else None
 
         root = path("root")
@@ -310,7 +317,7 @@ class SandboxRuntime(Runtime):
                 "volatile": path("volatile"), "mount_dir": str(box.dir / "mnt"),
                 "channel_dir": str(box.channel_dir), "record": str(box.record_path)}
 
-    async def start(self, vm: Any) -> None:
+    async def start(self, vm: QubesVM) -> None:
         from qubes_core.backend.sandbox.channel import Channel
 
         if os.geteuid() != 0:
@@ -336,7 +343,7 @@ class SandboxRuntime(Runtime):
         box.starting = False
         await vm.fire_event_async("domain-start")
 
-    async def _launch(self, vm: Any, box: Sandbox) -> dict[str, Any]:
+    async def _launch(self, vm: QubesVM, box: Sandbox) -> dict[str, Any]:
         status_r, status_w = os.pipe()
         guest_log = log_dir(vm.app) / f"guest-{vm.name}.log"
         guest_log.parent.mkdir(parents=True, exist_ok=True)
@@ -368,7 +375,7 @@ class SandboxRuntime(Runtime):
             raise exc.QubesVMError(vm, f"cannot start {vm}: {error}")
         return status
 
-    def _keepers(self, app: Any) -> KeeperServer:
+    def _keepers(self, app: Qubes) -> KeeperServer:
         """The server that forks the keepers of ``app``'s VMs (one per installation)."""
         root = run_root(app)
         server = self._servers.get(root)
@@ -376,12 +383,12 @@ class SandboxRuntime(Runtime):
             server = self._servers[root] = KeeperServer(root)
         return server
 
-    async def _prepare_fs(self, vm: Any, spec: dict[str, Any]) -> None:
+    async def _prepare_fs(self, vm: QubesVM, spec: dict[str, Any]) -> None:
         """A new volatile file system, and a private one at the private volume's first start."""
         from qubes_core.backend.sandbox import blankfs
 
         volume = vm.volumes.get("volatile") or vm.volumes.get("private")
-        pool_dir = getattr(getattr(volume, "pool", None), "dir_path", None)
+        pool_dir = volume.pool.dir_path if volume is not None else None
         cache = Path(pool_dir) if pool_dir else run_root(vm.app)
         try:
             await asyncio.to_thread(blankfs.prepare, spec["private"], spec["volatile"],
@@ -391,8 +398,8 @@ class SandboxRuntime(Runtime):
             raise exc.QubesVMError(vm, f"cannot start {vm}: making the file systems of its "
                                        f"volumes failed: {reason}") from error
 
-    async def _wait_ready(self, vm: Any, box: Sandbox) -> None:
-        timeout = float(getattr(vm, "qrexec_timeout", 60) or 60)
+    async def _wait_ready(self, vm: QubesVM, box: Sandbox) -> None:
+        timeout = float(vm.qrexec_timeout or 60)
         ready = asyncio.ensure_future(box.ready.wait())
         exited = asyncio.ensure_future(box.init_exited.wait())
         try:
@@ -410,7 +417,7 @@ class SandboxRuntime(Runtime):
         raise exc.QubesVMError(vm, f"cannot start {vm}: its qrexec agent was not ready "
                                    f"within {timeout:g} s (qrexec_timeout; see {guest_log})")
 
-    async def _undo_start(self, vm: Any, box: Sandbox) -> None:
+    async def _undo_start(self, vm: QubesVM, box: Sandbox) -> None:
         """A start failed: no process, mount or loop device of it may stay."""
         if box.record:
             box.requested = "kill"
@@ -425,26 +432,27 @@ class SandboxRuntime(Runtime):
                 await box.wait_keeper()
         await self.forget(box)
         for name in ("root", "private", "volatile"):
-            volume = getattr(vm, "volumes", {}).get(name)
-            if volume is not None:
-                await asyncio.to_thread(wait_gone, volume.block_device())
+            volume = vm.volumes.get(name)
+            device = volume.block_device() if volume is not None else None
+            if device is not None:  # an image with no device had no loop device
+                await asyncio.to_thread(wait_gone, device)
         with contextlib.suppress(OSError):
             box.record_path.unlink()
 
     # --- stop, pause ----------------------------------------------------------------
 
-    def _running_box(self, vm: Any, action: str) -> Sandbox:
+    def _running_box(self, vm: QubesVM, action: str) -> Sandbox:
         box = self._live(vm)
         if box is None or self.state(vm) == "Halted":
             raise exc.QubesVMNotStartedError(vm, f"cannot {action} {vm}: it is not running")
         return box
 
-    async def shutdown(self, vm: Any) -> None:
+    async def shutdown(self, vm: QubesVM) -> None:
         box = self._running_box(vm, "shut down")
         box.requested = box.requested or "shutdown"
         box.signal(signal.SIGTERM)
 
-    async def kill(self, vm: Any) -> None:
+    async def kill(self, vm: QubesVM) -> None:
         box = self._running_box(vm, "kill")
         box.requested = "kill"
         box.signal(signal.SIGKILL)
@@ -456,13 +464,13 @@ class SandboxRuntime(Runtime):
                 with contextlib.suppress(ProcessLookupError):
                     os.kill(pid, signum)
 
-    async def pause(self, vm: Any) -> None:
+    async def pause(self, vm: QubesVM) -> None:
         box = self._running_box(vm, "pause")
         await self._signal_all(box, signal.SIGSTOP)
         await self._until_stopped_is(box, True)
         await vm.fire_event_async("domain-paused")
 
-    async def unpause(self, vm: Any) -> None:
+    async def unpause(self, vm: QubesVM) -> None:
         box = self._running_box(vm, "unpause")
         await self._signal_all(box, signal.SIGCONT)
         await self._until_stopped_is(box, False)
@@ -477,7 +485,7 @@ class SandboxRuntime(Runtime):
                                        f"{'stop' if stopped else 'continue'} on the signal")
             await asyncio.sleep(0.001)
 
-    async def wait_stopped(self, vm: Any, timeout: float) -> bool:
+    async def wait_stopped(self, vm: QubesVM, timeout: float) -> bool:
         box = self._live(vm) or self.stopping.get(str(vm.uuid))
         if box is None:
             return True
@@ -489,7 +497,7 @@ class SandboxRuntime(Runtime):
 
     # --- after a restart --------------------------------------------------------------
 
-    def bind(self, app: Any) -> None:
+    def bind(self, app: Qubes) -> None:
         """Find again the VMs of ``app`` that run (or ran while no qubesd watched)."""
         from qubes_core.backend.sandbox.channel import Channel
 
@@ -499,7 +507,7 @@ class SandboxRuntime(Runtime):
         self.router(app)  # before qubesd-start: the router serves dom0's qrexec socket
         root = run_root(app)
         for vm in list(app.domains):
-            if vm.qid == 0 or not (root / str(vm.uuid) / "vm.json").exists():
+            if not isinstance(vm, QubesVM) or not (root / str(vm.uuid) / "vm.json").exists():
                 continue
             box = Sandbox(self, vm, root / str(vm.uuid))
             box.record = box.read_record()

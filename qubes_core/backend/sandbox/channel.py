@@ -13,11 +13,15 @@ import asyncio
 import contextlib
 import logging
 import socket
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from qubes_core.agent import wire
 from qubes_core.backend.sandbox import aiowire
 from qubes_core.qubesdb import QubesDBError
+
+if TYPE_CHECKING:
+    from qubes_core.backend.sandbox import Sandbox
+    from qubes_core.backend.sandbox.router import Router
 
 log = logging.getLogger("qubes.backend.sandbox")
 
@@ -29,7 +33,7 @@ REQUEST_TIMEOUT = 10.0
 class Channel:
     """The listening socket ``qubesd.sock`` in one VM's channel directory."""
 
-    def __init__(self, box: Any, router: Any):
+    def __init__(self, box: Sandbox, router: Router):
         self.box = box
         self.router = router
         self.sock: socket.socket | None = None
@@ -105,7 +109,7 @@ class Channel:
 
     def qdb(self, request: dict[str, Any]) -> dict[str, Any]:
         """One QubesDB operation on the VM's own store (``vm.qdb``)."""
-        qdb = getattr(self.box.vm, "qdb", None)
+        qdb = self.box.vm.qdb
         cmd, path = request.get("cmd"), request.get("path")
         if qdb is None:
             return {"error": "this VM has no QubesDB"}

@@ -18,11 +18,20 @@ import os
 import re
 import socket
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from qubes_core import exc
 from qubes_core.agent import wire
 from qubes_core.backend.sandbox import aiowire
+from qubes_core.vm.qubesvm import QubesVM
+
+if TYPE_CHECKING:
+    from qubes_core.api.server import QubesdServer
+    from qubes_core.app import Qubes
+    from qubes_core.backend.sandbox import SandboxRuntime
+    from qubes_core.policy.evaluate import Decision
+    from qubes_core.policy.watch import PolicyWatcher
+    from qubes_core.vm.base import BaseVM
 
 log = logging.getLogger("qubes.qrexec")
 
@@ -59,11 +68,11 @@ def parse_target(untrusted: Any) -> str:
 class Router:
     """Routes the qrexec calls of one app's VMs (and dom0's) through its policy."""
 
-    def __init__(self, app: Any, runtime: Any):
+    def __init__(self, app: Qubes, runtime: SandboxRuntime):
         self.app = app
         self.runtime = runtime
-        self.server: Any = None
-        self._watcher: Any = None
+        self.server: QubesdServer | None = None
+        self._watcher: PolicyWatcher | None = None
         self._in_flight: dict[str, int] = {}
         self._dom0_sock: socket.socket | None = None
         self._dom0_tasks: set[asyncio.Task[None]] = set()
@@ -72,14 +81,13 @@ class Router:
 
     # --- qubesd ---------------------------------------------------------------
 
-    def _on_qubesd_start(self, app: Any, event: str, server: Any = None, **kwargs: Any
-                         ) -> None:
+    def _on_qubesd_start(self, app: Qubes, event: str, server: QubesdServer | None = None,
+                         **kwargs: Any) -> None:
         self.server = server
-        paths = getattr(server, "paths", None)
-        if paths is not None:
-            self.listen_dom0(paths.qrexec_socket)
+        if server is not None:
+            self.listen_dom0(server.paths.qrexec_socket)
 
-    def _on_qubesd_stop(self, app: Any, event: str, **kwargs: Any) -> None:
+    def _on_qubesd_stop(self, app: Qubes, event: str, **kwargs: Any) -> None:
         if self._dom0_sock is not None:
             with contextlib.suppress(Exception):
                 asyncio.get_running_loop().remove_reader(self._dom0_sock.fileno())
@@ -87,7 +95,7 @@ class Router:
             self._dom0_sock = None
         self.server = None
 
-    def watcher(self) -> Any:
+    def watcher(self) -> PolicyWatcher:
         from qubes_core.paths import PRODUCTION_BASE, Paths
         from qubes_core.policy.watch import PolicyWatcher
 
@@ -100,7 +108,7 @@ class Router:
 
     # --- calls from VMs --------------------------------------------------------
 
-    async def call_from_vm(self, vm: Any, request: dict[str, Any], fds: list[int]
+    async def call_from_vm(self, vm: QubesVM, request: dict[str, Any], fds: list[int]
                            ) -> dict[str, Any]:
         """A call a VM made; ``fds`` (its stdio pipes) are ours to close."""
         source = vm.name
@@ -112,6 +120,8 @@ class Router:
             if count >= MAX_CALLS_PER_SOURCE:
                 raise CallRefused(f"{source} has {count} calls under way already")
             decision = self.decide(service, arg, source, target)
+            if decision.target is None:  # an allow always names where the call goes
+                raise CallRefused(f"{service}+{arg} from {source}: the policy names no target")
             self._in_flight[source] = count + 1
             try:
                 return await self.execute(decision.target, service, arg, source,
@@ -126,7 +136,7 @@ class Router:
         finally:
             wire.close_all(fds)
 
-    def decide(self, service: str, arg: str, source: str, target: str) -> Any:
+    def decide(self, service: str, arg: str, source: str, target: str) -> Decision:
         """The policy's decision, allowed or :class:`CallRefused`."""
         from qubes_core.policy.evaluate import ModelSystem, Request
 
@@ -154,8 +164,8 @@ class Router:
             return await self.call_dom0(service, arg, source, fds)
         if target == "@dispvm" or target.startswith("@dispvm:"):
             return await self.call_dispvm(target, service, arg, source, user, fds)
-        vm = self.app.domains._by_name.get(target)
-        if vm is None or vm.qid == 0:
+        vm = self.app.domains.by_name(target)
+        if not isinstance(vm, QubesVM):  # dom0 is not one
             raise CallRefused(f"no VM {target!r}")
         if vm.get_power_state() == "Halted":
             if not autostart:
@@ -164,7 +174,7 @@ class Router:
                 await vm.start()
         return await self.exec_in_vm(vm, service, arg, source, user, fds)
 
-    async def exec_in_vm(self, vm: Any, service: str, arg: str, source: str,
+    async def exec_in_vm(self, vm: QubesVM, service: str, arg: str, source: str,
                          user: str | None, fds: list[int]) -> dict[str, Any]:
         box = self.runtime._live(vm)
         if box is None or not box.ready.is_set():
@@ -192,18 +202,20 @@ class Router:
     async def call_dispvm(self, target: str, service: str, arg: str, source: str,
                           user: str | None, fds: list[int]) -> dict[str, Any]:
         """Create a DispVM, run the call in it, remove it (``auto_cleanup``)."""
+        from qubes_core.vm.dispvm import DispVM
         from qubes_core.vm.lifecycle import save_app
 
         name = target.partition(":")[2]
+        appvm: BaseVM | None
         if name:
-            appvm = self.app.domains._by_name.get(name)
+            appvm = self.app.domains.by_name(name)
         else:
-            src = self.app.domains._by_name.get(source)
-            appvm = getattr(src, "default_dispvm", None) or self.app.default_dispvm
-        if appvm is None or not getattr(appvm, "template_for_dispvms", False):
+            src = self.app.domains.by_name(source)
+            appvm = (src.default_dispvm if src is not None else None) or self.app.default_dispvm
+        if appvm is None or not appvm.template_for_dispvms:
             raise CallRefused(f"no AppVM to create a DispVM of for {target!r} (it must "
                               "exist and have template_for_dispvms)")
-        dispvm = self.app.add_new_vm("DispVM", template=appvm, auto_cleanup=True)
+        dispvm = self.app.add_new_vm(DispVM, template=appvm, auto_cleanup=True)
         try:
             await dispvm.create_on_disk()
         except BaseException:
