@@ -33,6 +33,6 @@ def explain_call(base_dir: str | None, source: str, target: str, service: str,
     return {
         "action": decision.action,
         "allowed": bool(decision.allowed),
-        "target": getattr(decision, "target", None) if decision.action == "allow" else None,
+        "target": decision.target if decision.action == "allow" else None,
         "explanation": explain(policy, request, system, trace=trace),
     }

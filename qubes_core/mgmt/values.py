@@ -15,7 +15,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from qubes_core.client.app import PropertyValues, unescape_line_value
+from qubes_core.client.app import PropertyValues, Qubes, unescape_line_value
 from qubes_core.mgmt.errors import UsageError
 
 DEFAULT = "*default*"
@@ -116,7 +116,7 @@ def wire(value: Any) -> str:
     return str(value)
 
 
-def parse_get_all(app: Any, text: str) -> dict[str, Property]:
+def parse_get_all(app: Qubes, text: str) -> dict[str, Property]:
     """The body of ``property.GetAll`` as :class:`Property` records."""
     found = {}
     for line in text.splitlines():

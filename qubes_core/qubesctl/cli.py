@@ -16,11 +16,14 @@ import sys
 import threading
 from concurrent.futures import Future, ThreadPoolExecutor, as_completed
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from qubes_core import exc
 from qubes_core.paths import Paths, resolve
 from qubes_core.qubesctl import dom0, options, report, saltconf, targets
+
+if TYPE_CHECKING:
+    from qubes_core.client.app import Qubes
 
 HIGHSTATE = ("state.highstate",)
 INTERRUPTED = 130
@@ -124,7 +127,7 @@ def run(args: Any) -> int:
     return report.exit_status(outcomes)
 
 
-def run_targets(args: Any, paths: Paths, app: Any, opts: dict[str, Any],
+def run_targets(args: Any, paths: Paths, app: Qubes, opts: dict[str, Any],
                 chosen: list[targets.Target], printer: Printer) -> list[report.Outcome]:
     """Configure the targets through management DispVMs, templates first."""
     from qubes_core.qubesctl import dispvm, render

@@ -25,7 +25,7 @@ import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import yaml
 
@@ -34,6 +34,9 @@ from qubes_core.paths import Paths
 from qubes_core.qubesctl import dom0, report
 from qubes_core.qubesctl.grants import Block, PolicyGrants
 from qubes_core.qubesctl.targets import Target
+
+if TYPE_CHECKING:
+    from qubes_core.client.app import Qubes
 
 PREFIX = "disp-mgmt-"
 MAX_NAME = 31
@@ -278,7 +281,7 @@ def _public(info: tarfile.TarInfo) -> tarfile.TarInfo | None:
 class Session:
     """The DispVM side of one qubesctl run: grants, DispVMs, started targets, cleanup."""
 
-    def __init__(self, paths: Paths, app: Any, opts: dict[str, Any], command: list[str],
+    def __init__(self, paths: Paths, app: Qubes, opts: dict[str, Any], command: list[str],
                  salt_args: list[str]):
         self.paths = paths
         self.app = app
