@@ -24,6 +24,8 @@ if TYPE_CHECKING:
     from collections.abc import Callable, Iterable, Sequence
     from typing import Any, Protocol, TextIO
 
+    from qubes_core.client.app import ClientVM, Qubes
+
     class ToolMain(Protocol):
         """A tool's entry point: the command line (``sys.argv[1:]`` by default) -> exit code."""
 
@@ -151,7 +153,7 @@ def fail(prog: str, message: str, args: argparse.Namespace | None = None,
     return code
 
 
-def get_vm(app: Any, name: str) -> Any:
+def get_vm(app: Qubes, name: str) -> ClientVM:
     """The VM called ``name``; a :class:`ToolError` naming it when there is none."""
     if name not in app.domains:
         raise ToolError(f"no such domain: {name!r}")
@@ -169,7 +171,8 @@ def add_vm_selection(parser: argparse.ArgumentParser, *, allow_all: bool = True,
     parser.add_argument("domains", metavar="VMNAME", nargs=nargs, help="qube name")
 
 
-def selected_vms(parser: argparse.ArgumentParser, args: argparse.Namespace, app: Any) -> list[Any]:
+def selected_vms(parser: argparse.ArgumentParser, args: argparse.Namespace,
+                 app: Qubes) -> list[ClientVM]:
     """The VMs named, or all but dom0 and the excluded with ``--all``."""
     if getattr(args, "all_domains", False):
         if args.domains:

@@ -10,9 +10,12 @@ from __future__ import annotations
 
 import argparse
 import sys
-from typing import Any
+from typing import TYPE_CHECKING
 
 from qubes_core.cli.common import tool_main, tool_parser
+
+if TYPE_CHECKING:
+    from qubes_core.client.app import ClientVM, Qubes
 
 CHECKS = {
     "running": ("is running", "are running", "is not running", "are not running"),
@@ -39,7 +42,7 @@ def parser() -> argparse.ArgumentParser:
     return parser
 
 
-def passes(vm: Any, check: str | None) -> bool:
+def passes(vm: ClientVM, check: str | None) -> bool:
     """Whether an existing qube passes ``check`` (None: existence)."""
     if check == "running":
         return vm.get_power_state() in ("Running", "Transient")
@@ -58,7 +61,7 @@ def say(names: list[str], words: tuple[str, str], quiet: bool) -> None:
         print(f"{', '.join(names)}: {words[0] if len(names) == 1 else words[1]}")
 
 
-def check(args: argparse.Namespace, app: Any, tool: argparse.ArgumentParser) -> int:
+def check(args: argparse.Namespace, app: Qubes, tool: argparse.ArgumentParser) -> int:
     """Print the answer; 0 if every qube passes."""
     with app.cache():
         existing = set(app.domains.keys())

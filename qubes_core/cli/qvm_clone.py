@@ -14,10 +14,13 @@ from __future__ import annotations
 import argparse
 import sys
 from collections.abc import Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from qubes_core import exc
 from qubes_core.cli.common import Progress, ToolError, error_text, get_vm, run, tool_parser
+
+if TYPE_CHECKING:
+    from qubes_core.client.app import ClientVM, Qubes
 
 # Properties that belong to one qube only, or that Create itself takes.
 NOT_COPIED = frozenset({"name", "qid", "uuid", "xid", "stubdom_xid", "dispid", "ip", "ip6",
@@ -37,13 +40,13 @@ def parser() -> argparse.ArgumentParser:
     return parser
 
 
-def volume_info(app: Any, vm: str, volume: str) -> dict[str, str]:
+def volume_info(app: Qubes, vm: str, volume: str) -> dict[str, str]:
     """``admin.vm.volume.Info`` as a dict."""
     text = app.call("admin.vm.volume.Info", vm, volume)
     return dict(line.split("=", 1) for line in text.splitlines() if "=" in line)
 
 
-def clone(args: argparse.Namespace, app: Any) -> int:
+def clone(args: argparse.Namespace, app: Qubes) -> int:
     """Make the copy; remove it again if any step fails."""
     source = get_vm(app, args.source)
     if args.name in app.domains:
@@ -77,7 +80,7 @@ def clone(args: argparse.Namespace, app: Any) -> int:
     return 0
 
 
-def copy_settings(app: Any, source: Any, copy: Any, values: dict[str, Any],
+def copy_settings(app: Qubes, source: ClientVM, copy: ClientVM, values: dict[str, Any],
                   defaults: set[str]) -> None:
     """Properties (those set on the source), features, tags and firewall rules."""
     for name, value in sorted(values.items()):

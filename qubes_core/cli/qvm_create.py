@@ -11,9 +11,12 @@ from __future__ import annotations
 
 import argparse
 import sys
-from typing import Any
+from typing import TYPE_CHECKING
 
 from qubes_core.cli.common import ToolError, error_text, parse_key_values, tool_main, tool_parser
+
+if TYPE_CHECKING:
+    from qubes_core.client.app import Qubes
 
 
 def parser() -> argparse.ArgumentParser:
@@ -38,7 +41,7 @@ def parser() -> argparse.ArgumentParser:
     return parser
 
 
-def create(args: argparse.Namespace, app: Any, tool: argparse.ArgumentParser) -> int:
+def create(args: argparse.Namespace, app: Qubes, tool: argparse.ArgumentParser) -> int:
     """Create the qube, then set its properties (removing it again if one is refused)."""
     properties = parse_key_values(tool, args.property, "property")
     pools = {}

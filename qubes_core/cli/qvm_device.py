@@ -22,7 +22,7 @@ from __future__ import annotations
 import argparse
 import sys
 from collections.abc import Sequence
-from typing import Any
+from typing import TYPE_CHECKING
 
 from qubes_core import exc
 from qubes_core.cli.common import (
@@ -33,6 +33,9 @@ from qubes_core.cli.common import (
     run,
     tool_parser,
 )
+
+if TYPE_CHECKING:
+    from qubes_core.client.app import Qubes
 
 CLASSES = ("pci", "block", "usb", "mic")
 PROGRAM_CLASS = {"qvm-pci": "pci", "qvm-block": "block", "qvm-usb": "usb"}
@@ -128,7 +131,7 @@ def parser(prog: str) -> argparse.ArgumentParser:
 class DeviceApi:
     """The ``admin.vm.device.CLASS.*`` calls of one class, in the format qubesd speaks."""
 
-    def __init__(self, app: Any, devclass: str):
+    def __init__(self, app: Qubes, devclass: str):
         self.app = app
         self.devclass = devclass
         self._wire_44: bool | None = None
@@ -206,7 +209,7 @@ def description(fields: dict[str, str]) -> str:
     return f"{product} ({vendor})" if vendor and vendor != "unknown" else product
 
 
-def device_command(args: argparse.Namespace, app: Any, devclass: str) -> int:
+def device_command(args: argparse.Namespace, app: Qubes, devclass: str) -> int:
     """Do what the command line asks."""
     api = DeviceApi(app, devclass)
     command = {"ls": "list", "l": "list", "as": "assign", "at": "attach", "u": "unassign",
@@ -236,7 +239,7 @@ def device_command(args: argparse.Namespace, app: Any, devclass: str) -> int:
     return 0
 
 
-def list_devices(api: DeviceApi, app: Any, frontend: str | None) -> int:
+def list_devices(api: DeviceApi, app: Qubes, frontend: str | None) -> int:
     """``BACKEND:PORT  DESCRIPTION  USED BY``: every backend's devices, or one qube's."""
     vms = [vm.name for vm in app.domains]
     users: dict[str, list[str]] = {}
@@ -273,7 +276,7 @@ def main_as(prog: str, argv: Sequence[str] | None = None) -> int:
     """Run as ``prog`` (the class is implied by qvm-pci, qvm-block and qvm-usb)."""
     tool = parser(prog)
 
-    def body(args: argparse.Namespace, app: Any) -> int:
+    def body(args: argparse.Namespace, app: Qubes) -> int:
         args.prog = prog
         return device_command(args, app, PROGRAM_CLASS.get(prog) or args.devclass)
     return run(tool, argv, body)

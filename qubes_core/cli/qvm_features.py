@@ -11,10 +11,13 @@ from __future__ import annotations
 import argparse
 import sys
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING
 
 from qubes_core import exc
 from qubes_core.cli.common import get_vm, print_table, tool_main, tool_parser
+
+if TYPE_CHECKING:
+    from qubes_core.client.app import ClientVM, Qubes
 
 
 def parser() -> argparse.ArgumentParser:
@@ -28,7 +31,7 @@ def parser() -> argparse.ArgumentParser:
     return parser
 
 
-def features(args: argparse.Namespace, app: Any, tool: argparse.ArgumentParser) -> int:
+def features(args: argparse.Namespace, app: Qubes, tool: argparse.ArgumentParser) -> int:
     """Do what the command line asks."""
     if args.feature is None:
         if args.unset:
@@ -42,7 +45,7 @@ def features(args: argparse.Namespace, app: Any, tool: argparse.ArgumentParser) 
                        value=args.value)
 
 
-def one_feature(vm: Any, name: str, *, unset: bool = False, value: str | None = None,
+def one_feature(vm: ClientVM, name: str, *, unset: bool = False, value: str | None = None,
                 shown: Callable[[str], str] = str) -> int:
     """Remove the feature ``name`` (``unset``: not an error when it is not set), set it to
     ``value``, or else print it as ``shown`` words it; the exit code (1: printing one

@@ -15,9 +15,12 @@ import argparse
 import datetime
 import sys
 from collections.abc import Sequence
-from typing import Any
+from typing import TYPE_CHECKING
 
 from qubes_core.cli.common import ToolError, print_table, run, tool_parser
+
+if TYPE_CHECKING:
+    from qubes_core.client.app import Qubes
 
 COLUMNS = (("action", "ACTION"), ("dsthost", "HOST"), ("proto", "PROTOCOL"),
            ("dstports", "PORT(S)"), ("specialtarget", "SPECIAL TARGET"),
@@ -98,7 +101,7 @@ def expire_cell(value: str | None) -> str:
     return moment.strftime("%Y-%m-%d %H:%M:%S")
 
 
-def firewall(args: argparse.Namespace, app: Any) -> int:
+def firewall(args: argparse.Namespace, app: Qubes) -> int:
     """Do what the command line asks."""
     vm = args.domain
     rules = app.call("admin.vm.firewall.Get", vm).splitlines()
@@ -143,7 +146,7 @@ def firewall(args: argparse.Namespace, app: Any) -> int:
     return 0
 
 
-def set_rules(app: Any, vm: str, rules: list[str]) -> None:
+def set_rules(app: Qubes, vm: str, rules: list[str]) -> None:
     """Replace the qube's whole rule list (qubesd checks all before changing any)."""
     app.call("admin.vm.firewall.Set", vm, "", "".join(line + "\n" for line in rules))
 

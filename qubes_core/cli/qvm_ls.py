@@ -22,6 +22,8 @@ if TYPE_CHECKING:
     from collections.abc import Sequence
     from typing import Any
 
+    from qubes_core.client.app import ClientVM, Qubes
+
 FORMATS = {
     "simple": ("name", "state", "class", "label", "template", "netvm"),
     "network": ("name", "state", "netvm", "ip", "ipback", "gateway"),
@@ -82,7 +84,7 @@ def cell(value: Any) -> str:
     return str(value)
 
 
-def listed(app: Any, args: argparse.Namespace) -> list[Any]:
+def listed(app: Qubes, args: argparse.Namespace) -> list[Any]:
     """The VMs to show, from one ``admin.vm.List`` (tags cost one call per VM)."""
     vms = list(app.domains)
     names = {vm.name for vm in vms}
@@ -105,7 +107,7 @@ def listed(app: Any, args: argparse.Namespace) -> list[Any]:
     return [vm for vm in vms if vm.name not in excluded]
 
 
-def row_of(vm: Any, columns: Sequence[str], properties: dict[str, Any]) -> list[str]:
+def row_of(vm: ClientVM, columns: Sequence[str], properties: dict[str, Any]) -> list[str]:
     """One VM's cells."""
     row = []
     for column in columns:
@@ -120,7 +122,7 @@ def row_of(vm: Any, columns: Sequence[str], properties: dict[str, Any]) -> list[
     return row
 
 
-def list_vms(args: argparse.Namespace, app: Any, parser: argparse.ArgumentParser) -> int:
+def list_vms(args: argparse.Namespace, app: Qubes, parser: argparse.ArgumentParser) -> int:
     """Print the table (or raw data / raw list) of the selected VMs."""
     with app.cache():
         if args.help_columns:
@@ -152,7 +154,7 @@ def list_vms(args: argparse.Namespace, app: Any, parser: argparse.ArgumentParser
     return 0
 
 
-def property_names(app: Any) -> set[str]:
+def property_names(app: Qubes) -> set[str]:
     """The property names of every class of qube present (one call per class)."""
     names: set[str] = set()
     seen_classes: set[str] = set()
@@ -163,7 +165,7 @@ def property_names(app: Any) -> set[str]:
     return names
 
 
-def help_columns(app: Any) -> int:
+def help_columns(app: Qubes) -> int:
     """Print the columns: those of the listing, then every VM property name."""
     print("\n".join(sorted(set(LISTED_COLUMNS) | property_names(app))))
     return 0

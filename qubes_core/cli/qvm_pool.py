@@ -13,7 +13,7 @@ from __future__ import annotations
 import argparse
 import sys
 from collections.abc import Sequence
-from typing import Any
+from typing import TYPE_CHECKING
 
 from qubes_core.cli.common import (
     ToolError,
@@ -23,6 +23,9 @@ from qubes_core.cli.common import (
     run,
     tool_parser,
 )
+
+if TYPE_CHECKING:
+    from qubes_core.client.app import Qubes
 
 COMMANDS = {"list": "list", "ls": "list", "info": "info", "i": "info", "add": "add",
             "a": "add", "remove": "remove", "rm": "remove", "set": "set", "s": "set",
@@ -58,7 +61,7 @@ def parser() -> argparse.ArgumentParser:
     return parser
 
 
-def pool(args: argparse.Namespace, app: Any, tool: argparse.ArgumentParser) -> int:
+def pool(args: argparse.Namespace, app: Qubes, tool: argparse.ArgumentParser) -> int:
     """Do what the command line asks (every command but migrate)."""
     command = COMMANDS.get(args.command or "list")
     if command == "list":
@@ -72,8 +75,8 @@ def pool(args: argparse.Namespace, app: Any, tool: argparse.ArgumentParser) -> i
     elif command == "drivers":
         rows = [["DRIVER", "OPTIONS"]]
         for line in app.call("admin.pool.ListDrivers").splitlines():
-            driver, *options = line.split()
-            rows.append([driver, ", ".join(options)])
+            driver, *known = line.split()
+            rows.append([driver, ", ".join(known)])
         print_table(rows)
     elif command == "add":
         options = parse_key_values(tool, args.option)

@@ -18,7 +18,7 @@ import sys
 import threading
 import time
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import TYPE_CHECKING
 
 from qubes_core import exc
 from qubes_core.cli.common import (
@@ -29,6 +29,9 @@ from qubes_core.cli.common import (
     tool_main,
     tool_parser,
 )
+
+if TYPE_CHECKING:
+    from qubes_core.client.app import Qubes
 
 HALTED_STATES = ("Halted", "Crashed")
 DEFAULT_TIMEOUT = 60.0
@@ -53,7 +56,7 @@ def action_parser(prog: str) -> argparse.ArgumentParser:
     return parser
 
 
-def act(prog: str, tool: argparse.ArgumentParser, args: argparse.Namespace, app: Any) -> int:
+def act(prog: str, tool: argparse.ArgumentParser, args: argparse.Namespace, app: Qubes) -> int:
     """Call the action on each selected qube; 1 if any refused."""
     _, action, _ = ACTIONS[prog]
     vms = selected_vms(tool, args, app)
@@ -97,7 +100,7 @@ def shutdown_parser() -> argparse.ArgumentParser:
 class HaltWatch:
     """The qubes that stopped since the watch began, from qubesd's event stream."""
 
-    def __init__(self, app: Any):
+    def __init__(self, app: Qubes):
         self.app = app
         self.halted: set[str] = set()
         self.changed = threading.Condition()
@@ -140,7 +143,7 @@ class HaltWatch:
                 self.changed.wait(remaining)
 
 
-def shutdown(args: argparse.Namespace, app: Any, tool: argparse.ArgumentParser) -> int:
+def shutdown(args: argparse.Namespace, app: Qubes, tool: argparse.ArgumentParser) -> int:
     """Shut the selected qubes down in waves; 1 if any was refused or did not stop."""
     vms = selected_vms(tool, args, app)
     pending = [vm.name for vm in vms if vm.get_power_state() not in HALTED_STATES]

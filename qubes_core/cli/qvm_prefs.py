@@ -18,6 +18,8 @@ TYPE_CHECKING = False  # typing.TYPE_CHECKING without loading typing (see cli.co
 if TYPE_CHECKING:
     from typing import Any
 
+    from qubes_core.client.app import Qubes
+
 
 def build_parser(prog: str, with_vm: bool) -> argparse.ArgumentParser:
     """The command line of ``qvm-prefs`` (``with_vm``) or ``qubes-prefs``."""
@@ -44,7 +46,7 @@ def text_of(value: Any) -> str:
     return "" if value is None else str(value)
 
 
-def prefs(args: argparse.Namespace, app: Any, parser: argparse.ArgumentParser) -> int:
+def prefs(args: argparse.Namespace, app: Qubes, parser: argparse.ArgumentParser) -> int:
     """Do what the command line asks on the holder (a VM, or the system)."""
     holder = app.domains.get_blind(args.domain) if hasattr(args, "domain") else app
     # Only a listing needs to know up front that the VM exists.

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import argparse
 import sys
-from typing import Any
+from typing import TYPE_CHECKING
 
 from qubes_core import exc
 from qubes_core.cli.common import (
@@ -20,6 +20,9 @@ from qubes_core.cli.common import (
     tool_main,
     tool_parser,
 )
+
+if TYPE_CHECKING:
+    from qubes_core.client.app import Qubes
 
 
 def parser() -> argparse.ArgumentParser:
@@ -43,7 +46,7 @@ def confirmed(names: list[str]) -> bool:
     return answer.strip().lower() in ("y", "yes")
 
 
-def remove(args: argparse.Namespace, app: Any, tool: argparse.ArgumentParser) -> int:
+def remove(args: argparse.Namespace, app: Qubes, tool: argparse.ArgumentParser) -> int:
     """Remove each selected qube; 1 if any was refused."""
     vms = selected_vms(tool, args, app)
     if not args.force and not confirmed([vm.name for vm in vms]):

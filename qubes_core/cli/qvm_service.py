@@ -11,10 +11,13 @@ from __future__ import annotations
 
 import argparse
 import sys
-from typing import Any
+from typing import TYPE_CHECKING
 
 from qubes_core.cli.common import ToolError, get_vm, print_table, tool_main, tool_parser
 from qubes_core.cli.qvm_features import one_feature
+
+if TYPE_CHECKING:
+    from qubes_core.client.app import Qubes
 
 PREFIX = "service."
 TRUE_WORDS = ("1", "on", "true", "yes", "enable", "enabled")
@@ -45,7 +48,7 @@ def state_word(value: str) -> str:
     return "on" if value not in FALSE_WORDS else "off"
 
 
-def service(args: argparse.Namespace, app: Any, tool: argparse.ArgumentParser) -> int:
+def service(args: argparse.Namespace, app: Qubes, tool: argparse.ArgumentParser) -> int:
     """Do what the command line asks."""
     if args.service is None:
         if args.action:

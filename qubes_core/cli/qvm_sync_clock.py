@@ -18,9 +18,12 @@ import shutil
 import subprocess
 import sys
 from collections.abc import Sequence
-from typing import Any
+from typing import TYPE_CHECKING
 
 from qubes_core.cli.common import ToolError, run, tool_parser
+
+if TYPE_CHECKING:
+    from qubes_core.client.app import Qubes
 
 DATE_RE = re.compile(rb"^(\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d)(?:\+00:00|Z)\n?$")
 EARLIEST = datetime.datetime(2024, 1, 1, tzinfo=datetime.UTC)
@@ -67,7 +70,7 @@ def ask_clockvm(clockvm: str) -> bytes:
     return done.stdout
 
 
-def sync(args: argparse.Namespace, app: Any) -> int:
+def sync(args: argparse.Namespace, app: Qubes) -> int:
     """Ask, check, set."""
     clockvm = app.clockvm
     if clockvm is None:

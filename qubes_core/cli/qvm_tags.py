@@ -10,9 +10,12 @@ from __future__ import annotations
 
 import argparse
 import sys
-from typing import Any
+from typing import TYPE_CHECKING
 
 from qubes_core.cli.common import ToolError, get_vm, tool_main, tool_parser
+
+if TYPE_CHECKING:
+    from qubes_core.client.app import Qubes
 
 COMMANDS = {"list": "list", "ls": "list", "l": "list", "add": "add", "set": "add", "a": "add",
             "del": "del", "d": "del", "unset": "del", "u": "del", "rm": "del"}
@@ -29,7 +32,7 @@ def parser() -> argparse.ArgumentParser:
     return parser
 
 
-def tags(args: argparse.Namespace, app: Any, tool: argparse.ArgumentParser) -> int:
+def tags(args: argparse.Namespace, app: Qubes, tool: argparse.ArgumentParser) -> int:
     """Do what the command line asks."""
     vm = get_vm(app, args.domain)
     command = COMMANDS[args.command]

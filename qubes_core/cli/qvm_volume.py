@@ -17,7 +17,7 @@ import argparse
 import os
 import sys
 from collections.abc import Sequence
-from typing import Any, BinaryIO
+from typing import TYPE_CHECKING, BinaryIO
 
 from qubes_core.cli.common import (
     Progress,
@@ -28,6 +28,9 @@ from qubes_core.cli.common import (
     run,
     tool_parser,
 )
+
+if TYPE_CHECKING:
+    from qubes_core.client.app import Qubes
 
 CHUNK = 1 << 20
 
@@ -73,18 +76,18 @@ def parser() -> argparse.ArgumentParser:
     return parser
 
 
-def info_of(app: Any, vm: str, volume: str) -> dict[str, str]:
+def info_of(app: Qubes, vm: str, volume: str) -> dict[str, str]:
     """``admin.vm.volume.Info`` as a dict."""
     text = app.call("admin.vm.volume.Info", vm, volume)
     return dict(line.split("=", 1) for line in text.splitlines() if "=" in line)
 
 
-def revisions_of(app: Any, vm: str, volume: str) -> list[str]:
+def revisions_of(app: Qubes, vm: str, volume: str) -> list[str]:
     """The volume's revisions, oldest first."""
     return app.call("admin.vm.volume.ListSnapshots", vm, volume).split()
 
 
-def volume_command(args: argparse.Namespace, app: Any) -> int:
+def volume_command(args: argparse.Namespace, app: Qubes) -> int:
     """Do what the command line asks."""
     command = {"ls": "list", "i": "info", "rv": "revert", "r": "revert", "extend": "resize",
                "c": "config", "set": "config"}.get(args.command, args.command or "list")
@@ -121,7 +124,7 @@ def volume_command(args: argparse.Namespace, app: Any) -> int:
     return 0
 
 
-def list_volumes(app: Any, names: list[str], pool: str | None) -> int:
+def list_volumes(app: Qubes, names: list[str], pool: str | None) -> int:
     """The table of ``list``: one Info per volume."""
     vms = [get_vm(app, name) for name in names] if names else list(app.domains)
     rows = [["POOL:VOLUME", "VMNAME", "VOLUME_NAME", "REVERT_POSSIBLE"]]
@@ -137,7 +140,7 @@ def list_volumes(app: Any, names: list[str], pool: str | None) -> int:
     return 0
 
 
-def import_image(app: Any, args: argparse.Namespace, vm: str, volume: str) -> None:
+def import_image(app: Qubes, args: argparse.Namespace, vm: str, volume: str) -> None:
     """Write the image into qubesd's import file; commit only a complete, synced copy."""
     from qubes_core.client.transport import Transport
     from qubes_core.paths import resolve
