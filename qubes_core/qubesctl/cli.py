@@ -133,15 +133,22 @@ def run_targets(args: Any, paths: Paths, app: Qubes, opts: dict[str, Any],
     from qubes_core.qubesctl import dispvm, render
 
     check = is_highstate(args.command) and not args.skip_top_check
-    render.prepare(opts, chosen, need_states=check)
     outcomes = []
+    # Without a top check, no target waits for the others' pillars: they are rendered one
+    # by one in a thread of their own while the first DispVMs start.
+    renderer = ThreadPoolExecutor(max_workers=1)
+    pillars: dict[str, Future[None]] = {}
     if check:
+        render.prepare(opts, chosen, need_states=True)
         idle = [t for t in chosen if not t.states]
         for target in idle:
             outcome = report.Outcome(target.name, skipped="nothing in the top file")
             printer.finished(outcome, args.command[0], "")
             outcomes.append(outcome)
         chosen = [t for t in chosen if t.states]
+    else:
+        pillars = {t.name: renderer.submit(render.prepare, opts, [t], need_states=False)
+                   for t in chosen}
     session = dispvm.Session(paths, app, opts, args.command, args.salt_args)
     for name in session.sweep():
         print(f"qubesctl: removed {name} and its policy lines, left by a run that was killed",
@@ -151,7 +158,8 @@ def run_targets(args: Any, paths: Paths, app: Qubes, opts: dict[str, Any],
             pool = ThreadPoolExecutor(max_workers=args.max_concurrency)
             futures: list[Future[tuple[report.Outcome, str]]] = []
             try:
-                futures = [pool.submit(session.configure, target, log_path(paths, target.name))
+                futures = [pool.submit(session.configure, target, log_path(paths, target.name),
+                                       pillars.get(target.name))
                            for target in batch]
                 for future in as_completed(futures):
                     outcome, text = future.result()
@@ -163,6 +171,7 @@ def run_targets(args: Any, paths: Paths, app: Qubes, opts: dict[str, Any],
                     session.close()
                 pool.shutdown(wait=True, cancel_futures=True)
     finally:
+        renderer.shutdown(wait=True, cancel_futures=True)
         session.close()
     return outcomes
 

@@ -23,7 +23,7 @@ import sys
 import tarfile
 import threading
 import time
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -320,13 +320,17 @@ class Session:
 
     # --- one target ------------------------------------------------------------------
 
-    def configure(self, target: Target, log: Path) -> tuple[report.Outcome, str]:
-        """Run the command in ``target``; its outcome and salt-ssh's JSON output."""
+    def configure(self, target: Target, log: Path, pillar: Future[None] | None = None
+                  ) -> tuple[report.Outcome, str]:
+        """Run the command in ``target``; its outcome and salt-ssh's JSON output.
+
+        ``pillar``, when given, renders ``target.pillar`` meanwhile: the VMs start first.
+        """
         started = time.monotonic()
         outcome = report.Outcome(target.name, log=log)
         stdout, stderr, code = "", "", 1
         try:
-            stdout, stderr, code = self._configure(target)
+            stdout, stderr, code = self._configure(target, pillar)
             report.settle(outcome, self.command[0], code, stdout)
             if code == NO_CONNECTOR:
                 outcome.problems.append("the management DispVM's template has no salt-ssh "
@@ -342,7 +346,8 @@ class Session:
             stdout = "\n".join(outcome.problems)
         return outcome, stdout
 
-    def _configure(self, target: Target) -> tuple[str, str, int]:
+    def _configure(self, target: Target, pillar: Future[None] | None
+                   ) -> tuple[str, str, int]:
         app = self.app
         vm = app.domains[target.name]
         mgmt = vm.management_dispvm
@@ -365,6 +370,8 @@ class Session:
                 self._create(name, str(mgmt))
                 if starting is not None:
                     starting.result()
+                if pillar is not None:
+                    pillar.result()
                 return self._run_inside(name, target)
             finally:
                 if target.name in self.started:

@@ -157,6 +157,28 @@ def test_a_failing_state_in_a_target_is_a_non_zero_exit(managed: Installation) -
 
 # Runs once per test run, on the bookworm installation only.
 @pytest.mark.parametrize("installation", ["bookworm"], indirect=True)
+def test_a_pillar_that_does_not_render_fails_its_target_alone(managed: Installation) -> None:
+    inst = managed
+    good, bad = inst.new_appvm("goodpillar"), inst.new_appvm("badpillar")
+    pillar = inst.base / "srv/user_pillar"
+    pillar.mkdir(parents=True, exist_ok=True)
+    (pillar / "top.sls").write_text(f"user:\n  {bad}:\n    - broken\n")
+    (pillar / "broken.sls").write_text("key: [unclosed\n")
+    try:
+        done = qubesctl(inst, "--skip-dom0", f"--targets={good},{bad}", "state.apply",
+                        "mark", "saltenv=user")
+    finally:
+        (pillar / "top.sls").unlink()
+        (pillar / "broken.sls").unlink()
+    assert done.returncode != 0
+    lines = sorted(done.stdout.splitlines())
+    assert lines[0].startswith(f"{bad}: ERROR") and lines[1] == f"{good}: OK", done.stdout
+    assert f"the pillar of {bad} did not render" in done.stderr
+    assert inst.state(good) == inst.state(bad) == "Halted" and leftovers(inst) == []
+
+
+# Runs once per test run, on the bookworm installation only.
+@pytest.mark.parametrize("installation", ["bookworm"], indirect=True)
 def test_dom0_and_four_targets_in_one_highstate(managed: Installation) -> None:
     inst = managed
     vms = [inst.new_appvm("hs") for _ in range(4)]
