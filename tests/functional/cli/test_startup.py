@@ -11,12 +11,17 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from qubes_core.client.embedded import listening
-from tests.functional.api.conftest import RunningQubesd, build_installation
+from tests.functional.api.conftest import (
+    RunningQubesd,
+    build_installation,
+    serve_installation,
+)
 
 NOT_LOADED = {"typing", "pathlib", "socket", "shutil", "contextlib", "subprocess",
               "dataclasses", "inspect", "asyncio", "qubes_core.paths",
@@ -34,13 +39,8 @@ print(code, *sorted(set(sys.modules) - before), file=sys.stderr)
 
 
 @pytest.fixture(scope="module")
-def served(tmp_path_factory) -> RunningQubesd:
-    base: Path = tmp_path_factory.mktemp("startup")
-    build_installation(base, appvms=2)
-    daemon = RunningQubesd(base)
-    daemon.start()
-    yield daemon
-    daemon.stop()
+def served(tmp_path_factory) -> Iterator[RunningQubesd]:
+    yield from serve_installation(tmp_path_factory.mktemp("startup"), watch_loop=False)
 
 
 def loaded_by(served: RunningQubesd, module: str, *argv: str) -> tuple[str, set[str]]:
