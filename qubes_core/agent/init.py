@@ -21,6 +21,7 @@ import ctypes
 import os
 import select
 import signal
+import stat
 import subprocess
 import sys
 import threading
@@ -48,13 +49,47 @@ def mount_bind(source: str, target: str) -> None:
         log(f"cannot bind {source} over {target}: {os.strerror(ctypes.get_errno())}")
 
 
+def copy_tree(source: str, target: str) -> None:
+    """What ``cp -a`` does for a home skeleton, without a process: directories, regular
+    files and symbolic links, with their owner, mode and times (other kinds are left out)."""
+    directories = []
+    for top, dirs, files in os.walk(source):
+        dest = target if top == source else os.path.join(target, os.path.relpath(top, source))
+        os.mkdir(dest)
+        directories.append((os.lstat(top), dest))
+        for name in dirs + files:
+            path, copy = os.path.join(top, name), os.path.join(dest, name)
+            info = os.lstat(path)
+            if stat.S_ISLNK(info.st_mode):
+                os.symlink(os.readlink(path), copy)
+            elif stat.S_ISREG(info.st_mode):
+                with open(path, "rb") as src, open(copy, "xb") as dst:
+                    while chunk := src.read(1 << 20):
+                        dst.write(chunk)
+            else:
+                continue  # a directory is made when the walk reaches it
+            _same_metadata(info, copy)
+    for info, dest in reversed(directories):  # after their content, which changed their times
+        _same_metadata(info, dest)
+
+
+def _same_metadata(info: os.stat_result, path: str) -> None:
+    os.chown(path, info.st_uid, info.st_gid, follow_symlinks=False)
+    if not stat.S_ISLNK(info.st_mode):
+        os.chmod(path, stat.S_IMODE(info.st_mode))
+    os.utime(path, ns=(info.st_atime_ns, info.st_mtime_ns), follow_symlinks=False)
+
+
 def setup_rw() -> None:
     """Persistent directories on the private volume, bound over ``/home``, ``/usr/local``."""
     if not os.path.ismount("/rw"):
         return
     home = "/rw/home"
     if not os.path.isdir(home):
-        subprocess.run(["cp", "-a", "/home", home], check=False)
+        try:
+            copy_tree("/home", home)
+        except OSError as error:
+            log(f"cannot copy /home to {home}: {error}")
     os.makedirs("/rw/usrlocal", exist_ok=True)
     os.makedirs("/rw/config", exist_ok=True)
     mount_bind(home, "/home")

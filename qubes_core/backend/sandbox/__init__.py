@@ -37,7 +37,7 @@ from typing import TYPE_CHECKING, Any
 
 from qubes_core import exc
 from qubes_core.backend import Runtime
-from qubes_core.backend.sandbox import keeper
+from qubes_core.backend.sandbox import aiowire, keeper
 from qubes_core.vm.qubesvm import QubesVM
 
 if TYPE_CHECKING:
@@ -50,6 +50,7 @@ log = logging.getLogger("qubes.backend.sandbox")
 
 KEEPER_SCRIPT = keeper.__file__
 STATUS_TIMEOUT = 30.0
+MAX_STATUS = 65536
 PAUSE_ROUNDS = 3
 SIGNAL_TIMEOUT = 5.0
 
@@ -358,8 +359,8 @@ class SandboxRuntime(Runtime):
             raise
         finally:
             os.close(status_w)
-        try:
-            line = await asyncio.wait_for(asyncio.to_thread(_read_line, status_r),
+        try:  # the keeper writes one line and closes the pipe (or ends)
+            line = await asyncio.wait_for(aiowire.read_pipe(status_r, MAX_STATUS),
                                           STATUS_TIMEOUT)
         except TimeoutError:
             raise exc.QubesVMError(vm, f"cannot start {vm}: its sandbox did not report "
@@ -601,17 +602,6 @@ class KeeperServer:
     def close(self) -> None:
         with self.lock:
             self._stop()
-
-
-def _read_line(fd: int) -> bytes:
-    """The keeper's status line (or what it wrote before it ended)."""
-    data = b""
-    while not data.endswith(b"\n"):
-        chunk = os.read(fd, 4096)
-        if not chunk:
-            break
-        data += chunk
-    return data
 
 
 def _last_line(path: Path) -> str:

@@ -18,14 +18,46 @@ from typing import Any
 from qubes_core.agent import wire
 
 
-async def _readable(sock: socket.socket) -> None:
+async def wait_ready(fd: int, writing: bool = False) -> None:
+    """Until ``fd`` is readable (or writable), without blocking the loop."""
     loop = asyncio.get_running_loop()
     future = loop.create_future()
-    loop.add_reader(sock.fileno(), lambda: None if future.done() else future.set_result(None))
+    add, remove = ((loop.add_writer, loop.remove_writer) if writing
+                   else (loop.add_reader, loop.remove_reader))
+    add(fd, lambda: None if future.done() else future.set_result(None))
     try:
         await future
     finally:
-        loop.remove_reader(sock.fileno())
+        remove(fd)
+
+
+async def read_pipe(fd: int, limit: int) -> bytes | None:
+    """All of a pipe up to its end, without blocking the loop; None past ``limit`` bytes."""
+    os.set_blocking(fd, False)
+    data = b""
+    while len(data) <= limit:
+        try:
+            chunk = os.read(fd, 65536)
+        except BlockingIOError:
+            await wait_ready(fd)
+            continue
+        if not chunk:
+            return data
+        data += chunk
+    return None
+
+
+async def write_pipe(fd: int, data: bytes) -> None:
+    """Write to a pipe without blocking the loop; a reader that left is ignored."""
+    os.set_blocking(fd, False)
+    view = memoryview(data)
+    while view:
+        try:
+            view = view[os.write(fd, view):]
+        except BlockingIOError:
+            await wait_ready(fd, writing=True)
+        except OSError:
+            return
 
 
 async def _recv_some(sock: socket.socket, size: int, fds: list[int]) -> bytes:
@@ -34,7 +66,7 @@ async def _recv_some(sock: socket.socket, size: int, fds: list[int]) -> bytes:
             data, ancdata, _flags, _addr = sock.recvmsg(
                 size, socket.CMSG_SPACE(wire.MAX_FDS * 4))
         except (BlockingIOError, InterruptedError):
-            await _readable(sock)
+            await wait_ready(sock.fileno())
             continue
         for level, kind, payload in ancdata:
             if level == socket.SOL_SOCKET and kind == socket.SCM_RIGHTS:

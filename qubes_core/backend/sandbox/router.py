@@ -14,7 +14,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import os
 import re
 import socket
 from pathlib import Path
@@ -241,17 +240,21 @@ class Router:
             raise CallRefused(f"dom0 has no service {service}")
         if self.server is None:
             raise CallRefused(f"{service} in dom0 needs qubesd serving this installation")
-        payload = await asyncio.wait_for(_read_upto(fds[0], MAX_DOM0_PAYLOAD), DOM0_INPUT_TIMEOUT)
+        payload = await asyncio.wait_for(aiowire.read_pipe(fds[0], MAX_DOM0_PAYLOAD),
+                                         DOM0_INPUT_TIMEOUT)
+        if payload is None:
+            raise CallRefused(f"more than {MAX_DOM0_PAYLOAD} bytes of input for a dom0 "
+                              "service")
         reply = await self.server.handle(
             protocol.encode_request(service, source, "dom0", arg, payload), spec.socket)
         if reply is not None and reply.startswith(protocol.OK):
-            await _write_all(fds[1], reply[2:])
+            await aiowire.write_pipe(fds[1], reply[2:])
             return {"exit": 0}
         message = b"refused\n"
         if reply is not None and reply.startswith(protocol.EXCEPTION):
             parsed = protocol.parse_exception(reply[2:])
             message = f"{parsed.type_name}: {parsed.message}\n".encode()
-        await _write_all(fds[2], message)
+        await aiowire.write_pipe(fds[2], message)
         return {"exit": 1}
 
     # --- calls from dom0 ---------------------------------------------------------
@@ -310,44 +313,3 @@ class Router:
             return {"error": str(error), "exit": REFUSED}
         finally:
             wire.close_all(fds)
-
-
-async def _ready(fd: int, writing: bool) -> None:
-    loop = asyncio.get_running_loop()
-    future = loop.create_future()
-    add, remove = ((loop.add_writer, loop.remove_writer) if writing
-                   else (loop.add_reader, loop.remove_reader))
-    add(fd, lambda: None if future.done() else future.set_result(None))
-    try:
-        await future
-    finally:
-        remove(fd)
-
-
-async def _read_upto(fd: int, limit: int) -> bytes:
-    """All of a pipe up to EOF, without blocking the loop; refused past ``limit``."""
-    os.set_blocking(fd, False)
-    data = b""
-    while len(data) <= limit:
-        try:
-            chunk = os.read(fd, 65536)
-        except BlockingIOError:
-            await _ready(fd, writing=False)
-            continue
-        if not chunk:
-            return data
-        data += chunk
-    raise CallRefused(f"more than {limit} bytes of input for a dom0 service")
-
-
-async def _write_all(fd: int, data: bytes) -> None:
-    """Write to a pipe without blocking the loop; a reader that left is ignored."""
-    os.set_blocking(fd, False)
-    view = memoryview(data)
-    while view:
-        try:
-            view = view[os.write(fd, view):]
-        except BlockingIOError:
-            await _ready(fd, writing=True)
-        except OSError:
-            return
