@@ -134,9 +134,9 @@ def measure(report: Report, base: Path, env: dict[str, str], meter: CpuMeter) ->
                 note_cpu(cpus_four, 4))
     report.ratio("  against one alone (goal 1.5x)", statistics.median(together), one)
     known = [sample / 4 for sample in cpus_four if sample is not None]
-    if known:  # four calls' CPU time spread over the cores: what no scheduling can beat
+    if known:  # four calls' CPU time spread over the cores, were they free of other load
         floor = 4 * statistics.median(known) / min(4, os.cpu_count() or 1)
-        report.ratio("  floor of that ratio from the CPU time", floor, one)
+        report.ratio("  floor of that ratio from the CPU time (free cores)", floor, one)
 
 
 def four_at_once(argv: list[str], env: dict[str, str]) -> float:
