@@ -8,6 +8,7 @@ import signal
 import socket
 import subprocess
 import threading
+import time
 
 import pytest
 
@@ -338,6 +339,46 @@ def test_qubesd_killed_while_a_vm_starts_or_stops(installation: Installation) ->
     inst.wait_state(vm, "Halted")
     dirty = inst.base / "appvms" / vm / "private-dirty.img"
     wait_until(lambda: not dirty.exists(), what="private committed by the new qubesd")
+
+
+def test_qubesd_stopped_while_a_keeper_mounts_leaves_no_vm_on_undone_volumes(
+        installation: Installation) -> None:
+    """A clean stop of qubesd calls a start off: the VM its keeper brings up anyway is
+    stopped before its volumes' start is undone, not left running on removed images."""
+    inst = installation
+    vm = inst.new_appvm()
+    before = set(keeper_processes(inst.base, servers=False))
+    log = inst.base.parent / "qubesd.log"
+    logged = log.stat().st_size
+
+    def start() -> None:
+        with contextlib.suppress(Exception):  # qubesd stops under the call
+            inst.call("admin.vm.Start", vm)
+
+    starter = threading.Thread(target=start, daemon=True)
+    starter.start()
+    keepers: list[int] = []
+    deadline = time.monotonic() + 60
+    while not keepers and time.monotonic() < deadline:  # no pause: the window is short
+        keepers = [pid for pid in keeper_processes(inst.base, servers=False)
+                   if pid not in before]
+    assert keepers, "no keeper started"
+    os.kill(keepers[0], signal.SIGSTOP)  # held while it mounts, before it reports
+    stopper = threading.Thread(target=inst.stop_qubesd, daemon=True)
+    try:
+        stopper.start()
+        wait_until(lambda: b"stopping" in log.read_bytes()[logged:], what="qubesd stopping")
+    finally:
+        os.kill(keepers[0], signal.SIGCONT)
+    stopper.join(90)
+    starter.join(30)
+    inst.start_qubesd()
+    if inst.state(vm) == "Halted":
+        assert set(keeper_processes(inst.base, servers=False)) <= before
+    else:  # the start won the race: then its volumes are started and it works
+        assert (inst.base / "appvms" / vm / "private-dirty.img").exists()
+        assert inst.sh(vm, "hostname") == f"{vm}\n"
+        inst.call("admin.vm.Kill", vm)
 
 
 def test_a_large_script_through_qubes_vmrootshell(installation: Installation) -> None:

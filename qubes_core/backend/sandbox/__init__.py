@@ -365,6 +365,11 @@ class SandboxRuntime(Runtime):
         except TimeoutError:
             raise exc.QubesVMError(vm, f"cannot start {vm}: its sandbox did not report "
                                        f"within {STATUS_TIMEOUT:g} s (see {guest_log})")
+        except asyncio.CancelledError:
+            # Called off (qubesd stops) once the keeper was asked: the VM comes up all the
+            # same, so the undo must know it, to stop it before its volumes' start is undone.
+            box.record = await self._started_anyway(box, status_r)
+            raise
         finally:
             os.close(status_r)
         try:
@@ -375,6 +380,17 @@ class SandboxRuntime(Runtime):
             error = status.get("error") or f"its keeper stopped without a word (see {guest_log})"
             raise exc.QubesVMError(vm, f"cannot start {vm}: {error}")
         return status
+
+    async def _started_anyway(self, box: Sandbox, status_r: int) -> dict[str, Any]:
+        """What the keeper of a start that was called off started: its status, else its
+        record (written before the status); empty if it started nothing."""
+        with contextlib.suppress(TimeoutError, ValueError, TypeError):
+            line = await asyncio.wait_for(aiowire.read_pipe(status_r, MAX_STATUS),
+                                          STATUS_TIMEOUT)
+            status = json.loads(line) if line else {}
+            if isinstance(status, dict) and "init-pid" in status:
+                return status
+        return box.read_record()
 
     def _keepers(self, app: Qubes) -> KeeperServer:
         """The server that forks the keepers of ``app``'s VMs (one per installation)."""
