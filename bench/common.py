@@ -106,6 +106,16 @@ def _cpu_stat_usage(group: Path) -> float:
     raise ValueError("no usage_usec in cpu.stat")
 
 
+def machine_busy_seconds() -> float:
+    """CPU seconds the whole machine has been busy since boot, summed over its cores
+    (``/proc/stat``: every process and the kernel's own threads, such as those doing a
+    loop device's I/O, which no cgroup of the benchmark holds)."""
+    with open("/proc/stat") as stat:
+        fields = [int(value) for value in stat.readline().split()[1:]]
+    idle = fields[3] + fields[4]  # idle and iowait
+    return (sum(fields) - idle) / os.sysconf("SC_CLK_TCK")
+
+
 def load_average() -> str:
     """The 1-minute load average, for the note beside a figure."""
     return f"load {os.getloadavg()[0]:.1f}"
