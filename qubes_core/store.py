@@ -36,6 +36,7 @@ from qubes_core.labels import LABEL_COLOR_MIGRATIONS, Label, validate_label
 from qubes_core.properties import Property, PropertyHolder
 from qubes_core.storage import make_pool
 from qubes_core.vm import get_vm_class
+from qubes_core.vm.adminvm import AdminVM
 from qubes_core.vm.base import BaseVM
 
 if TYPE_CHECKING:
@@ -357,13 +358,13 @@ class XmlLoader:
             props = self._properties(element, where)
             vm = vmclass(self.app)
             vm.events_enabled = False
-            implied = vmclass.__name__ == "AdminVM"
-            if implied:  # Qubes writes dom0 without them; older files have them
+            # Qubes writes dom0 without these; older files have them
+            if issubclass(vmclass, AdminVM):
                 props.setdefault("qid", "0")
                 props.setdefault("name", "dom0")
                 props.setdefault("uuid", str(uuidlib.UUID(int=0)))
             for name in ("qid", "uuid", "dispid", "name"):
-                if name in props and hasattr(vmclass, name):
+                if name in props and vmclass.has_property(name):
                     self._load_one(vm, name, props[name], where)
             for name in ("qid", "name"):
                 if not vm.property_is_set(name):
