@@ -78,6 +78,12 @@ class Paths:
         return Path("/var/log/qubes") if self.production else self.base_dir / "log"
 
 
+def installed_at(base_dir: Path) -> Paths:
+    """The installation whose qubes.xml lies in ``base_dir`` (Qubes' own places when that
+    is Qubes' own directory)."""
+    return Paths(base_dir, production=base_dir == PRODUCTION_BASE)
+
+
 def resolve(base_dir: str | os.PathLike[str] | None = None) -> Paths:
     """The installation named by ``base_dir``, else ``$QUBES_BASE_DIR``, else production."""
     chosen = sockets.chosen_base_dir(base_dir)

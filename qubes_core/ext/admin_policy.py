@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any
 from qubes_core import exc, fsutil
 from qubes_core.ext import Extension, app_handler, vm_handler
 from qubes_core.labels import Label
-from qubes_core.paths import PRODUCTION_BASE, Paths
+from qubes_core.paths import Paths, installed_at
 from qubes_core.policy.evaluate import ModelSystem, Request
 from qubes_core.policy.generate import clockvm_policy
 from qubes_core.policy.watch import PolicyWatcher
@@ -38,10 +38,7 @@ def paths_of(app: Qubes) -> Paths | None:
     """The installation paths of an app opened from a qubes.xml (None without one)."""
     if app.store is None:
         return None
-    base = Path(app.base_dir)
-    if base == PRODUCTION_BASE:
-        return Paths(PRODUCTION_BASE, production=True)
-    return Paths(base)
+    return installed_at(app.base_dir)
 
 
 def write_clockvm_policy(policy_dir: Path, clockvm: BaseVM | None) -> bool:

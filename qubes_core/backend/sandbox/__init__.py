@@ -38,6 +38,7 @@ from typing import TYPE_CHECKING, Any
 from qubes_core import exc
 from qubes_core.backend import Runtime
 from qubes_core.backend.sandbox import aiowire, keeper
+from qubes_core.paths import installed_at
 from qubes_core.vm.qubesvm import QubesVM
 
 if TYPE_CHECKING:
@@ -57,18 +58,12 @@ SIGNAL_TIMEOUT = 5.0
 
 def run_root(app: Qubes) -> Path:
     """Where the runtime keeps the run directories of ``app``'s VMs."""
-    from qubes_core.paths import PRODUCTION_BASE, Paths
-
-    base = Path(app.base_dir)
-    return Paths(base, production=base == PRODUCTION_BASE).run_dir / "sandbox"
+    return installed_at(app.base_dir).run_dir / "sandbox"
 
 
 def log_dir(app: Qubes) -> Path:
     """Where the guest logs of ``app``'s VMs go."""
-    from qubes_core.paths import PRODUCTION_BASE, Paths
-
-    base = Path(app.base_dir)
-    return Paths(base, production=base == PRODUCTION_BASE).log_dir
+    return installed_at(app.base_dir).log_dir
 
 
 def _ticks(pid: int) -> int | None:

@@ -95,12 +95,11 @@ class Router:
         self.server = None
 
     def watcher(self) -> PolicyWatcher:
-        from qubes_core.paths import PRODUCTION_BASE, Paths
+        from qubes_core.paths import installed_at
         from qubes_core.policy.watch import PolicyWatcher
 
         if self._watcher is None:
-            base = Path(self.app.base_dir)
-            paths = Paths(base, production=base == PRODUCTION_BASE)
+            paths = installed_at(self.app.base_dir)
             self._watcher = PolicyWatcher(paths.policy_dir, paths.rpc_dir / "policy")
         self._watcher.poll()
         return self._watcher
